@@ -1,0 +1,92 @@
+"""The Starlette application: routes, the error mapping, and the lifespan that starts the
+engine client and the worker supervisor and stops them (drain, SIGTERM, SIGKILL)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.auth import ApiKeyMiddleware
+from gateway.client import EngineClient
+from gateway.errors import HearthError, HearthError as _E, MethodNotAllowed, NotFound, error_response
+from gateway.health import health, ready
+from gateway.openai.endpoints import chat_completions, list_models
+from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
+from gateway.supervisor import Supervisor
+from shared.config import Config, ConfigError
+
+log = logging.getLogger("hearth.app")
+
+
+async def _hearth_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HearthError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+    err = _E(str(exc.detail))
+    err.status = exc.status_code
+    err.type = "invalid_request_error"
+    return error_response(err)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(HearthError(f"internal error: {type(exc).__name__}"))
+
+
+def api_key(config: Config) -> str | None:
+    name = config.server.api_key_env
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(f"the API key variable {name} is not set")
+    return key
+
+
+def create_app(config: Config) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = make_runtime_dir()
+        client = EngineClient(config, config.server.endpoint or default_endpoint(runtime))
+        await client.start()
+        supervisor = Supervisor(config, client)
+        app.state.client = client
+        app.state.supervisor = supervisor
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            await client.stop()
+            remove_runtime_dir(runtime)
+
+    key = api_key(config)
+    middleware = [Middleware(ApiKeyMiddleware, key=key)] if key else []
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HearthError: _hearth_error, HTTPException: _http_error, Exception: _server_error},
+    )

@@ -1,0 +1,64 @@
+"""Reading and validating JSON request bodies: size limit, content type, JSON, schema.
+
+Each failure is a ``HearthError`` naming what is wrong, so a bad body is a clear 4xx and never
+reaches a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part) not in _TYPE_TAGS and not any(c in str(part) for c in "[]-"):
+            out += ("." if out else "") + str(part)  # a field name, not a union member's tag
+    return out
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Parse ``data`` into ``model``; the first problem becomes a 400 naming its parameter."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(data).__name__}", code="invalid_body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        param = _param(tuple(err["loc"])) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        code = "missing_parameter" if err["type"] == "missing" else "invalid_parameter"
+        raise InvalidRequest(f"{param}: {msg}" if param else msg, param=param, code=code) from None

@@ -1,0 +1,91 @@
+"""The ``hearth`` command: ``serve`` and ``import-gguf``.
+
+``serve`` builds the configuration once (flags or TOML; the embedded default model with
+neither) and runs the gateway on uvicorn. ``import-gguf`` converts a GGUF file into an MLX
+model folder in a child process, since the gateway side never imports MLX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.blas import with_openblas
+from shared.config import DTYPES, ConfigError, ModelConfig, ServerConfig, load_toml, make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    if args.config:
+        config = load_toml(args.config)
+        server = config.server
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env)) if v is not None}
+        if overrides:
+            server = ServerConfig(**{**server.__dict__, **overrides})
+        config = make_config(server, list(config.models))
+    else:
+        server = ServerConfig(
+            host=args.host or "127.0.0.1", port=args.port or 8080, api_key_env=args.api_key_env
+        )
+        models = []
+        if args.model:
+            path = Path(args.model).expanduser().resolve()
+            if not path.exists():
+                raise ConfigError(f"model path not found: {path}")
+            name = args.name or path.name.removesuffix(".gguf")
+            models.append(ModelConfig(name=name, path=str(path), dtype=args.dtype))
+        config = make_config(server, models)
+    app = create_app(config)
+    names = ", ".join(m.name for m in config.models)
+    logging.getLogger("hearth").info("serving %s on http://%s:%s", names, config.server.host, config.server.port)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=15)
+    return 0
+
+
+def _import_gguf(args: argparse.Namespace) -> int:
+    env = with_openblas(os.environ) or dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "worker.gguf", args.file, args.out, "--dtype", args.dtype]
+    return subprocess.call(cmd, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hearth", description="A local LLM server on MLX.")
+    p.add_argument("--log-level", default=os.environ.get("HEARTH_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
+    s.add_argument("--model", help="an MLX model folder or a GGUF file (default: the embedded SmolLM2)")
+    s.add_argument("--name", help="the model's name in the API (default: from the path)")
+    s.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype for a GGUF import")
+    s.add_argument("--config", help="a hearth.toml with [server] and [[models]]")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    g = sub.add_parser("import-gguf", help="convert a GGUF file into an MLX model folder")
+    g.add_argument("file")
+    g.add_argument("out")
+    g.add_argument("--dtype", default="float32", choices=DTYPES)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "serve":
+            if args.config and args.model:
+                p.error("--config and --model don't go together")
+            return _serve(args)
+        return _import_gguf(args)
+    except ConfigError as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The one object endpoints talk to: it owns the ROUTER socket and every request's mailbox.
+
+One receive task reads the socket and puts each worker message into its request's mailbox
+(``RequestStream``); a response that stops reading (client gone) closes its stream, which sends
+``cancel``. Requests wait, bounded in number and time, for a ready worker with room. When a
+worker dies, a request that had no output yet is re-dispatched once; one that had output ends
+with an error, never with a truncated answer dressed as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from gateway.errors import HearthError, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
+from gateway.pool import Pool, WorkerHandle
+from shared.codec import ProtocolError, decode, encode
+from shared.config import Config
+from shared.protocol import (
+    ERROR_WORKER_DIED,
+    PROTOCOL_VERSION,
+    Cancel,
+    Delta,
+    Done,
+    Drain,
+    Error,
+    Generate,
+    Heartbeat,
+    Hello,
+    Message,
+    State,
+    Tokens,
+    WorkerState,
+)
+
+log = logging.getLogger("hearth.client")
+
+
+class RequestStream:
+    """A request's mailbox: deltas, then exactly one ``Done`` (or an exception for ``error``)."""
+
+    def __init__(self, client: EngineClient, msg: Generate) -> None:
+        self.client = client
+        self.msg = msg
+        self.id = msg.id
+        self.worker_id: str | None = None
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.started = False  # any output reached us
+        self.redispatched = False
+        self.finished = False
+        self.t_submit = time.monotonic()
+
+    async def __aiter__(self) -> AsyncIterator[Delta | Done]:
+        """Deltas (merged when several wait: a slow reader gets fewer, larger ones), then Done."""
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Delta):
+                parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
+                end: Message | None = None
+                while not self.queue.empty():
+                    nxt = self.queue.get_nowait()
+                    if not isinstance(nxt, Delta):
+                        end = nxt
+                        break
+                    parts.append(nxt.text)
+                    tokens = nxt.tokens
+                    logprobs.extend(nxt.logprobs or [])
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None)
+                if end is None:
+                    continue
+                item = end
+            self.finished = True
+            if isinstance(item, Done):
+                yield item
+                return
+            assert isinstance(item, Error)
+            raise from_worker(item.code, item.message)
+
+    async def collect(self) -> tuple[str, Done, list[Any]]:
+        """The whole answer (non-streaming): text, the final Done, logprobs entries."""
+        parts: list[str] = []
+        logprobs: list[Any] = []
+        async for ev in self:
+            if isinstance(ev, Delta):
+                parts.append(ev.text)
+                logprobs.extend(ev.logprobs or [])
+            else:
+                return "".join(parts), ev, logprobs
+        raise WorkerFailed("the request ended without a result")
+
+    def close(self) -> None:
+        """The response is over: cancel the generation if it is still running."""
+        if not self.finished:
+            self.finished = True
+            self.client.cancel(self)
+
+
+class EngineClient:
+    def __init__(self, config: Config, endpoint: str) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.pool = Pool(config)
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self._streams: dict[str, RequestStream] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recv_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.sock.bind(self.endpoint)
+        self._recv_task = asyncio.create_task(self._receive(), name="hearth-receive")
+
+    async def stop(self) -> None:
+        if self._recv_task:
+            self._recv_task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        self.sock.close()
+        self.ctx.term()
+
+    def send(self, worker_id: str, msg: Message) -> None:
+        self.sock.send_multipart([worker_id.encode(), *encode(msg)])
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def submit(self, model: str, inp: dict[str, Any], params: dict[str, Any], stream: bool) -> RequestStream:
+        """Queue a generation for ``model`` and dispatch it to a worker; errors before any output."""
+        if model not in self.pool.models:
+            raise ModelNotFound(f"the model '{model}' does not exist", param="model")
+        msg = Generate(id=uuid.uuid4().hex, model=model, input=inp, params=params, stream=stream)
+        rs = RequestStream(self, msg)
+        await self._dispatch(rs)
+        return rs
+
+    async def _dispatch(self, rs: RequestStream) -> None:
+        worker = await self._wait_for_worker(rs.msg.model, rs.t_submit)
+        rs.worker_id = worker.worker_id
+        worker.inflight.add(rs.id)
+        self._streams[rs.id] = rs
+        self.send(worker.worker_id, rs.msg)
+
+    async def _wait_for_worker(self, model: str, since: float) -> WorkerHandle:
+        entry = self.pool.models[model]
+        worker = self.pool.pick(model)
+        if worker is not None:
+            return worker
+        if entry.waiting >= entry.cfg.max_queue:
+            raise QueueFull(f"too many requests are waiting for '{model}'; retry shortly")
+        deadline = since + self.config.server.request_wait
+        entry.waiting += 1
+        try:
+            while True:
+                if entry.failed:
+                    raise Unavailable(f"the model '{model}' failed to start: {entry.failed}", code="model_failed")
+                worker = self.pool.pick(model)
+                if worker is not None:
+                    return worker
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"no worker for '{model}' became ready in time; state: {self.pool.model_state(model)}")
+                await self.pool.wait_change(left)
+        finally:
+            entry.waiting -= 1
+
+    def cancel(self, rs: RequestStream) -> None:
+        self._streams.pop(rs.id, None)
+        worker = self.pool.workers.get(rs.worker_id or "")
+        if worker is not None:
+            if rs.id in worker.inflight:
+                worker.inflight.discard(rs.id)
+                self.pool.notify()
+            self.send(worker.worker_id, Cancel(rs.id))
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def worker_exited(self, worker_id: str, why: str) -> None:
+        """The supervisor saw a worker's process end: settle every request it held."""
+        handle = self.pool.remove(worker_id)
+        if handle is None:
+            return
+        for rid in list(handle.inflight):
+            rs = self._streams.get(rid)
+            if rs is None:
+                continue
+            if not rs.started and not rs.redispatched:
+                rs.redispatched = True
+                del self._streams[rid]
+                log.warning("worker %s died (%s); re-dispatching request %s", worker_id, why, rid)
+                self._spawn(self._redispatch(rs))
+            else:
+                self._streams.pop(rid, None)
+                rs.queue.put_nowait(Error(rid, ERROR_WORKER_DIED, f"the model worker died mid-request ({why})"))
+
+    async def _redispatch(self, rs: RequestStream) -> None:
+        try:
+            await self._dispatch(rs)
+        except HearthError as e:
+            rs.queue.put_nowait(Error(rs.id, ERROR_WORKER_DIED, f"the model worker died and no other took over: {e.message}"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def drain_all(self) -> None:
+        for wid in list(self.pool.workers):
+            self.send(wid, Drain())
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                frames = await self.sock.recv_multipart()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as e:
+                log.error("worker socket error: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            if len(frames) != 3:
+                log.warning("dropping a message of %d frames", len(frames))
+                continue
+            try:
+                worker_id = frames[0].decode()
+                msg = decode(frames[1], frames[2])
+                self._on_message(worker_id, msg)
+            except (ProtocolError, UnicodeDecodeError) as e:
+                log.warning("dropping a bad message from a worker: %s", e)
+            except Exception:  # a bad message never kills the loop
+                log.exception("error handling a worker message")
+
+    def _on_message(self, worker_id: str, msg: Message) -> None:
+        handle = self.pool.workers.get(worker_id)
+        if isinstance(msg, Hello):
+            self._on_hello(worker_id, msg, handle)
+            return
+        if handle is None or not handle.connected:
+            log.warning("dropping %s from unknown worker %s", msg.KIND, worker_id)
+            return
+        handle.last_seen = time.monotonic()
+        if isinstance(msg, State):
+            handle.state = msg.state
+            handle.detail = msg.detail
+            handle.context_length = msg.context_length or handle.context_length
+            log.info("worker %s is %s %s", worker_id, msg.state, msg.detail)
+            self.pool.notify()
+        elif isinstance(msg, Heartbeat):
+            handle.heartbeat = msg
+        elif isinstance(msg, (Delta, Done, Error, Tokens)):
+            rs = self._streams.get(msg.id)
+            if rs is None:
+                return  # cancelled or settled already
+            if isinstance(msg, (Done, Error)):
+                del self._streams[msg.id]
+                handle.inflight.discard(msg.id)
+                self.pool.notify()
+            else:
+                rs.started = True
+            rs.queue.put_nowait(msg)
+
+    def _on_hello(self, worker_id: str, msg: Hello, handle: WorkerHandle | None) -> None:
+        if msg.protocol != PROTOCOL_VERSION:
+            log.error(
+                "refusing worker %s: it speaks protocol %s, this gateway %s", worker_id, msg.protocol, PROTOCOL_VERSION
+            )
+            if handle is not None:
+                handle.detail = f"protocol {msg.protocol} != {PROTOCOL_VERSION}"
+            self.send(worker_id, Drain())
+            return
+        if msg.model not in self.pool.models:
+            log.error("refusing worker %s: it serves unknown model %s", worker_id, msg.model)
+            self.send(worker_id, Drain())
+            return
+        if handle is None:  # a worker started on its own (launchd, systemd, another machine)
+            handle = self.pool.add(worker_id, msg.model)
+        handle.connected = True
+        handle.pid = msg.pid
+        handle.last_seen = time.monotonic()
+        log.info("worker %s (pid %s) joined for %s", worker_id, msg.pid, msg.model)
+        self.pool.notify()

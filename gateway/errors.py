@@ -1,0 +1,119 @@
+"""The gateway's error hierarchy, mapped to HTTP in exactly one place (``error_response``).
+
+    HearthError                 status, OpenAI error type, code, param
+    ├── InvalidRequest          400  invalid_request_error
+    ├── Unauthorized            401  authentication_error
+    ├── NotFound                404  (unknown path)
+    │   └── ModelNotFound       404  model_not_found
+    ├── MethodNotAllowed        405
+    ├── PayloadTooLarge         413
+    ├── UnsupportedMediaType    415
+    ├── QueueFull               429  (Retry-After)
+    ├── Unavailable             503  model not ready in time, failed model, shutting down
+    └── WorkerFailed            502  the worker died or failed mid-request
+
+Before the first byte of a response an error is a JSON body; after it, an SSE error event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from shared.protocol import ERROR_BAD_REQUEST, ERROR_CONTEXT_LENGTH, ERROR_NOT_READY
+
+
+class HearthError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(HearthError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(HearthError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(HearthError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(HearthError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(HearthError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(HearthError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class QueueFull(HearthError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class Unavailable(HearthError):
+    status = 503
+    type = "server_error"
+    code = "model_not_ready"
+
+
+class WorkerFailed(HearthError):
+    status = 502
+    type = "server_error"
+    code = "worker_failed"
+
+
+def from_worker(code: str, message: str) -> HearthError:
+    """The gateway-side error for a worker's ``error`` message."""
+    if code in (ERROR_CONTEXT_LENGTH, ERROR_BAD_REQUEST):
+        return InvalidRequest(message, param="messages", code=code)
+    if code == ERROR_NOT_READY:
+        return Unavailable(message)
+    return WorkerFailed(message, code=code)
+
+
+def error_response(err: HearthError) -> Response:
+    return Response(
+        orjson.dumps(err.body()), status_code=err.status, media_type="application/json", headers=err.headers()
+    )

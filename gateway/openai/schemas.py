@@ -1,0 +1,102 @@
+"""OpenAI request bodies, validated strictly at the edge so a worker never sees a bad request.
+
+Types are strict (``"max_tokens": "5"`` is an error, not a 5), ranges follow OpenAI's, unknown
+fields are ignored, and a parameter Hearth can't honour is refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+
+MAX_INT = 2**31 - 1
+Float = StrictFloat | StrictInt
+Prob = Annotated[Float, Field(ge=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"] = "text"
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                kind = part.get("type")
+                if kind in ("image_url", "input_image", "image", "input_audio", "file"):
+                    raise ValueError(f"part {i} is {kind}: this model is text-only, send text parts")
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i} must be {{'type': 'text', 'text': '...'}}")
+        return v
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p["text"] for p in self.content)
+        return self.content or ""
+
+
+class SamplingFields(_Strict):
+    """Parameters shared by chat and text completions."""
+
+    model: StrictStr
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
+    temperature: Annotated[Float, Field(ge=0, le=2)] | None = None
+    top_p: Prob | None = None
+    top_k: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
+    min_p: Prob | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
+    repetition_context_size: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
+    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key in v or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+        return v
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = None  # not supported yet: refused by name rather than ignored
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
+        if v:
+            raise ValueError("tool calling is not supported by Hearth yet; send the request without tools")
+        return v
+
+    @model_validator(mode="after")
+    def _aliases(self) -> ChatCompletionRequest:
+        if self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self

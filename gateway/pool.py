@@ -1,0 +1,120 @@
+"""The gateway's picture of its workers and models: who is connected, in which state, how busy.
+
+Both the supervisor (spawns and exits) and the client (messages from workers) update it; the
+probes and /v1/models read it. Every change wakes requests waiting for a ready worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.config import Config, ModelConfig
+from shared.protocol import Heartbeat, WorkerState
+from gateway.router import WorkerView, pick
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    model: str
+    state: WorkerState = WorkerState.LOADING
+    connected: bool = False  # said hello
+    pid: int | None = None
+    detail: str = ""
+    context_length: int = 0
+    inflight: set[str] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+    heartbeat: Heartbeat | None = None
+    started: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        hb = self.heartbeat
+        return {
+            "id": self.worker_id,
+            "state": self.state.value if self.connected else "starting",
+            "pid": self.pid,
+            "inflight": len(self.inflight),
+            "detail": self.detail or None,
+            "memory_bytes": hb.memory_bytes if hb else None,
+        }
+
+
+@dataclass
+class ModelEntry:
+    cfg: ModelConfig
+    failed: str | None = None  # why the supervisor gave up on it
+    waiting: int = 0  # requests waiting for a worker
+
+
+class Pool:
+    def __init__(self, config: Config) -> None:
+        self.models = {m.name: ModelEntry(m) for m in config.models}
+        self.workers: dict[str, WorkerHandle] = {}
+        self._changed = asyncio.Event()
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake everyone waiting for a change of the pool."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def add(self, worker_id: str, model: str) -> WorkerHandle:
+        handle = WorkerHandle(worker_id, model)
+        self.workers[worker_id] = handle
+        self.notify()
+        return handle
+
+    def remove(self, worker_id: str) -> WorkerHandle | None:
+        handle = self.workers.pop(worker_id, None)
+        self.notify()
+        return handle
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def of_model(self, model: str) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.model == model]
+
+    def pick(self, model: str) -> WorkerHandle | None:
+        """A ready worker of ``model`` with room in its batch, least loaded first."""
+        limit = self.models[model].cfg.max_batch
+        views = [
+            WorkerView(w.worker_id, w.state, len(w.inflight), limit)
+            for w in self.of_model(model)
+            if w.connected and len(w.inflight) < limit
+        ]
+        wid = pick(views)
+        return self.workers[wid] if wid else None
+
+    def model_state(self, model: str) -> str:
+        entry = self.models[model]
+        if entry.failed:
+            return "failed"
+        states = {w.state for w in self.of_model(model) if w.connected}
+        for s in (WorkerState.READY, WorkerState.LOADING, WorkerState.DRAINING, WorkerState.FAILED):
+            if s in states:
+                return s.value
+        return "starting"
+
+    def is_ready(self) -> bool:
+        """Every preloaded model has a ready worker."""
+        return all(self.model_state(n) == "ready" for n, e in self.models.items() if e.cfg.preload)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        entry = self.models[model]
+        return {
+            "state": self.model_state(model),
+            "preload": entry.cfg.preload,
+            "detail": entry.failed,
+            "waiting": entry.waiting,
+            "workers": [w.describe() for w in self.of_model(model)],
+        }

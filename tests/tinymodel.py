@@ -1,0 +1,80 @@
+"""A tiny random-weight llama model with a real byte-level BPE tokenizer and a ChatML template.
+
+Built in seconds, it exercises every code path of the real serving stack (template, batching,
+streaming detokenization of multi-byte characters, stop strings) without the cost of a real
+model. Its text is gibberish by design; real-output checks use SmolLM2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    "Grüße aus Köln — naïve café, façade, jalapeño, smörgåsbord, Ærø.",
+    "東京は日本の首都です。北京は中国の首都です。서울은 한국의 수도입니다.",
+    "Emoji: 🚀🔥✨🎉 and math: ∑ ∫ √ ≈ ≠ ∞.",
+    "def hello(name):\n    return f'Hello, {name}!'\n",
+] * 20
+
+
+def build_tiny_model(out: Path, seed: int = 0, context: int = 16384) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.save(str(out / "tokenizer.json"))
+    eos = tok.token_to_id("<|im_end|>")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "chat_template": CHATML,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "bos_token": None,
+                "add_bos_token": False,
+                "model_max_length": context,
+            }
+        )
+    )
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": tok.get_vocab_size(),
+        "rope_theta": 10000.0,
+        "max_position_embeddings": context,
+        "tie_word_embeddings": True,
+        "eos_token_id": eos,
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_model(Path(sys.argv[1])))

@@ -1,0 +1,217 @@
+"""The worker's engine core: requests in, protocol events out, no sockets.
+
+It drives mlx-lm's ``BatchGenerator`` (continuous batching): ``add`` inserts a request into
+the running batch, ``step`` advances every sequence by one token and returns the deltas and
+completions that step produced, ``cancel`` frees a sequence at once. ``worker.proc`` wraps it
+with ZeroMQ; tests can drive it in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+
+from shared.config import ModelConfig
+from shared.protocol import (
+    ERROR_BAD_REQUEST,
+    ERROR_CONTEXT_LENGTH,
+    ERROR_GENERATION,
+    Delta,
+    Done,
+    Error,
+    Generate,
+    Message,
+)
+from worker.detok import TextStream
+from worker.model import LoadedModel
+from worker.sampling import make_request_processors, make_request_sampler
+from worker.templating import TemplateError, prompt_tokens
+
+
+@dataclass
+class _Live:
+    """One request inside the batch."""
+
+    id: str
+    uid: int
+    text: TextStream
+    prompt_tokens: int
+    top_logprobs: int | None
+    t_start: float
+    t_first: float = 0.0
+    completion_tokens: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EngineCore:
+    """Continuous batching over one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, cfg: ModelConfig) -> None:
+        self.m = loaded
+        self.cfg = cfg
+        self._live: dict[str, _Live] = {}
+        self._by_uid: dict[int, _Live] = {}
+        self._gen = self._new_generator()
+
+    def _new_generator(self) -> BatchGenerator:
+        return BatchGenerator(
+            self.m.model,
+            stop_tokens=[[t] for t in sorted(self.m.tokenizer.eos_token_ids)],
+            completion_batch_size=self.cfg.max_batch,
+            prefill_batch_size=min(self.cfg.max_batch, 4),
+            prefill_step_size=self.cfg.prefill_step,
+        )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._live)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for r in self._live.values() if r.t_first)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._live) - self.running
+
+    def count_tokens(self, inp: dict[str, Any]) -> int:
+        return len(prompt_tokens(self.m.tokenizer, inp))
+
+    def add(self, req: Generate) -> list[Message]:
+        """Insert ``req`` into the batch; an input the model can't take is answered at once."""
+        params = req.params
+        try:
+            tokens = prompt_tokens(self.m.tokenizer, req.input)
+        except TemplateError as e:
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e))]
+        ctx = self.m.context_length
+        if not tokens:
+            return [Error(req.id, ERROR_BAD_REQUEST, "the prompt is empty")]
+        if len(tokens) >= ctx:
+            return [
+                Error(
+                    req.id,
+                    ERROR_CONTEXT_LENGTH,
+                    f"the prompt has {len(tokens)} tokens; the model's context is {ctx} tokens",
+                )
+            ]
+        room = ctx - len(tokens)
+        asked = params.get("max_tokens") or self.cfg.max_tokens or room
+        max_tokens = max(1, min(int(asked), room))
+        try:
+            sampler = make_request_sampler(params)
+            processors = make_request_processors(params)
+        except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
+            return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
+        (uid,) = self._gen.insert(
+            [tokens], max_tokens=[max_tokens], samplers=[sampler], logits_processors=[processors]
+        )
+        stop = params.get("stop") or []
+        live = _Live(
+            id=req.id,
+            uid=uid,
+            text=TextStream(self.m.tokenizer.detokenizer, [stop] if isinstance(stop, str) else stop),
+            prompt_tokens=len(tokens),
+            top_logprobs=params.get("logprobs"),
+            t_start=time.perf_counter(),
+        )
+        self._live[req.id] = live
+        self._by_uid[uid] = live
+        return []
+
+    def cancel(self, rid: str) -> None:
+        live = self._live.get(rid)
+        if live is not None:
+            self._drop(live)
+
+    def _drop(self, live: _Live) -> None:
+        self._gen.remove([live.uid])
+        self._live.pop(live.id, None)
+        self._by_uid.pop(live.uid, None)
+
+    def fail_all(self, code: str, message: str) -> list[Message]:
+        out: list[Message] = [Error(r.id, code, message) for r in self._live.values()]
+        self._live.clear()
+        self._by_uid.clear()
+        self._gen.close()
+        self._gen = self._new_generator()
+        return out
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    def step(self) -> list[Message]:
+        """Advance every sequence one token; return this step's deltas and completions."""
+        if not self._live:
+            return []
+        try:
+            _, responses = self._gen.next()
+        except Exception as e:  # a failed step fails its requests, loudly, and the batch restarts
+            return self.fail_all(ERROR_GENERATION, f"generation failed: {type(e).__name__}: {e}")
+        out: list[Message] = []
+        now = time.perf_counter()
+        for r in responses:
+            live = self._by_uid.get(r.uid)
+            if live is None:
+                continue
+            live.completion_tokens += 1
+            live.t_first = live.t_first or now
+            if r.finish_reason == "stop":  # an end-of-sequence token: not part of the text
+                text = live.text.finish()
+            else:
+                text = live.text.push(r.token)
+                if r.finish_reason == "length":
+                    text += live.text.finish()
+            if live.top_logprobs is not None and r.finish_reason != "stop":
+                live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
+            finish = r.finish_reason
+            if live.text.stopped:
+                finish = "stop"
+                if r.finish_reason is None:
+                    self._gen.remove([r.uid])
+            if text or live.logprobs:
+                out.append(Delta(live.id, text, live.completion_tokens, live.logprobs or None))
+                live.logprobs = []
+            if finish is not None:
+                out.append(self._done(live, finish, now))
+                self._live.pop(live.id, None)
+                self._by_uid.pop(live.uid, None)
+        return out
+
+    def _done(self, live: _Live, finish: str, now: float) -> Done:
+        decode_s = max(now - live.t_first, 1e-9)
+        return Done(
+            live.id,
+            finish,
+            usage={
+                "prompt_tokens": live.prompt_tokens,
+                "completion_tokens": live.completion_tokens,
+                "cached_tokens": 0,
+            },
+            timings={
+                "ttft_s": round(live.t_first - live.t_start, 6),
+                "total_s": round(now - live.t_start, 6),
+                "decode_tps": round((live.completion_tokens - 1) / decode_s, 3),
+            },
+        )
+
+    def _logprob_entry(self, token: int, logprobs: mx.array, top: int) -> dict[str, Any]:
+        """OpenAI's per-token logprobs entry: the chosen token and the ``top`` most likely."""
+        entry = self._token_logprob(token, logprobs[token].item())
+        entry["top_logprobs"] = []
+        if top > 0:
+            ids = mx.argpartition(-logprobs, top - 1)[:top]
+            vals = logprobs[ids]
+            order = mx.argsort(-vals)
+            for i, v in zip(ids[order].tolist(), vals[order].tolist(), strict=True):
+                entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
+        return entry
+
+    def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
+        text = self.m.tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}

@@ -1,0 +1,198 @@
+"""The worker process shell: ZeroMQ, signals, the load thread and the heartbeat.
+
+One thread owns the DEALER socket and the engine core: it reads every waiting message, runs
+one batch step, sends what the step produced, and repeats; with no work it blocks on the
+socket. Loading runs in a side thread so heartbeats go on while weights load. Signals only
+set flags. The worker exits when its parent (the gateway) is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import zmq
+
+from shared.codec import ProtocolError, decode, encode
+from shared.config import ModelConfig
+from shared.protocol import (
+    ERROR_BAD_REQUEST,
+    ERROR_NOT_READY,
+    PROTOCOL_VERSION,
+    Cancel,
+    Drain,
+    Error,
+    Generate,
+    Heartbeat,
+    Hello,
+    Message,
+    State,
+    Tokenize,
+    Tokens,
+    WorkerState,
+)
+
+log = logging.getLogger("hearth.worker")
+HEARTBEAT_EVERY = 1.0
+IDLE_POLL_MS = 100
+
+
+class _Loader(threading.Thread):
+    """Loads the model and runs the sampling self-check off the socket thread."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(name="hearth-load", daemon=True)
+        self.cfg = cfg
+        self.core = None
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            from worker.core import EngineCore
+            from worker.model import load_model
+            from worker.sampling import self_check
+
+            loaded = load_model(self.cfg)
+            self_check(loaded.vocab_size)
+            self.core = EngineCore(loaded, self.cfg)
+        except Exception as e:  # any load failure becomes the `failed` state's detail
+            log.exception("loading %s failed", self.cfg.name)
+            self.error = f"{type(e).__name__}: {e}"
+
+
+class WorkerProcess:
+    def __init__(self, endpoint: str, worker_id: str, cfg: ModelConfig, parent_pid: int | None):
+        self.worker_id = worker_id
+        self.cfg = cfg
+        self.parent_pid = parent_pid
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(endpoint)
+        self.loader = _Loader(cfg)
+        self.core = None
+        self.draining = False
+        self.stop_signal = False
+
+    def send(self, msg: Message) -> None:
+        self.sock.send_multipart(encode(msg))
+
+    def run(self) -> int:
+        self.send(Hello(self.worker_id, self.cfg.name, os.getpid(), PROTOCOL_VERSION, self.cfg.config_hash()))
+        self.send(State(WorkerState.LOADING))
+        self.loader.start()
+        next_beat = 0.0
+        while True:
+            busy = self.core is not None and self.core.has_work
+            if self.sock.poll(0 if busy else IDLE_POLL_MS):
+                self._read_all()
+            if self.core is None and not self.loader.is_alive():
+                if self.loader.error is not None:
+                    self.send(State(WorkerState.FAILED, self.loader.error))
+                    return 3
+                self.core = self.loader.core
+                self.send(State(WorkerState.READY, context_length=self.core.m.context_length))
+            if self.core is not None and self.core.has_work:
+                for msg in self.core.step():
+                    self.send(msg)
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT_EVERY
+                self._heartbeat()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("gateway (pid %s) is gone; exiting", self.parent_pid)
+                    return 0
+            if self.stop_signal and not self.draining:
+                self._start_drain()
+            if self.draining and (self.core is None or not self.core.has_work):
+                return 0
+
+    def _read_all(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropping a message of %d frames", len(frames))
+                continue
+            try:
+                msg = decode(frames[0], frames[1])
+            except ProtocolError as e:
+                log.warning("dropping a bad message: %s", e)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Generate):
+            if self.core is None or self.draining:
+                self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
+                return
+            for out in self.core.add(msg):
+                self.send(out)
+        elif isinstance(msg, Cancel):
+            if self.core is not None:
+                self.core.cancel(msg.id)
+        elif isinstance(msg, Tokenize):
+            if self.core is None:
+                self.send(Error(msg.id, ERROR_NOT_READY, "not ready"))
+                return
+            try:
+                self.send(Tokens(msg.id, self.core.count_tokens(msg.input)))
+            except Exception as e:
+                self.send(Error(msg.id, ERROR_BAD_REQUEST, str(e)))
+        elif isinstance(msg, Drain):
+            self._start_drain()
+        else:
+            log.warning("ignoring a %s message from the gateway", msg.KIND)
+
+    def _start_drain(self) -> None:
+        self.draining = True
+        self.send(State(WorkerState.DRAINING))
+
+    def _heartbeat(self) -> None:
+        import mlx.core as mx
+
+        core = self.core
+        self.send(
+            Heartbeat(
+                running=core.running if core else 0,
+                waiting=core.waiting if core else 0,
+                memory_bytes=int(mx.get_active_memory()),
+            )
+        )
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m worker", description="A Hearth model worker.")
+    p.add_argument("--endpoint", required=True, help="the gateway's worker endpoint (ipc:// or tcp://)")
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--model-json", required=True, help="the model's settings as JSON")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("HEARTH_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s worker[{args.worker_id}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    proc = WorkerProcess(args.endpoint, args.worker_id, ModelConfig.from_json(args.model_json), args.parent_pid)
+
+    def on_term(signum: int, frame: object) -> None:
+        proc.stop_signal = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the gateway, which drains us
+    try:
+        return proc.run()
+    finally:
+        proc.close()

@@ -1,0 +1,120 @@
+"""Per-request sampling, built only from mlx-lm's own samplers and logits processors.
+
+Every parameter Hearth documents reaches mlx-lm here, per request, so requests that share a
+batch keep their own settings. ``self_check`` drives each one through mlx-lm's real functions
+once at worker start, so an mlx-lm upgrade that changes a signature fails at load, naming the
+parameter, never at request time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    make_logits_processors,
+    make_sampler,
+)
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+# Parameters this module understands; the gateway validates them before they get here.
+SAMPLING_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "repetition_context_size",
+    "logit_bias",
+)
+
+
+def make_request_sampler(params: dict[str, Any]) -> Sampler:
+    """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key."""
+    temp = float(params.get("temperature", 1.0))
+    top_p = float(params.get("top_p", 1.0))
+    min_p = float(params.get("min_p", 0.0))
+    top_k = int(params.get("top_k", 0))
+    seed = params.get("seed")
+    if seed is None or temp == 0:
+        return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+    return _seeded_sampler(int(seed), temp, top_p, min_p, top_k)
+
+
+def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:
+    """Same filters as ``make_sampler`` but drawing from a key of its own, so a seed reproduces
+    its output whoever else shares the batch (the global PRNG is shared by every request)."""
+    state = {"key": mx.random.key(seed)}
+
+    def sampler(logprobs: mx.array) -> mx.array:
+        if 0 < top_p < 1.0:
+            logprobs = apply_top_p(logprobs, top_p)
+        if min_p != 0.0:
+            logprobs = apply_min_p(logprobs, min_p, 1)
+        if top_k > 0:
+            logprobs = apply_top_k(logprobs, top_k)
+        state["key"], sub = mx.random.split(state["key"])
+        return mx.random.categorical(logprobs * (1 / temp), key=sub)
+
+    return sampler
+
+
+def make_request_processors(params: dict[str, Any]) -> list[LogitsProcessor]:
+    """mlx-lm's logits processors: logit_bias, repetition, presence and frequency penalties."""
+    bias = params.get("logit_bias") or None
+    ctx = int(params.get("repetition_context_size", 20))
+    return make_logits_processors(
+        logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None,
+        repetition_penalty=params.get("repetition_penalty"),
+        repetition_context_size=ctx,
+        presence_penalty=params.get("presence_penalty"),
+        presence_context_size=ctx,
+        frequency_penalty=params.get("frequency_penalty"),
+        frequency_context_size=ctx,
+    )
+
+
+SELF_CHECK_VALUES: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "top_k": 5,
+    "min_p": 0.05,
+    "seed": 1234,
+    "presence_penalty": 0.5,
+    "frequency_penalty": 0.5,
+    "repetition_penalty": 1.1,
+    "repetition_context_size": 16,
+    "logit_bias": {"0": 5.0},
+}
+
+
+class SelfCheckError(RuntimeError):
+    """mlx-lm rejected a parameter Hearth documents; the worker must not become ready."""
+
+
+def self_check(vocab_size: int) -> None:
+    """Run each supported parameter once through mlx-lm's sampler/processor functions."""
+    logits = mx.random.normal((1, vocab_size))
+    tokens = mx.array([1, 2, 3, 2, 1], dtype=mx.uint32)
+    for name, value in SELF_CHECK_VALUES.items():
+        params = {"temperature": 0.7, name: value}
+        try:
+            out = logits
+            for proc in make_request_processors(params):
+                out = proc(tokens, out)
+            logprobs = out - mx.logsumexp(out, axis=-1, keepdims=True)
+            token = make_request_sampler(params)(logprobs)
+            mx.eval(token)
+            if token.size != 1:
+                raise ValueError(f"sampler returned shape {token.shape}")
+        except Exception as e:
+            raise SelfCheckError(f"sampling parameter {name!r} failed in mlx-lm: {e}") from e
