@@ -38,6 +38,8 @@ class WorkerHandle:
             "pid": self.pid,
             "inflight": len(self.inflight),
             "detail": self.detail or None,
+            "running": hb.running if hb else 0,  # as the worker last reported
+            "waiting": hb.waiting if hb else 0,
             "memory_bytes": hb.memory_bytes if hb else None,
         }
 
@@ -100,7 +102,8 @@ class Pool:
         if entry.failed:
             return "failed"
         states = {w.state for w in self.of_model(model) if w.connected}
-        for s in (WorkerState.READY, WorkerState.LOADING, WorkerState.DRAINING, WorkerState.FAILED):
+        # a worker in `failed` is about to exit and be restarted: the model is not failed (yet)
+        for s in (WorkerState.READY, WorkerState.LOADING, WorkerState.DRAINING):
             if s in states:
                 return s.value
         return "starting"

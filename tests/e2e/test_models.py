@@ -1,0 +1,91 @@
+"""Two models, two workers, one of them loading: probes, isolation and the real SmolLM2.
+
+The SmolLM2 GGUF is imported into a fresh cache folder, so its worker spends several seconds
+loading while the tiny model already serves: /health must answer at once, /ready must say 503
+with both models listed, the tiny model must keep streaming, and a request for SmolLM2 waits
+and then answers "Paris".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Gateway, chat, sse_events, write_config
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("two-models")
+    cfg = write_config(
+        tmp / "hearth.toml",
+        [{"name": "tiny", "path": str(tiny_model)}, {"name": "smol", "path": "default"}],
+    )
+    gw = Gateway(["--config", str(cfg)], tmp / "gateway.log", env={"HEARTH_CACHE_DIR": str(tmp / "cache")})
+    try:
+        gw.wait_health()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_probes_while_loading_then_paris(two_models: Gateway) -> None:
+    http = two_models.http
+    t0 = time.monotonic()
+    assert http.get("/health").status_code == 200
+    assert time.monotonic() - t0 < 1.0
+
+    r = http.get("/ready")
+    assert r.status_code == 503
+    assert set(r.json()["models"]) == {"tiny", "smol"}
+    assert r.json()["models"]["smol"]["state"] in ("starting", "loading")
+
+    # The tiny model gets ready first and streams while SmolLM2 is still importing/loading.
+    deadline = time.monotonic() + 60
+    while http.get("/ready").json()["models"]["tiny"]["state"] != "ready":
+        assert time.monotonic() < deadline, two_models.log()
+        time.sleep(0.1)
+    smol_before = http.get("/ready").json()["models"]["smol"]["state"]
+    with http.stream("POST", "/v1/chat/completions", json=chat("tiny", max_tokens=30, stream=True)) as s:
+        events = sse_events(s)
+    assert events[-1] == "[DONE]"
+    health_times = []
+    for _ in range(5):
+        t = time.monotonic()
+        assert http.get("/health").status_code == 200
+        health_times.append(time.monotonic() - t)
+    assert max(health_times) < 0.5
+    smol_after = http.get("/ready").json()["models"]["smol"]["state"]
+    assert smol_before in ("starting", "loading"), "SmolLM2 loaded before the tiny model streamed"
+    assert smol_after in ("starting", "loading", "ready")
+
+    # A request for the loading model waits, then completes with the real answer.
+    question = chat("smol", "What is the capital of France? Answer briefly.", max_tokens=20)
+    r = http.post("/v1/chat/completions", json=question, timeout=180)
+    assert r.status_code == 200, r.text
+    assert "Paris" in r.json()["choices"][0]["message"]["content"]
+
+    ready = http.get("/ready")
+    assert ready.status_code == 200
+    models = ready.json()["models"]
+    assert models["tiny"]["state"] == models["smol"]["state"] == "ready"
+    pids = {models["tiny"]["workers"][0]["pid"], models["smol"]["workers"][0]["pid"]}
+    assert len(pids) == 2  # one worker process per model
+
+
+def test_both_models_stream_at_once(two_models: Gateway) -> None:
+    import concurrent.futures
+
+    two_models.wait_ready()
+
+    def run(model: str) -> list:
+        with two_models.http.stream("POST", "/v1/chat/completions", json=chat(model, "Hi", max_tokens=16, stream=True)) as s:
+            return sse_events(s)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        a, b = ex.map(run, ["tiny", "smol"])
+    assert a[-1] == b[-1] == "[DONE]"
+    assert a[0]["model"] == "tiny" and b[0]["model"] == "smol"
