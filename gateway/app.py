@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
-from gateway.errors import HearthError, HearthError as _E, MethodNotAllowed, NotFound, error_response
+from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
-from gateway.openai.endpoints import chat_completions, list_models
+from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
 from gateway.supervisor import Supervisor
 from shared.config import Config, ConfigError
@@ -38,7 +38,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
     if exc.status_code == 405:
         return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
-    err = _E(str(exc.detail))
+    err = HearthError(str(exc.detail))
     err.status = exc.status_code
     err.type = "invalid_request_error"
     return error_response(err)
@@ -83,6 +83,7 @@ def create_app(config: Config) -> Starlette:
         Route("/ready", ready, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

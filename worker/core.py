@@ -14,6 +14,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.tokenizer_utils import _byte_decoder  # GPT-2's byte <-> unicode table, cached there
 
 from shared.config import ModelConfig
 from shared.protocol import (
@@ -27,6 +28,7 @@ from shared.protocol import (
     Message,
 )
 from worker.detok import TextStream
+from worker.loops import LoopGuard
 from worker.model import LoadedModel
 from worker.sampling import make_request_processors, make_request_sampler
 from worker.templating import TemplateError, prompt_tokens
@@ -45,6 +47,9 @@ class _Live:
     t_first: float = 0.0
     completion_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    guard: LoopGuard | None = None
+    generated: list[int] = field(default_factory=list)  # kept only for the loop guard
+    loop: tuple[int, int] | None = None
 
 
 class EngineCore:
@@ -56,6 +61,7 @@ class EngineCore:
         self._live: dict[str, _Live] = {}
         self._by_uid: dict[int, _Live] = {}
         self._gen = self._new_generator()
+        self._bytes_cache: dict[int, bytes] = {}
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -120,6 +126,7 @@ class EngineCore:
             prompt_tokens=len(tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
+            guard=LoopGuard.from_param(params.get("loop_guard")),
         )
         self._live[req.id] = live
         self._by_uid[uid] = live
@@ -172,8 +179,14 @@ class EngineCore:
             finish = r.finish_reason
             if live.text.stopped:
                 finish = "stop"
-                if r.finish_reason is None:
-                    self._gen.remove([r.uid])
+            elif live.guard is not None and finish is None:
+                live.generated.append(r.token)
+                live.loop = live.guard.check(live.generated)
+                if live.loop is not None:
+                    finish = "loop"
+                    text += live.text.finish()
+            if finish is not None and r.finish_reason is None:
+                self._gen.remove([r.uid])
             if text or live.logprobs:
                 out.append(Delta(live.id, text, live.completion_tokens, live.logprobs or None))
                 live.logprobs = []
@@ -192,6 +205,7 @@ class EngineCore:
                 "prompt_tokens": live.prompt_tokens,
                 "completion_tokens": live.completion_tokens,
                 "cached_tokens": 0,
+                **({"loop_cycle_tokens": live.loop[0], "loop_repeats": live.loop[1]} if live.loop else {}),
             },
             timings={
                 "ttft_s": round(live.t_first - live.t_start, 6),
@@ -213,5 +227,19 @@ class EngineCore:
         return entry
 
     def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
-        text = self.m.tokenizer.decode([token])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        raw = self._token_bytes(token)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+    def _token_bytes(self, token: int) -> bytes:
+        """A token's own bytes: for byte-level BPE, part of a character is just those bytes."""
+        cached = self._bytes_cache.get(token)
+        if cached is None:
+            tok = self.m.tokenizer
+            piece = tok.convert_ids_to_tokens(token)
+            decoder = _byte_decoder()
+            if isinstance(piece, str) and piece and all(c in decoder for c in piece):
+                cached = bytes(decoder[c] for c in piece)
+            else:
+                cached = tok.decode([token]).encode("utf-8")
+            self._bytes_cache[token] = cached
+        return cached

@@ -1,4 +1,9 @@
-"""OpenAI endpoints. They validate, translate and call the engine client; they never touch sockets."""
+"""OpenAI endpoints. They validate, translate and call the engine client; they never touch sockets.
+
+A request becomes one generation per choice (``n`` per prompt); streaming merges the choices'
+events as they come. Anything that fails before the first byte is a plain JSON error; after
+it, an in-band SSE error event.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,19 @@ from starlette.responses import Response, StreamingResponse
 from gateway import sse
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
-from gateway.errors import HearthError, WorkerFailed, error_response
-from gateway.openai.schemas import ChatCompletionRequest
-from gateway.openai.translate import ChatShape, chat_input, params_for
+from gateway.errors import HearthError, WorkerFailed
+from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from gateway.openai.translate import (
+    ChatShape,
+    ChoiceSpec,
+    CompletionShape,
+    Shape,
+    chat_input,
+    completion_inputs,
+    expand,
+    params_for,
+    usage,
+)
 from shared.protocol import Delta, Done
 
 DISCONNECT_POLL = 0.5
@@ -52,64 +67,131 @@ async def list_models(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     client = _client(request)
     req = validate(ChatCompletionRequest, await read_json(request, client.config.server.body_limit))
+    return await _generate(request, client, req, [chat_input(req)], ChatShape)
+
+
+async def completions(request: Request) -> Response:
+    client = _client(request)
+    req = validate(CompletionRequest, await read_json(request, client.config.server.body_limit))
+    return await _generate(request, client, req, completion_inputs(req), CompletionShape)
+
+
+async def _generate(
+    request: Request, client: EngineClient, req: SamplingFields, inputs: list[dict[str, Any]], shape_cls: type[Shape]
+) -> Response:
     cfg = client.config.model(req.model)
     params = params_for(req, cfg) if cfg else {}
-    rs = await client.submit(req.model, chat_input(req), params, req.stream)
-    shape = ChatShape(rs.id, req.model)
-    if not req.stream:
-        return await _complete(request, rs, shape)
-    events = aiter(rs)
-    try:  # an error before the first token is still a plain JSON error response
-        first = await anext(events)
-    except HearthError:
-        rs.close()
+    specs = expand(inputs, params, req.n)
+    streams: list[RequestStream] = []
+    try:
+        for spec in specs:
+            streams.append(await client.submit(req.model, spec.input, spec.params, req.stream))
+    except BaseException:
+        for rs in streams:
+            rs.close()
         raise
+    shape = shape_cls(streams[0].id, req.model)
+    want_lp = "logprobs" in params
+    if not req.stream:
+        return await _complete(request, specs, streams, shape, want_lp)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return StreamingResponse(_chat_sse(rs, events, first, shape, include_usage), media_type="text/event-stream")
+    merged = _merge(specs, streams)
+    try:  # an error before the first token is still a plain JSON error response
+        first = await anext(merged)
+    except BaseException:
+        await merged.aclose()
+        raise
+    return StreamingResponse(_sse(merged, first, shape, len(specs), want_lp, include_usage), media_type="text/event-stream")
 
 
-async def _complete(request: Request, rs: RequestStream, shape: ChatShape) -> Response:
-    """Non-streaming: wait for the answer, but cancel the work if the client goes away."""
-    task = asyncio.create_task(rs.collect())
+async def _complete(request: Request, specs: list[ChoiceSpec], streams: list[RequestStream], shape: Shape, want_lp: bool) -> Response:
+    """Non-streaming: wait for every choice, but cancel the work if the client goes away."""
+    task = asyncio.ensure_future(asyncio.gather(*(rs.collect() for rs in streams)))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
             if done:
-                text, final, logprobs = task.result()
-                lp = logprobs if "logprobs" in rs.msg.params else None
-                return _json(shape.response(text, final, lp))
+                results = task.result()
+                break
             if await request.is_disconnected():
-                task.cancel()
                 return Response(status_code=499)
     finally:
         if not task.done():
             task.cancel()
-        rs.close()
+        for rs in streams:
+            rs.close()
+    choices = [
+        shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)  # type: ignore[attr-defined]
+        for spec, (text, final, lp) in zip(specs, results, strict=True)
+    ]
+    return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
 
 
-async def _chat_sse(
-    rs: RequestStream, events: AsyncIterator[Delta | Done], first: Delta | Done, shape: ChatShape, include_usage: bool
-) -> AsyncIterator[bytes]:
-    want_lp = "logprobs" in rs.msg.params
+async def _merge(specs: list[ChoiceSpec], streams: list[RequestStream]) -> AsyncIterator[tuple[ChoiceSpec, Delta | Done]]:
+    """Every choice's events, in arrival order. Closing it cancels whatever still runs."""
+    if len(streams) == 1:
+        try:
+            async for ev in streams[0]:
+                yield specs[0], ev
+        finally:
+            streams[0].close()
+        return
+    queue: asyncio.Queue[tuple[ChoiceSpec, Delta | Done | BaseException | None]] = asyncio.Queue()
+
+    async def pump(spec: ChoiceSpec, rs: RequestStream) -> None:
+        try:
+            async for ev in rs:
+                await queue.put((spec, ev))
+        except HearthError as e:
+            await queue.put((spec, e))
+
+    tasks = [asyncio.create_task(pump(s, rs)) for s, rs in zip(specs, streams, strict=True)]
     try:
-        yield sse.event(shape.chunk({"role": "assistant", "content": ""}))
-        ev: Delta | Done = first
+        finished = 0
+        while finished < len(streams):
+            spec, ev = await queue.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            if isinstance(ev, Done):
+                finished += 1
+            yield spec, ev  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        for rs in streams:
+            rs.close()
+
+
+async def _sse(
+    merged: AsyncIterator[tuple[ChoiceSpec, Delta | Done]],
+    first: tuple[ChoiceSpec, Delta | Done],
+    shape: Shape,
+    n: int,
+    want_lp: bool,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    dones: list[tuple[ChoiceSpec, Done]] = []
+    try:
+        if isinstance(shape, ChatShape):
+            for i in range(n):
+                yield sse.event(shape.chunk(i, None, first=True))
+        item = first
         while True:
+            spec, ev = item
             if isinstance(ev, Delta):
-                yield sse.event(shape.chunk({"content": ev.text}, logprobs=ev.logprobs if want_lp else None))
+                yield sse.event(shape.chunk(spec.index, ev.text, logprobs=ev.logprobs if want_lp else None))  # type: ignore[attr-defined]
             else:
-                yield sse.event(shape.chunk({}, finish=ev.finish_reason))
-                if include_usage:
-                    yield sse.event(shape.usage_chunk(ev))
-                yield sse.DONE
-                return
-            ev = await anext(events)
+                dones.append((spec, ev))
+                yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))  # type: ignore[attr-defined]
+                if len(dones) == n:
+                    if include_usage:
+                        yield sse.event(shape.usage_chunk(usage(dones)))
+                    yield sse.DONE
+                    return
+            item = await anext(merged)
     except HearthError as e:  # after the first byte an error can only be an in-band event
         yield sse.event(e.body())
     except StopAsyncIteration:
         yield sse.event(WorkerFailed("the stream ended without a result").body())
     finally:
-        rs.close()
-
-
-__all__ = ["chat_completions", "list_models", "error_response"]
+        await merged.aclose()  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 MAX_INT = 2**31 - 1
+MAX_N = 16  # choices per request (each is one sequence in the batch)
 Float = StrictFloat | StrictInt
 Prob = Annotated[Float, Field(ge=0, le=1)]
 
@@ -24,7 +25,22 @@ class StreamOptions(_Strict):
 
 
 class ResponseFormat(_Strict):
-    type: Literal["text"] = "text"
+    type: StrictStr = "text"
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, v: str) -> str:
+        if v != "text":
+            raise ValueError(f"'{v}' is not supported yet: Hearth has no constrained decoding; use 'text'")
+        return v
+
+
+class LoopGuard(_Strict):
+    """Stop when the output repeats one verbatim cycle this many times (see worker/loops.py)."""
+
+    repeats: Annotated[StrictInt, Field(ge=2, le=1000)] = 4
+    max_cycle: Annotated[StrictInt, Field(ge=1, le=512)] = 64
+    min_span: Annotated[StrictInt, Field(ge=1, le=100_000)] = 32
 
 
 class ChatMessage(_Strict):
@@ -66,10 +82,11 @@ class SamplingFields(_Strict):
     repetition_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
     repetition_context_size: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
     logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
+    loop_guard: StrictBool | LoopGuard | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -81,7 +98,7 @@ class SamplingFields(_Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=100_000)]
     max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
@@ -100,3 +117,18 @@ class ChatCompletionRequest(SamplingFields):
         if self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+
+class CompletionRequest(SamplingFields):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=64)]
+    logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    echo: Literal[False] = False
+    suffix: None = None
+    best_of: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
+
+    @field_validator("echo", "suffix", mode="before")
+    @classmethod
+    def _unsupported(cls, v: Any, info: Any) -> Any:
+        if v not in (None, False):
+            raise ValueError(f"{info.field_name} is not supported by Hearth")
+        return v

@@ -1,12 +1,15 @@
-"""OpenAI bodies <-> Hearth's wire messages: the request's ``input`` and ``params``, and the
-response objects and stream chunks built from ``delta`` and ``done``."""
+"""OpenAI bodies <-> Hearth's wire messages: each choice's ``input`` and ``params``, and the
+response objects and stream chunks (chat and text completions) built from ``delta`` and ``done``."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.openai.schemas import ChatCompletionRequest, SamplingFields
+from pydantic import BaseModel
+
+from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from shared.config import ModelConfig
 from shared.protocol import Done
 
@@ -23,6 +26,7 @@ PASSED_PARAMS = (
     "repetition_penalty",
     "repetition_context_size",
     "logit_bias",
+    "loop_guard",
 )
 
 
@@ -31,66 +35,152 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
     params = dict(cfg.defaults)
     for name in PASSED_PARAMS:
         value = getattr(req, name)
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
         if value is not None:
             params[name] = value
     if isinstance(req, ChatCompletionRequest) and req.logprobs:
         params["logprobs"] = req.top_logprobs or 0
+    if isinstance(req, CompletionRequest) and req.logprobs is not None:
+        params["logprobs"] = req.logprobs
     return params
+
+
+@dataclass(frozen=True)
+class ChoiceSpec:
+    """One generation a request asks for: choice ``index`` of prompt ``prompt``."""
+
+    index: int
+    prompt: int
+    input: dict[str, Any]
+    params: dict[str, Any]
+
+
+def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[ChoiceSpec]:
+    """``n`` choices per input, indexed as OpenAI does (prompt i, sample j -> i * n + j). A seeded
+    request gives each extra sample its own seed, so the n answers differ but reproduce."""
+    specs = []
+    for i, inp in enumerate(inputs):
+        for j in range(n):
+            p = params
+            if j and params.get("seed") is not None:
+                p = {**params, "seed": params["seed"] + j}
+            specs.append(ChoiceSpec(i * n + j, i, inp, p))
+    return specs
 
 
 def chat_input(req: ChatCompletionRequest) -> dict[str, Any]:
     return {"messages": [{"role": m.role, "content": m.text()} for m in req.messages]}
 
 
-def usage(done: Done) -> dict[str, Any]:
-    u = done.usage
-    prompt, completion = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
-    return {
+def completion_inputs(req: CompletionRequest) -> list[dict[str, Any]]:
+    prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt]
+    return [{"prompt": p} for p in prompts]
+
+
+def usage(dones: list[tuple[ChoiceSpec, Done]]) -> dict[str, Any]:
+    """OpenAI usage: each prompt counted once, completions summed, plus what the loop guard did."""
+    prompts: dict[int, int] = {}
+    completion = cached = 0
+    loops = []
+    for spec, done in dones:
+        prompts.setdefault(spec.prompt, done.usage.get("prompt_tokens", 0))
+        completion += done.usage.get("completion_tokens", 0)
+        cached += done.usage.get("cached_tokens", 0) if spec.index == spec.prompt else 0
+        if done.finish_reason == "loop":
+            loops.append(
+                {
+                    "index": spec.index,
+                    "cycle_tokens": done.usage.get("loop_cycle_tokens", 0),
+                    "repeats": done.usage.get("loop_repeats", 0),
+                }
+            )
+    prompt = sum(prompts.values())
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": u.get("cached_tokens", 0)},
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+    if loops:
+        out["loop_guard"] = loops
+    return out
+
+
+def completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """Chat-style logprob entries in the legacy completions layout."""
+    text_offset = []
+    for e in entries:
+        text_offset.append(offset)
+        offset += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": text_offset,
     }
 
 
-class ChatShape:
-    """Builds one chat completion's response object or stream chunks (shared id and time)."""
+class Shape:
+    """Builds one response's objects or stream chunks (shared id and creation time)."""
+
+    prefix = "chatcmpl"
+    object = "chat.completion"
 
     def __init__(self, rid: str, model: str) -> None:
-        self.id = f"chatcmpl-{rid}"
+        self.id = f"{self.prefix}-{rid}"
         self.model = model
         self.created = int(time.time())
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": "hearth"}
 
-    def response(self, text: str, done: Done, logprobs: list[Any] | None) -> dict[str, Any]:
-        body = self._base("chat.completion")
-        body["choices"] = [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": {"content": logprobs} if logprobs is not None else None,
-                "finish_reason": done.finish_reason,
-            }
-        ]
-        body["usage"] = usage(done)
+    def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
+        body = self._base(self.object)
+        body["choices"] = choices
+        body["usage"] = use
         return body
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: list[Any] | None = None) -> dict[str, Any]:
-        body = self._base("chat.completion.chunk")
-        body["choices"] = [
-            {
-                "index": 0,
-                "delta": delta,
-                "logprobs": {"content": logprobs} if logprobs is not None else None,
-                "finish_reason": finish,
-            }
-        ]
-        return body
-
-    def usage_chunk(self, done: Done) -> dict[str, Any]:
-        body = self._base("chat.completion.chunk")
+    def usage_chunk(self, use: dict[str, Any]) -> dict[str, Any]:
+        body = self._base(self.object + ".chunk" if self.prefix == "chatcmpl" else self.object)
         body["choices"] = []
-        body["usage"] = usage(done)
+        body["usage"] = use
+        return body
+
+
+class ChatShape(Shape):
+    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": {"content": logprobs} if logprobs is not None else None,
+            "finish_reason": finish,
+        }
+
+    def chunk(self, index: int, text: str | None, finish: str | None = None, logprobs: list[Any] | None = None, first: bool = False) -> dict[str, Any]:
+        body = self._base("chat.completion.chunk")
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+        body["choices"] = [
+            {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs is not None else None, "finish_reason": finish}
+        ]
+        return body
+
+
+class CompletionShape(Shape):
+    prefix = "cmpl"
+    object = "text_completion"
+
+    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": completion_logprobs(logprobs) if logprobs is not None else None,
+            "finish_reason": finish,
+        }
+
+    def chunk(self, index: int, text: str | None, finish: str | None = None, logprobs: list[Any] | None = None, first: bool = False) -> dict[str, Any]:
+        body = self._base("text_completion")
+        body["choices"] = [
+            {"index": index, "text": text or "", "logprobs": completion_logprobs(logprobs) if logprobs is not None else None, "finish_reason": finish}
+        ]
         return body
