@@ -19,6 +19,7 @@ from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
+from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
 from gateway.supervisor import Supervisor
@@ -63,9 +64,10 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()
-        client = EngineClient(config, config.server.endpoint or default_endpoint(runtime))
+        client = EngineClient(config, config.server.endpoint or default_endpoint(runtime), metrics)
         await client.start()
         supervisor = Supervisor(config, client)
+        metrics.watch_pool(client.pool, supervisor.restarts)
         app.state.client = client
         app.state.supervisor = supervisor
         await supervisor.start()
@@ -77,8 +79,12 @@ def create_app(config: Config) -> Starlette:
             remove_runtime_dir(runtime)
 
     key = api_key(config)
-    middleware = [Middleware(ApiKeyMiddleware, key=key)] if key else []
+    metrics = Metrics()
+    middleware = [Middleware(RequestMetricsMiddleware, metrics=metrics)]
+    if key:
+        middleware.append(Middleware(ApiKeyMiddleware, key=key))
     routes = [
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),

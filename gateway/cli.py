@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
     s.add_argument("--model", help="an MLX model folder or a GGUF file (default: the embedded SmolLM2)")
     s.add_argument("--name", help="the model's name in the API (default: from the path)")
-    s.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype for a GGUF import")
+    s.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype for a GGUF import (auto: float32 on CPU, quantized on Metal)")
     s.add_argument("--config", help="a hearth.toml with [server] and [[models]]")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("import-gguf", help="convert a GGUF file into an MLX model folder")
     g.add_argument("file")
     g.add_argument("out")
-    g.add_argument("--dtype", default="float32", choices=DTYPES)
+    g.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

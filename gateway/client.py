@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from gateway.errors import HearthError, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
+from gateway.metrics import Metrics
 from gateway.pool import Pool, WorkerHandle
 from shared.codec import ProtocolError, decode, encode
 from shared.config import Config
@@ -56,16 +57,37 @@ class RequestStream:
         self.redispatched = False
         self.finished = False
         self.t_submit = time.monotonic()
+        self._t_last = 0.0  # when the last delta arrived, for inter-token latency
+        self._tokens = 0
+
+    def _observe(self, item: Message) -> None:
+        metrics = self.client.metrics
+        if metrics is None:
+            return
+        model = self.msg.model
+        now = time.monotonic()
+        if isinstance(item, Delta):
+            if not self._t_last:
+                metrics.ttft.labels(model).observe(now - self.t_submit)
+            elif item.tokens > self._tokens:
+                gap = (now - self._t_last) / (item.tokens - self._tokens)
+                for _ in range(item.tokens - self._tokens):
+                    metrics.itl.labels(model).observe(gap)
+            self._t_last, self._tokens = now, item.tokens
+        elif isinstance(item, Done):
+            metrics.observe_done(model, item.usage)
 
     async def __aiter__(self) -> AsyncIterator[Delta | Done]:
         """Deltas (merged when several wait: a slow reader gets fewer, larger ones), then Done."""
         while True:
             item = await self.queue.get()
+            self._observe(item)
             if isinstance(item, Delta):
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 end: Message | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
+                    self._observe(nxt)
                     if not isinstance(nxt, Delta):
                         end = nxt
                         break
@@ -103,8 +125,9 @@ class RequestStream:
 
 
 class EngineClient:
-    def __init__(self, config: Config, endpoint: str) -> None:
+    def __init__(self, config: Config, endpoint: str, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.endpoint = endpoint
         self.pool = Pool(config)
         self.ctx = zmq.asyncio.Context()

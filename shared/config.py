@@ -19,7 +19,7 @@ import orjson
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = ("float32", "float16", "bfloat16", "keep")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
 
 
 class ConfigError(ValueError):
@@ -32,9 +32,9 @@ class ModelConfig:
 
     name: str
     path: str
-    replicas: int = 1
+    replicas: int = 1  # worker processes the gateway spawns; 0: only workers started on their own
     preload: bool = True
-    dtype: str = "float32"  # for GGUF imports: float32 is fastest on CPU, "keep" stays quantized
+    dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on Metal
     max_queue: int = 64  # requests waiting for a worker before 429
     max_batch: int = 8  # sequences decoded together by one worker
     prefill_step: int = 512  # prompt tokens per prefill step
@@ -108,8 +108,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 def validate_model(m: ModelConfig) -> None:
     if not m.name.strip():
         raise ConfigError(f"model name {m.name!r} is not valid")
-    if m.replicas < 1:
-        raise ConfigError(f"model {m.name}: replicas must be >= 1")
+    if m.replicas < 0:
+        raise ConfigError(f"model {m.name}: replicas must be >= 0")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:

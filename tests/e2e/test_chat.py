@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pytest
+
+from shared.blas import openblas_path
 from tests.servers import Gateway, chat, sse_events
 
 
@@ -124,3 +128,29 @@ def test_client_disconnect_frees_the_worker(tiny_gateway: Gateway) -> None:
     r2 = tiny_gateway.http.post("/v1/chat/completions", json=chat("tiny", max_tokens=4))
     assert r2.status_code == 200
     assert time.monotonic() - t0 < 5
+
+
+def test_metrics_count_requests_and_tokens(tiny_gateway: Gateway) -> None:
+    def value(text: str, name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and 'model="tiny"' in line and "status" not in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = tiny_gateway.http.get("/metrics").text
+    tiny_gateway.http.post("/v1/chat/completions", json=chat("tiny", max_tokens=7))
+    tiny_gateway.http.post("/v1/chat/completions", json=chat("nope"))
+    after = tiny_gateway.http.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    assert value(text, "hearth_completion_tokens_total") - value(before, "hearth_completion_tokens_total") == 7
+    assert 'hearth_requests_total{endpoint="/v1/chat/completions",model="unknown",status="404"}' in text
+    assert 'hearth_workers{model="tiny",state="ready"} 1.0' in text
+    assert value(text, "hearth_time_to_first_token_seconds_count") >= 1
+
+
+@pytest.mark.skipif(openblas_path() is None, reason="OpenBLAS preloading applies on Linux with libopenblas0-pthread")
+def test_workers_run_with_openblas_preloaded(tiny_gateway: Gateway) -> None:
+    pid = tiny_gateway.workers("tiny")[0]["pid"]
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "openblas" in maps

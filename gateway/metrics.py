@@ -1,0 +1,95 @@
+"""Prometheus metrics (prometheus-client), served at /metrics.
+
+Request counts come from a pure ASGI middleware (status as sent, model as the endpoint
+recorded it); latency and token counts from each request's stream; running/waiting requests,
+worker states and restarts are read from the pool at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from gateway.pool import Pool
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("hearth_requests", "HTTP requests", ["model", "endpoint", "status"], registry=r)
+        self.ttft = Histogram("hearth_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("hearth_inter_token_latency_seconds", "Time between tokens", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("hearth_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("hearth_completion_tokens", "Tokens generated", ["model"], registry=r)
+        self.cached_tokens = Counter("hearth_prompt_cache_hit_tokens", "Prompt tokens served from the KV cache", ["model"], registry=r)
+
+    def observe_done(self, model: str, usage: dict[str, int]) -> None:
+        self.prompt_tokens.labels(model).inc(usage.get("prompt_tokens", 0))
+        self.completion_tokens.labels(model).inc(usage.get("completion_tokens", 0))
+        self.cached_tokens.labels(model).inc(usage.get("cached_tokens", 0))
+
+    def watch_pool(self, pool: Pool, restarts: dict[str, int]) -> None:
+        self.registry.register(_PoolCollector(pool, restarts))
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: Pool, restarts: dict[str, int]) -> None:
+        self.pool = pool
+        self.restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily("hearth_running_requests", "Requests decoding in workers", labels=["model"])
+        waiting = GaugeMetricFamily("hearth_waiting_requests", "Requests waiting for a worker or a batch slot", labels=["model"])
+        workers = GaugeMetricFamily("hearth_workers", "Workers by state", labels=["model", "state"])
+        restarts = GaugeMetricFamily("hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"])
+        for name, entry in self.pool.models.items():
+            ws = self.pool.of_model(name)
+            running.add_metric([name], sum(w.heartbeat.running for w in ws if w.heartbeat))
+            waiting.add_metric([name], entry.waiting + sum(w.heartbeat.waiting for w in ws if w.heartbeat))
+            states: dict[str, int] = {}
+            for w in ws:
+                key = w.state.value if w.connected else "starting"
+                states[key] = states.get(key, 0) + 1
+            for state, count in states.items():
+                workers.add_metric([name, state], count)
+            restarts.add_metric([name], self.restarts.get(name, 0))
+        yield from (running, waiting, workers, restarts)
+
+
+class RequestMetricsMiddleware:
+    """Counts every API response by status; the endpoint puts the model in ``scope["state"]``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(model, scope["path"], str(status[0])).inc()
