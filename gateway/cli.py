@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("file")
     g.add_argument("out")
     g.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
+    sub.add_parser("bench", help="measure a running server (see hearth bench --help)", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        from gateway.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
