@@ -134,6 +134,7 @@ class EngineClient:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._streams: dict[str, RequestStream] = {}
+        self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recv_task: asyncio.Task[None] | None = None
 
@@ -163,35 +164,44 @@ class EngineClient:
         await self._dispatch(rs)
         return rs
 
-    async def _dispatch(self, rs: RequestStream) -> None:
-        worker = await self._wait_for_worker(rs.msg.model, rs.t_submit)
+    async def _dispatch(self, rs: RequestStream, since: float | None = None, admitted: bool = False) -> None:
+        worker = await self._wait_for_worker(rs.msg.model, rs.t_submit if since is None else since, admitted)
         rs.worker_id = worker.worker_id
         worker.inflight.add(rs.id)
         self._streams[rs.id] = rs
         self.send(worker.worker_id, rs.msg)
 
-    async def _wait_for_worker(self, model: str, since: float) -> WorkerHandle:
+    async def _wait_for_worker(self, model: str, since: float, admitted: bool = False) -> WorkerHandle:
+        """A worker with room, first come first served; bounded in number (429) and time (503).
+        ``admitted``: a re-dispatched request, already past the queue bound once."""
         entry = self.pool.models[model]
-        worker = self.pool.pick(model)
-        if worker is not None:
-            return worker
-        if entry.waiting >= entry.cfg.max_queue:
+        if not entry.queue:
+            worker = self.pool.pick(model)
+            if worker is not None:
+                return worker
+        if not admitted and len(entry.queue) >= entry.cfg.max_queue:
             raise QueueFull(f"too many requests are waiting for '{model}'; retry shortly")
         deadline = since + self.config.server.request_wait
-        entry.waiting += 1
+        ticket = object()
+        if admitted:
+            entry.queue.appendleft(ticket)
+        else:
+            entry.queue.append(ticket)
         try:
             while True:
                 if entry.failed:
                     raise Unavailable(f"the model '{model}' failed to start: {entry.failed}", code="model_failed")
-                worker = self.pool.pick(model)
-                if worker is not None:
-                    return worker
+                if entry.queue[0] is ticket:
+                    worker = self.pool.pick(model)
+                    if worker is not None:
+                        return worker
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Unavailable(f"no worker for '{model}' became ready in time; state: {self.pool.model_state(model)}")
                 await self.pool.wait_change(left)
         finally:
-            entry.waiting -= 1
+            entry.queue.remove(ticket)
+            self.pool.notify()  # the next in line may go now
 
     def cancel(self, rs: RequestStream) -> None:
         self._streams.pop(rs.id, None)
@@ -224,7 +234,7 @@ class EngineClient:
 
     async def _redispatch(self, rs: RequestStream) -> None:
         try:
-            await self._dispatch(rs)
+            await self._dispatch(rs, since=time.monotonic(), admitted=True)
         except HearthError as e:
             rs.queue.put_nowait(Error(rs.id, ERROR_WORKER_DIED, f"the model worker died and no other took over: {e.message}"))
 
@@ -236,6 +246,10 @@ class EngineClient:
     def drain_all(self) -> None:
         for wid in list(self.pool.workers):
             self.send(wid, Drain())
+
+    def _refuse(self, worker_id: str) -> None:
+        self._refused.add(worker_id)
+        self.send(worker_id, Drain())
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -267,7 +281,8 @@ class EngineClient:
             self._on_hello(worker_id, msg, handle)
             return
         if handle is None or not handle.connected:
-            log.warning("dropping %s from unknown worker %s", msg.KIND, worker_id)
+            if worker_id not in self._refused:
+                log.warning("dropping %s from unknown worker %s (no hello)", msg.KIND, worker_id)
             return
         handle.last_seen = time.monotonic()
         if isinstance(msg, State):
@@ -282,6 +297,9 @@ class EngineClient:
             rs = self._streams.get(msg.id)
             if rs is None:
                 return  # cancelled or settled already
+            if rs.worker_id != worker_id:
+                log.warning("dropping %s for request %s from %s, which does not hold it", msg.KIND, msg.id, worker_id)
+                return
             if isinstance(msg, (Done, Error)):
                 del self._streams[msg.id]
                 handle.inflight.discard(msg.id)
@@ -297,12 +315,13 @@ class EngineClient:
             )
             if handle is not None:
                 handle.detail = f"protocol {msg.protocol} != {PROTOCOL_VERSION}"
-            self.send(worker_id, Drain())
+            self._refuse(worker_id)
             return
         if msg.model not in self.pool.models:
             log.error("refusing worker %s: it serves unknown model %s", worker_id, msg.model)
-            self.send(worker_id, Drain())
+            self._refuse(worker_id)
             return
+        self._refused.discard(worker_id)
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)
         handle.connected = True

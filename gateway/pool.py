@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,11 @@ class WorkerHandle:
 class ModelEntry:
     cfg: ModelConfig
     failed: str | None = None  # why the supervisor gave up on it
-    waiting: int = 0  # requests waiting for a worker
+    queue: deque[object] = field(default_factory=deque)  # tickets of requests waiting, in order
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
 
 
 class Pool:

@@ -8,13 +8,14 @@ failure is a ``ProtocolError`` so a receive loop can log and drop one bad messag
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from functools import cache
 from typing import Any
 
 import orjson
 
-from shared.protocol import MESSAGE_TYPES, Kind, Message, WorkerState
+from shared.protocol import MESSAGE_TYPES, Done, Kind, Message, WorkerState
 
 
 class ProtocolError(ValueError):
@@ -30,19 +31,28 @@ def encode(msg: Message) -> list[bytes]:
 _SIMPLE = {str: str, int: int, float: (int, float), bool: bool, dict: dict, list: list}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    typ: Any  # what isinstance must accept (None: anything)
+    required: bool
+    nullable: bool
+
+
 @cache
-def _checks(cls: type) -> dict[str, tuple[Any, bool]]:
-    """Per field: the runtime type to check (or None) and whether the field is required."""
+def _checks(cls: type) -> dict[str, _Field]:
+    """Per field of a message class: its runtime type check, and whether it may be absent or null."""
     hints = typing.get_type_hints(cls)
-    out: dict[str, tuple[Any, bool]] = {}
+    out: dict[str, _Field] = {}
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
+        nullable = type(None) in args
+        if nullable:
+            hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint) or hint
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if hint is WorkerState:
-            out[f.name] = (WorkerState, required)
-        else:
-            out[f.name] = (_SIMPLE.get(origin), required)
+        typ = WorkerState if hint is WorkerState else _SIMPLE.get(origin)
+        out[f.name] = _Field(typ, required, nullable)
     return out
 
 
@@ -60,20 +70,36 @@ def decode(kind: bytes, payload: bytes) -> Message:
         raise ProtocolError(f"{k}: payload is not an object")
     cls = MESSAGE_TYPES[k]
     args: dict[str, Any] = {}
-    for name, (typ, required) in _checks(cls).items():
+    for name, spec in _checks(cls).items():
+        typ = spec.typ
         if name not in obj:
-            if required:
+            if spec.required:
                 raise ProtocolError(f"{k}: missing field {name!r}")
             continue
         value = obj[name]
-        if typ is WorkerState:
+        if value is None:
+            if not spec.nullable:
+                raise ProtocolError(f"{k}: field {name!r} is null")
+        elif typ is WorkerState:
             try:
                 value = WorkerState(value)
             except ValueError:
                 raise ProtocolError(f"{k}: bad state {value!r}") from None
-        elif typ is not None and value is not None and not isinstance(value, typ):
+        elif typ is not None and not isinstance(value, typ):
             raise ProtocolError(f"{k}: field {name!r} has type {type(value).__name__}")
         elif typ is not None and typ is not bool and isinstance(value, bool) and typ in (int, (int, float)):
             raise ProtocolError(f"{k}: field {name!r} has type bool")
         args[name] = value
-    return cls(**args)
+    msg = cls(**args)
+    _check_numbers(k, msg)
+    return msg
+
+
+def _check_numbers(k: Kind, msg: Message) -> None:
+    """Counters inside a message's dicts are numbers (the gateway adds them up)."""
+    numbers: dict[str, Any] = {}
+    if isinstance(msg, Done):
+        numbers = {**msg.usage, **msg.timings}
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{k}: {key!r} must be a number")
