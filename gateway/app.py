@@ -38,7 +38,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        response.headers.update(exc.headers or {})  # Allow: the methods that are
+        return response
     err = HearthError(str(exc.detail))
     err.status = exc.status_code
     err.type = "invalid_request_error"

@@ -45,9 +45,20 @@ def _param(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part) not in _TYPE_TAGS and not any(c in str(part) for c in "[]-"):
+        elif str(part) not in _TYPE_TAGS and not any(c in str(part) for c in "[]-") and not str(part)[:1].isupper():
             out += ("." if out else "") + str(part)  # a field name, not a union member's tag
     return out
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """Of the errors about the first parameter at fault, prefer one from a union member whose type
+    matched (``stop`` with 5 strings: "at most 4 items", not "should be a valid string")."""
+    first = errors[0]
+    field = first["loc"][:1]
+    for err in errors:
+        if err["loc"][:1] == field and not err["type"].endswith("_type") and err["type"] not in ("is_instance_of", "bool_parsing"):
+            return err
+    return first
 
 
 def validate(model: type[M], data: Any) -> M:
@@ -57,7 +68,7 @@ def validate(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
+        err = _most_telling(e.errors(include_url=False))
         param = _param(tuple(err["loc"])) or None
         msg = err["msg"].removeprefix("Value error, ")
         code = "missing_parameter" if err["type"] == "missing" else "invalid_parameter"

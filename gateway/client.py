@@ -103,7 +103,7 @@ class RequestStream:
                 yield item
                 return
             assert isinstance(item, Error)
-            raise from_worker(item.code, item.message)
+            raise from_worker(item.code, item.message, item.param or next(iter(self.msg.input), None))
 
     async def collect(self) -> tuple[str, Done, list[Any]]:
         """The whole answer (non-streaming): text, the final Done, logprobs entries."""

@@ -104,10 +104,11 @@ class WorkerFailed(HearthError):
     code = "worker_failed"
 
 
-def from_worker(code: str, message: str) -> HearthError:
-    """The gateway-side error for a worker's ``error`` message."""
+def from_worker(code: str, message: str, param: str | None = None) -> HearthError:
+    """The gateway-side error for a worker's ``error`` message; ``param`` names the parameter at
+    fault of a client error (the request's ``messages`` or ``prompt`` when the worker says none)."""
     if code in (ERROR_CONTEXT_LENGTH, ERROR_BAD_REQUEST):
-        return InvalidRequest(message, param="messages", code=code)
+        return InvalidRequest(message, param=param, code=code)
     if code == ERROR_NOT_READY:
         return Unavailable(message)
     return WorkerFailed(message, code=code)

@@ -140,6 +140,7 @@ class Error:
     id: str
     code: str
     message: str
+    param: str | None = None  # the request parameter at fault, for a client error
     KIND = Kind.ERROR
 
 

@@ -30,7 +30,7 @@ from shared.protocol import (
 from worker.detok import TextStream
 from worker.loops import LoopGuard
 from worker.model import LoadedModel
-from worker.sampling import make_request_processors, make_request_sampler
+from worker.sampling import ParamError, make_request_processors, make_request_sampler
 from worker.templating import TemplateError, prompt_tokens
 
 
@@ -62,6 +62,7 @@ class EngineCore:
         self._by_uid: dict[int, _Live] = {}
         self._gen = self._new_generator()
         self._bytes_cache: dict[int, bytes] = {}
+        self.broken: str | None = None  # set when a step failed: the worker must restart
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -111,8 +112,10 @@ class EngineCore:
         asked = params.get("max_tokens") or self.cfg.max_tokens or room
         max_tokens = max(1, min(int(asked), room))
         try:
-            sampler = make_request_sampler(params)
-            processors = make_request_processors(params)
+            sampler = make_request_sampler(params, self.m.vocab_size)
+            processors = make_request_processors(params, self.m.vocab_size)
+        except ParamError as e:
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
         (uid,) = self._gen.insert(
@@ -143,11 +146,12 @@ class EngineCore:
         self._by_uid.pop(live.uid, None)
 
     def fail_all(self, code: str, message: str) -> list[Message]:
+        """Fail every request in flight. MLX state after a failed step can't be trusted (compiled
+        samplers stay broken), so the core is ``broken`` and the process restarts clean."""
         out: list[Message] = [Error(r.id, code, message) for r in self._live.values()]
         self._live.clear()
         self._by_uid.clear()
-        self._gen.close()
-        self._gen = self._new_generator()
+        self.broken = message
         return out
 
     # -- stepping ---------------------------------------------------------------------------

@@ -101,6 +101,10 @@ class WorkerProcess:
             if self.core is not None and self.core.has_work:
                 for msg in self.core.step():
                     self.send(msg)
+                if self.core.broken:
+                    log.error("a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken)
+                    self.send(State(WorkerState.FAILED, self.core.broken))
+                    return 4
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_EVERY

@@ -38,12 +38,15 @@ SAMPLING_PARAMS = (
 )
 
 
-def make_request_sampler(params: dict[str, Any]) -> Sampler:
-    """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key."""
+def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
+    """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key.
+    A top_k that keeps the whole vocabulary filters nothing, so it is left out (mlx-lm refuses it)."""
     temp = float(params.get("temperature", 1.0))
     top_p = float(params.get("top_p", 1.0))
     min_p = float(params.get("min_p", 0.0))
     top_k = int(params.get("top_k", 0))
+    if top_k >= vocab_size:
+        top_k = 0
     seed = params.get("seed")
     if seed is None or temp == 0:
         return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
@@ -53,7 +56,7 @@ def make_request_sampler(params: dict[str, Any]) -> Sampler:
 def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:
     """Same filters as ``make_sampler`` but drawing from a key of its own, so a seed reproduces
     its output whoever else shares the batch (the global PRNG is shared by every request)."""
-    state = {"key": mx.random.key(seed)}
+    state = {"key": mx.random.key(seed % 2**64)}  # any integer seed, negative ones too
 
     def sampler(logprobs: mx.array) -> mx.array:
         if 0 < top_p < 1.0:
@@ -68,9 +71,20 @@ def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: i
     return sampler
 
 
-def make_request_processors(params: dict[str, Any]) -> list[LogitsProcessor]:
+class ParamError(ValueError):
+    """A parameter the gateway could not check (it needs the model): a 400 naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def make_request_processors(params: dict[str, Any], vocab_size: int) -> list[LogitsProcessor]:
     """mlx-lm's logits processors: logit_bias, repetition, presence and frequency penalties."""
     bias = params.get("logit_bias") or None
+    for key in bias or {}:
+        if not 0 <= int(key) < vocab_size:
+            raise ParamError("logit_bias", f"logit_bias: token id {key} is not in the vocabulary (0 to {vocab_size - 1})")
     ctx = int(params.get("repetition_context_size", 20))
     return make_logits_processors(
         logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None,
@@ -86,9 +100,9 @@ def make_request_processors(params: dict[str, Any]) -> list[LogitsProcessor]:
 SELF_CHECK_VALUES: dict[str, Any] = {
     "temperature": 0.7,
     "top_p": 0.9,
-    "top_k": 5,
+    "top_k": 10**9,
     "min_p": 0.05,
-    "seed": 1234,
+    "seed": -1234,
     "presence_penalty": 0.5,
     "frequency_penalty": 0.5,
     "repetition_penalty": 1.1,
@@ -109,10 +123,10 @@ def self_check(vocab_size: int) -> None:
         params = {"temperature": 0.7, name: value}
         try:
             out = logits
-            for proc in make_request_processors(params):
+            for proc in make_request_processors(params, vocab_size):
                 out = proc(tokens, out)
             logprobs = out - mx.logsumexp(out, axis=-1, keepdims=True)
-            token = make_request_sampler(params)(logprobs)
+            token = make_request_sampler(params, vocab_size)(logprobs)
             mx.eval(token)
             if token.size != 1:
                 raise ValueError(f"sampler returned shape {token.shape}")

@@ -92,8 +92,8 @@ class SamplingFields(_Strict):
     @classmethod
     def _token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) < MAX_INT):
+                raise ValueError(f"keys must be token ids (integers from 0), got {key!r}")
         return v
 
 

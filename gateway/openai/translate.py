@@ -64,7 +64,7 @@ def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list
         for j in range(n):
             p = params
             if j and params.get("seed") is not None:
-                p = {**params, "seed": params["seed"] + j}
+                p = {**params, "seed": (params["seed"] + j) % 2**64}
             specs.append(ChoiceSpec(i * n + j, i, inp, p))
     return specs
 
