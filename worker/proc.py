@@ -55,11 +55,11 @@ class _Loader(threading.Thread):
         try:
             from worker.core import EngineCore
             from worker.model import load_model
-            from worker.sampling import self_check
+            from worker.selfcheck import self_check
 
-            loaded = load_model(self.cfg)
-            self_check(loaded.vocab_size)
-            self.core = EngineCore(loaded, self.cfg)
+            core = EngineCore(load_model(self.cfg), self.cfg)
+            self_check(core)
+            self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail
             log.exception("loading %s failed", self.cfg.name)
             self.error = f"{type(e).__name__}: {e}"

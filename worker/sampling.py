@@ -1,9 +1,9 @@
 """Per-request sampling, built only from mlx-lm's own samplers and logits processors.
 
 Every parameter Hearth documents reaches mlx-lm here, per request, so requests that share a
-batch keep their own settings. ``self_check`` drives each one through mlx-lm's real functions
-once at worker start, so an mlx-lm upgrade that changes a signature fails at load, naming the
-parameter, never at request time.
+batch keep their own settings. ``worker.selfcheck`` drives each one through these functions
+and mlx-lm's batch generator once at worker start, so an mlx-lm upgrade that changes a signature
+fails at load, naming the parameter, never at request time.
 """
 
 from __future__ import annotations
@@ -95,40 +95,3 @@ def make_request_processors(params: dict[str, Any], vocab_size: int) -> list[Log
         frequency_penalty=params.get("frequency_penalty"),
         frequency_context_size=ctx,
     )
-
-
-SELF_CHECK_VALUES: dict[str, Any] = {
-    "temperature": 0.7,
-    "top_p": 0.9,
-    "top_k": 10**9,
-    "min_p": 0.05,
-    "seed": -1234,
-    "presence_penalty": 0.5,
-    "frequency_penalty": 0.5,
-    "repetition_penalty": 1.1,
-    "repetition_context_size": 16,
-    "logit_bias": {"0": 5.0},
-}
-
-
-class SelfCheckError(RuntimeError):
-    """mlx-lm rejected a parameter Hearth documents; the worker must not become ready."""
-
-
-def self_check(vocab_size: int) -> None:
-    """Run each supported parameter once through mlx-lm's sampler/processor functions."""
-    logits = mx.random.normal((1, vocab_size))
-    tokens = mx.array([1, 2, 3, 2, 1], dtype=mx.uint32)
-    for name, value in SELF_CHECK_VALUES.items():
-        params = {"temperature": 0.7, name: value}
-        try:
-            out = logits
-            for proc in make_request_processors(params, vocab_size):
-                out = proc(tokens, out)
-            logprobs = out - mx.logsumexp(out, axis=-1, keepdims=True)
-            token = make_request_sampler(params, vocab_size)(logprobs)
-            mx.eval(token)
-            if token.size != 1:
-                raise ValueError(f"sampler returned shape {token.shape}")
-        except Exception as e:
-            raise SelfCheckError(f"sampling parameter {name!r} failed in mlx-lm: {e}") from e

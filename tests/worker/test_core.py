@@ -1,0 +1,98 @@
+"""The engine core in-process (no sockets): batching, cancel, context limits, the self-check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import ModelConfig
+from shared.protocol import Delta, Done, Error, Generate
+
+
+@pytest.fixture(scope="module")
+def core(tiny_model: Path):  # type: ignore[no-untyped-def]
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    cfg = ModelConfig(name="tiny", path=str(tiny_model), max_batch=4)
+    return EngineCore(load_model(cfg), cfg)
+
+
+def gen(rid: str, **params: object) -> Generate:
+    return Generate(id=rid, model="tiny", input={"messages": [{"role": "user", "content": rid}]}, params={"temperature": 0, **params})
+
+
+def run(core, *reqs: Generate, steps: int = 500) -> list:  # type: ignore[no-untyped-def]
+    events = [e for r in reqs for e in core.add(r)]
+    for _ in range(steps):
+        if not core.has_work:
+            break
+        events += core.step()
+    return events
+
+
+def test_batched_requests_each_finish_with_their_own_usage(core) -> None:  # type: ignore[no-untyped-def]
+    events = run(core, gen("a", max_tokens=5), gen("b", max_tokens=9), gen("c", max_tokens=1))
+    done = {e.id: e for e in events if isinstance(e, Done)}
+    assert {k: d.usage["completion_tokens"] for k, d in done.items()} == {"a": 5, "b": 9, "c": 1}
+    assert all(d.finish_reason == "length" for d in done.values())
+    deltas = [e for e in events if isinstance(e, Delta) and e.id == "b"]
+    assert deltas and deltas[-1].tokens <= 9
+    assert not core.has_work
+
+
+def test_same_request_alone_and_batched_gives_the_same_text(core) -> None:  # type: ignore[no-untyped-def]
+    alone = "".join(e.text for e in run(core, gen("x", max_tokens=12)) if isinstance(e, Delta))
+    mixed = run(core, gen("x", max_tokens=12), gen("y", max_tokens=20), gen("z", max_tokens=3))
+    assert "".join(e.text for e in mixed if isinstance(e, Delta) and e.id == "x") == alone
+
+
+def test_cancel_frees_the_sequence_at_once(core) -> None:  # type: ignore[no-untyped-def]
+    core.add(gen("long", max_tokens=10_000))
+    for _ in range(3):
+        core.step()
+    assert core.running == 1
+    core.cancel("long")
+    assert not core.has_work and core.running == 0
+    assert run(core, gen("next", max_tokens=2))[-1].finish_reason == "length"
+
+
+def test_prompt_longer_than_the_context_is_refused_with_both_counts(core) -> None:  # type: ignore[no-untyped-def]
+    ctx = core.m.context_length
+    (err,) = core.add(Generate(id="big", model="tiny", input={"tokens": [5] * (ctx + 10)}, params={}))
+    assert isinstance(err, Error) and err.code == "context_length_exceeded"
+    assert str(ctx + 10) in err.message and str(ctx) in err.message
+
+
+def test_max_tokens_is_clamped_to_what_the_context_leaves(core, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(core.m, "context_length", 64)  # a short context keeps the prefill quick
+    ctx = core.m.context_length
+    events = run(core, Generate(id="full", model="tiny", input={"tokens": [5] * (ctx - 3)}, params={"max_tokens": 10**6, "temperature": 0}))
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "length"
+    assert done.usage["prompt_tokens"] + done.usage["completion_tokens"] == ctx
+
+
+def test_self_check_passes_on_this_mlx_lm(core) -> None:  # type: ignore[no-untyped-def]
+    from worker.selfcheck import self_check
+
+    self_check(core)
+    assert not core.has_work and core.broken is None
+
+
+def test_self_check_names_a_parameter_mlx_lm_no_longer_takes(core, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Simulate an mlx-lm upgrade that renamed a keyword of make_logits_processors."""
+    import worker.sampling as sampling
+    from worker.selfcheck import SelfCheckError, self_check
+
+    real = sampling.make_logits_processors
+
+    def renamed(*, repetition_penalty=None, **kw):  # type: ignore[no-untyped-def]
+        if repetition_penalty is not None:
+            raise TypeError("make_logits_processors() got an unexpected keyword argument 'repetition_penalty'")
+        return real(**kw)
+
+    monkeypatch.setattr(sampling, "make_logits_processors", renamed)
+    with pytest.raises(SelfCheckError, match="repetition_penalty"):
+        self_check(core)
