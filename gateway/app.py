@@ -21,6 +21,7 @@ from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_respon
 from gateway.health import health, ready
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
+from gateway.openai.translate import check_defaults
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
 from gateway.supervisor import Supervisor
 from shared.config import Config, ConfigError
@@ -63,6 +64,8 @@ def api_key(config: Config) -> str | None:
 
 
 def create_app(config: Config) -> Starlette:
+    for m in config.models:
+        check_defaults(m)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()

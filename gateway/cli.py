@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         config = make_config(server, list(config.models))
     else:
         server = ServerConfig(
-            host=args.host or "127.0.0.1", port=args.port or 8080, api_key_env=args.api_key_env
+            host=args.host or "127.0.0.1", port=8080 if args.port is None else args.port, api_key_env=args.api_key_env
         )
         models = []
         if args.model:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = p.parse_args(argv)
+    os.environ["HEARTH_LOG_LEVEL"] = args.log_level.upper()  # workers inherit it
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "serve":

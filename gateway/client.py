@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import zmq
@@ -25,6 +25,7 @@ from gateway.pool import Pool, WorkerHandle
 from shared.codec import ProtocolError, decode, encode
 from shared.config import Config
 from shared.protocol import (
+    ERROR_NOT_READY,
     ERROR_WORKER_DIED,
     PROTOCOL_VERSION,
     Cancel,
@@ -37,7 +38,6 @@ from shared.protocol import (
     Hello,
     Message,
     State,
-    Tokens,
     WorkerState,
 )
 
@@ -134,6 +134,7 @@ class EngineClient:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._streams: dict[str, RequestStream] = {}
+        self.on_demand: Callable[[str], None] | None = None  # set by the supervisor
         self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recv_task: asyncio.Task[None] | None = None
@@ -175,6 +176,8 @@ class EngineClient:
         """A worker with room, first come first served; bounded in number (429) and time (503).
         ``admitted``: a re-dispatched request, already past the queue bound once."""
         entry = self.pool.models[model]
+        if self.on_demand is not None:
+            self.on_demand(model)  # a model that is not preloaded starts on its first request
         if not entry.queue:
             worker = self.pool.pick(model)
             if worker is not None:
@@ -233,8 +236,12 @@ class EngineClient:
                 rs.queue.put_nowait(Error(rid, ERROR_WORKER_DIED, f"the model worker died mid-request ({why})"))
 
     async def _redispatch(self, rs: RequestStream) -> None:
+        if rs.finished:
+            return  # the client left meanwhile
         try:
             await self._dispatch(rs, since=time.monotonic(), admitted=True)
+            if rs.finished:
+                self.cancel(rs)
         except HearthError as e:
             rs.queue.put_nowait(Error(rs.id, ERROR_WORKER_DIED, f"the model worker died and no other took over: {e.message}"))
 
@@ -293,7 +300,7 @@ class EngineClient:
             self.pool.notify()
         elif isinstance(msg, Heartbeat):
             handle.heartbeat = msg
-        elif isinstance(msg, (Delta, Done, Error, Tokens)):
+        elif isinstance(msg, (Delta, Done, Error)):
             rs = self._streams.get(msg.id)
             if rs is None:
                 return  # cancelled or settled already
@@ -304,6 +311,10 @@ class EngineClient:
                 del self._streams[msg.id]
                 handle.inflight.discard(msg.id)
                 self.pool.notify()
+                if isinstance(msg, Error) and msg.code == ERROR_NOT_READY and not rs.started and not rs.redispatched:
+                    rs.redispatched = True  # a draining worker turned it away: another replica may take it
+                    self._spawn(self._redispatch(rs))
+                    return
             else:
                 rs.started = True
             rs.queue.put_nowait(msg)
@@ -317,10 +328,18 @@ class EngineClient:
                 handle.detail = f"protocol {msg.protocol} != {PROTOCOL_VERSION}"
             self._refuse(worker_id)
             return
+        if msg.worker_id != worker_id:
+            log.error("refusing worker %s: its hello says it is %s", worker_id, msg.worker_id)
+            self._refuse(worker_id)
+            return
         if msg.model not in self.pool.models:
             log.error("refusing worker %s: it serves unknown model %s", worker_id, msg.model)
             self._refuse(worker_id)
             return
+        expected = self.pool.models[msg.model].cfg.config_hash()
+        if msg.config_hash != expected:
+            log.warning("worker %s runs %s with other settings than this gateway's (hash %s, expected %s)",
+                        worker_id, msg.model, msg.config_hash, expected)
         self._refused.discard(worker_id)
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)

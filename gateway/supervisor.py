@@ -51,14 +51,26 @@ class Supervisor:
         self.client = client
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.restarts: dict[str, int] = {}
+        self.started: set[str] = set()  # models whose replicas are running
+        self.given_up: dict[str, int] = {}  # replicas that used up their restart budget
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        """Start the preloaded models' workers now; the others on their first request."""
+        self.client.on_demand = self.ensure_started
         for m in self.config.models:
-            for replica in range(m.replicas):
-                self._tasks.append(asyncio.create_task(self._run_replica(m, replica)))
+            if m.preload:
+                self.ensure_started(m.name)
         self._tasks.append(asyncio.create_task(self._watchdog()))
+
+    def ensure_started(self, name: str) -> None:
+        if name in self.started or self.stopping:
+            return
+        self.started.add(name)
+        m = next(m for m in self.config.models if m.name == name)
+        for replica in range(m.replicas):
+            self._tasks.append(asyncio.create_task(self._run_replica(m, replica)))
 
     async def _run_replica(self, model: ModelConfig, replica: int) -> None:
         crashes: deque[float] = deque()
@@ -98,8 +110,12 @@ class Supervisor:
             await asyncio.sleep(min(0.5 * 2 ** (len(crashes) - 1), MAX_BACKOFF))
 
     def _give_up(self, model: ModelConfig, why: str) -> None:
-        log.error("model %s failed: %s", model.name, why)
-        self.client.pool.models[model.name].failed = why
+        """One replica stops restarting; the model is failed once all of them have."""
+        self.given_up[model.name] = self.given_up.get(model.name, 0) + 1
+        log.error("a replica of %s stopped restarting: %s", model.name, why)
+        if self.given_up[model.name] >= model.replicas:
+            log.error("model %s failed: %s", model.name, why)
+            self.client.pool.models[model.name].failed = why
         self.client.pool.notify()
 
     async def _watchdog(self) -> None:

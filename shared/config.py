@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +101,34 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if not _type_ok(hints[key], value):
+            raise ConfigError(f"{where}: {key} = {value!r} should be {_type_name(hints[key])}")
+    return cls(**data)
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    """A TOML value against a setting's declared type (bool is not an int; an int is a float)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in options:
+        origin = typing.get_origin(t) or t
+        if t is type(None) and value is None:
+            return True
+        if origin is bool and isinstance(value, bool):
+            return True
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if origin in (str, dict, list) and isinstance(value, origin):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in options if t is not type(None))
 
 
 def validate_model(m: ModelConfig) -> None:

@@ -162,7 +162,7 @@ MESSAGE_TYPES: dict[Kind, type] = {
     for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens)
 }
 
-# Error codes a worker may send, and what they mean to a client.
+# Error codes in `error` messages (worker_died is the gateway's own, for a worker that vanished).
 ERROR_CONTEXT_LENGTH = "context_length_exceeded"
 ERROR_GENERATION = "generation_failed"
 ERROR_NOT_READY = "not_ready"

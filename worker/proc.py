@@ -138,7 +138,12 @@ class WorkerProcess:
             if self.core is None or self.draining:
                 self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
                 return
-            for out in self.core.add(msg):
+            try:
+                events = self.core.add(msg)
+            except Exception as e:  # never let one request's input take the worker down
+                log.exception("refusing request %s", msg.id)
+                events = [Error(msg.id, ERROR_BAD_REQUEST, f"the worker could not take this request: {type(e).__name__}: {e}")]
+            for out in events:
                 self.send(out)
         elif isinstance(msg, Cancel):
             if self.core is not None:
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = p.parse_args(argv)
     logging.basicConfig(
-        level=os.environ.get("HEARTH_LOG_LEVEL", "INFO"),
+        level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s worker[{args.worker_id}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )

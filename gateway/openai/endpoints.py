@@ -8,6 +8,7 @@ it, an in-band SSE error event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,6 +84,49 @@ async def _generate(
     request.scope.setdefault("state", {})["model"] = req.model if cfg else "unknown"  # for metrics
     params = params_for(req, cfg) if cfg else {}
     specs = expand(inputs, params, req.n)
+    want_lp = "logprobs" in params
+
+    if not req.stream:
+
+        async def whole() -> tuple[str, list[tuple[str, Done, list[Any]]]]:
+            streams = await _open(client, req, specs)
+            try:
+                return streams[0].id, list(await asyncio.gather(*(rs.collect() for rs in streams)))
+            finally:
+                for rs in streams:
+                    rs.close()
+
+        out = await _unless_gone(request, whole())
+        if out is GONE:
+            return Response(status_code=499)
+        rid, results = out
+        shape = shape_cls(rid, req.model)
+        choices = [
+            shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)  # type: ignore[attr-defined]
+            for spec, (text, final, lp) in zip(specs, results, strict=True)
+        ]
+        return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
+
+    async def opening() -> tuple[str, AsyncIterator[tuple[ChoiceSpec, Delta | Done]], tuple[ChoiceSpec, Delta | Done]]:
+        streams = await _open(client, req, specs)
+        merged = _merge(specs, streams)
+        try:  # an error before the first token is still a plain JSON error response
+            return streams[0].id, merged, await anext(merged)
+        except BaseException:
+            await merged.aclose()
+            raise
+
+    opened = await _unless_gone(request, opening())
+    if opened is GONE:
+        return Response(status_code=499)
+    rid, merged, first = opened
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    body = _sse(merged, first, shape_cls(rid, req.model), len(specs), want_lp, include_usage)
+    return StreamingResponse(body, media_type="text/event-stream")
+
+
+async def _open(client: EngineClient, req: SamplingFields, specs: list[ChoiceSpec]) -> list[RequestStream]:
+    """Submit every choice; if one can't be queued, the others are cancelled."""
     streams: list[RequestStream] = []
     try:
         for spec in specs:
@@ -91,41 +135,28 @@ async def _generate(
         for rs in streams:
             rs.close()
         raise
-    shape = shape_cls(streams[0].id, req.model)
-    want_lp = "logprobs" in params
-    if not req.stream:
-        return await _complete(request, specs, streams, shape, want_lp)
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    merged = _merge(specs, streams)
-    try:  # an error before the first token is still a plain JSON error response
-        first = await anext(merged)
-    except BaseException:
-        await merged.aclose()
-        raise
-    return StreamingResponse(_sse(merged, first, shape, len(specs), want_lp, include_usage), media_type="text/event-stream")
+    return streams
 
 
-async def _complete(request: Request, specs: list[ChoiceSpec], streams: list[RequestStream], shape: Shape, want_lp: bool) -> Response:
-    """Non-streaming: wait for every choice, but cancel the work if the client goes away."""
-    task = asyncio.ensure_future(asyncio.gather(*(rs.collect() for rs in streams)))
+GONE = object()
+
+
+async def _unless_gone(request: Request, coro: Any) -> Any:
+    """Run ``coro`` (queueing, generating) but cancel it if the client disconnects meanwhile."""
+    task = asyncio.ensure_future(coro)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
             if done:
-                results = task.result()
-                break
+                return task.result()
             if await request.is_disconnected():
-                return Response(status_code=499)
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                return GONE
     finally:
         if not task.done():
             task.cancel()
-        for rs in streams:
-            rs.close()
-    choices = [
-        shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)  # type: ignore[attr-defined]
-        for spec, (text, final, lp) in zip(specs, results, strict=True)
-    ]
-    return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
 
 
 async def _merge(specs: list[ChoiceSpec], streams: list[RequestStream]) -> AsyncIterator[tuple[ChoiceSpec, Delta | Done]]:

@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from shared.config import ModelConfig
+from gateway.bodies import validate
+from gateway.errors import HearthError
+from shared.config import ConfigError, ModelConfig
 from shared.protocol import Done
 
 PASSED_PARAMS = (
@@ -28,6 +30,18 @@ PASSED_PARAMS = (
     "logit_bias",
     "loop_guard",
 )
+
+
+def check_defaults(cfg: ModelConfig) -> None:
+    """A model's ``defaults`` must be request parameters with valid values: checked once at
+    start by the same schema as requests, so a typo fails the start, not every request."""
+    unknown = set(cfg.defaults) - set(PASSED_PARAMS)
+    if unknown:
+        raise ConfigError(f"model {cfg.name}: unknown default parameter(s) {', '.join(sorted(unknown))}")
+    try:
+        validate(SamplingFields, {"model": cfg.name, **cfg.defaults})
+    except HearthError as e:
+        raise ConfigError(f"model {cfg.name}: defaults: {e.message}") from None
 
 
 def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
