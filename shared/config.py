@@ -101,6 +101,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing setting(s) {', '.join(missing)}")
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if not _type_ok(hints[key], value):
@@ -146,20 +149,30 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
     """Read ``hearth.toml``: a ``[server]`` table and one ``[[models]]`` table per model."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        with open(p, "rb") as f:  # TOML is UTF-8 whatever the locale says
+            data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{p}: {e}") from None
-    server = _build(ServerConfig, data.get("server", {}), f"{p} [server]")
+    server_table = data.get("server", {})
+    if not isinstance(server_table, dict):
+        raise ConfigError(f"{p}: [server] must be a table")
+    server = _build(ServerConfig, server_table, f"{p} [server]")
+    model_tables = data.get("models", [])
+    if not isinstance(model_tables, list) or not all(isinstance(m, dict) for m in model_tables):
+        raise ConfigError(f"{p}: models must be [[models]] tables (an array of tables)")
     models = []
-    for i, raw in enumerate(data.get("models", [])):
+    for i, raw in enumerate(model_tables):
+        where = f"{p} [[models]] #{i + 1}"
         raw = dict(raw)
+        if "path" in raw and not isinstance(raw["path"], str):
+            raise ConfigError(f"{where}: path = {raw['path']!r} should be str")
         if raw.get("path") == "default":
             raw["path"] = default_model_path()
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
-        models.append(_build(ModelConfig, raw, f"{p} [[models]] #{i + 1}"))
+        models.append(_build(ModelConfig, raw, where))
     return make_config(server, models)
 
 

@@ -47,6 +47,8 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
     top_k = int(params.get("top_k", 0))
     if top_k >= vocab_size:
         top_k = 0
+    if top_p == 0:  # OpenAI's top_p 0 keeps only the most likely token (mlx-lm would read it as off)
+        temp = 0.0
     seed = params.get("seed")
     if seed is None or temp == 0:
         return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
