@@ -38,7 +38,6 @@ from shared.protocol import (
     Hello,
     Message,
     State,
-    WorkerState,
 )
 
 log = logging.getLogger("hearth.client")

@@ -6,6 +6,7 @@ logs into a file the test can show on failure, and is stopped by the fixture tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,23 @@ class Gateway:
                 self.proc.wait()
         self.http.close()
         self._log.close()
+
+
+@contextlib.contextmanager
+def serving(
+    tmp: Path, models: list[dict[str, Any]], server: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True
+) -> Iterator[Gateway]:
+    """A gateway on a config written into ``tmp``; waits for /ready (or only /health); always stopped."""
+    cfg = write_config(tmp / "hearth.toml", models, server)
+    gw = Gateway(["--config", str(cfg)], tmp / "gateway.log", env=env)
+    try:
+        if ready:
+            gw.wait_ready()
+        else:
+            gw.wait_health()
+        yield gw
+    finally:
+        gw.stop()
 
 
 def chat(model: str, content: str = "Hello", **params: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Gateway, chat, write_config
+from tests.servers import Gateway, chat, serving
 
 
 @pytest.fixture(scope="module")
@@ -19,24 +19,12 @@ def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     broken = tmp / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{\"model_type\": \"llama\"}")  # and no weights
-    cfg = write_config(
-        tmp / "hearth.toml",
-        [
-            {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
-            {"name": "broken", "path": str(broken), "preload": False},
-        ],
-        server={"restart_limit": 2, "restart_window": 120.0},
-    )
-    g = Gateway(["--config", str(cfg)], tmp / "gateway.log")
-    try:
-        g.wait_health()
-        deadline = time.monotonic() + 60
-        while g.http.get("/ready").json()["models"]["tiny"]["state"] != "ready":
-            assert time.monotonic() < deadline, g.log()
-            time.sleep(0.1)
+    models = [
+        {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
+        {"name": "broken", "path": str(broken), "preload": False},
+    ]
+    with serving(tmp, models, server={"restart_limit": 2, "restart_window": 120.0}) as g:
         yield g
-    finally:
-        g.stop()
 
 
 def test_sigkill_mid_stream_ends_with_an_error_and_the_worker_comes_back(gw: Gateway) -> None:

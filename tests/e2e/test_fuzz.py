@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.servers import Gateway, chat, sse_events, write_config
+from tests.servers import Gateway, chat, sse_events, serving
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -289,13 +289,8 @@ def test_floats_that_are_not_json(tiny_gateway: Gateway) -> None:
 @pytest.fixture(scope="module")
 def victim(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("fuzz-victim")
-    cfg = write_config(tmp / "hearth.toml", [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}], server={"restart_limit": 10})
-    g = Gateway(["--config", str(cfg)], tmp / "gateway.log")
-    try:
-        g.wait_ready()
+    with serving(tmp, [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}], server={"restart_limit": 10}) as g:
         yield g
-    finally:
-        g.stop()
 
 
 def small(**params: Any) -> dict[str, Any]:

@@ -14,22 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Gateway, chat, sse_events, write_config
+from tests.servers import Gateway, chat, sse_events, serving
 
 
 @pytest.fixture(scope="module")
 def two_models(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("two-models")
-    cfg = write_config(
-        tmp / "hearth.toml",
-        [{"name": "tiny", "path": str(tiny_model)}, {"name": "smol", "path": "default"}],
-    )
-    gw = Gateway(["--config", str(cfg)], tmp / "gateway.log", env={"HEARTH_CACHE_DIR": str(tmp / "cache")})
-    try:
-        gw.wait_health()
+    models = [{"name": "tiny", "path": str(tiny_model)}, {"name": "smol", "path": "default"}]
+    with serving(tmp, models, env={"HEARTH_CACHE_DIR": str(tmp / "cache")}, ready=False) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def test_probes_while_loading_then_paris(two_models: Gateway) -> None:

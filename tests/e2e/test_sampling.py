@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Gateway, chat, write_config
+from tests.servers import Gateway, chat, serving
 
 
 def _vocab(model: Path) -> dict[str, int]:
@@ -27,19 +27,12 @@ def j_id(tiny_model: Path) -> int:
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, j_id: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("sampling")
-    cfg = write_config(
-        tmp / "hearth.toml",
-        [
-            {"name": "tiny", "path": str(tiny_model)},
-            {"name": "tiny-j", "path": str(tiny_model), "defaults": {"logit_bias": {str(j_id): 100.0}}},
-        ],
-    )
-    g = Gateway(["--config", str(cfg)], tmp / "gateway.log")
-    try:
-        g.wait_ready()
+    models = [
+        {"name": "tiny", "path": str(tiny_model)},
+        {"name": "tiny-j", "path": str(tiny_model), "defaults": {"logit_bias": {str(j_id): 100.0}}},
+    ]
+    with serving(tmp, models) as g:
         yield g
-    finally:
-        g.stop()
 
 
 def ask(gw: Gateway, **kw: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from tests.servers import Gateway, chat, write_config
+from tests.servers import Gateway, chat, serving
 
 BODY_LIMIT = 65536
 CONTEXT = 16384  # the tiny model's context (tests/tinymodel.py)
@@ -26,17 +26,8 @@ COMPLETIONS = "/v1/completions"
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("validation")
-    cfg = write_config(
-        tmp / "hearth.toml",
-        [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}],
-        server={"body_limit": BODY_LIMIT},
-    )
-    g = Gateway(["--config", str(cfg)], tmp / "gateway.log")
-    try:
-        g.wait_ready()
+    with serving(tmp, [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}], server={"body_limit": BODY_LIMIT}) as g:
         yield g
-    finally:
-        g.stop()
 
 
 @pytest.fixture(scope="module")

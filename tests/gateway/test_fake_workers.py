@@ -14,7 +14,6 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ import pytest
 
 from shared.protocol import Cancel, Delta, Done, Drain, Error, Generate
 from tests.gateway.fakes import FakeWorker
-from tests.servers import Gateway, chat, free_port, write_config
+from tests.servers import Gateway, chat, free_port, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,23 +42,16 @@ def endpoint() -> str:
 @pytest.fixture(scope="module")
 def gw(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("fake-workers")
-    cfg = write_config(
-        tmp / "hearth.toml",
-        [
-            {
-                "name": "ext", "path": str(tmp), "replicas": 0, "preload": True,
-                "max_batch": 1, "max_queue": 1, "defaults": {"repetition_penalty": 1.05},
-            },
-            {"name": "lonely", "path": str(tmp), "replicas": 0, "preload": False},
-        ],
-        server={"endpoint": endpoint, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "request_wait": REQUEST_WAIT},
-    )  # fmt: skip
-    g = Gateway(["--config", str(cfg)], tmp / "gateway.log")
-    try:
-        g.wait_health()
+    models = [
+        {
+            "name": "ext", "path": str(tmp), "replicas": 0, "preload": True,
+            "max_batch": 1, "max_queue": 1, "defaults": {"repetition_penalty": 1.05},
+        },
+        {"name": "lonely", "path": str(tmp), "replicas": 0, "preload": False},
+    ]  # fmt: skip
+    server = {"endpoint": endpoint, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "request_wait": REQUEST_WAIT}
+    with serving(tmp, models, server=server, ready=False) as g:
         yield g
-    finally:
-        g.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ tokenizer, built once per module), and the pure helper ``_held_tail``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest

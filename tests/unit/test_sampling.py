@@ -7,7 +7,6 @@ from typing import Any
 import mlx.core as mx
 import pytest
 
-from worker import sampling
 from worker.sampling import SAMPLING_PARAMS, ParamError, make_request_processors, make_request_sampler
 
 V = 600  # vocabulary size of the tiny test model
