@@ -66,6 +66,7 @@ def api_key(config: Config) -> str | None:
 def create_app(config: Config) -> Starlette:
     for m in config.models:
         check_defaults(m)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()

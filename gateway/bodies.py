@@ -56,7 +56,11 @@ def _most_telling(errors: list[Any]) -> Any:
     first = errors[0]
     field = first["loc"][:1]
     for err in errors:
-        if err["loc"][:1] == field and not err["type"].endswith("_type") and err["type"] not in ("is_instance_of", "bool_parsing"):
+        if (
+            err["loc"][:1] == field
+            and not err["type"].endswith("_type")
+            and err["type"] not in ("is_instance_of", "bool_parsing")
+        ):
             return err
     return first
 

@@ -28,7 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config:
         config = load_toml(args.config)
         server = config.server
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env))
+            if v is not None
+        }
         if overrides:
             server = ServerConfig(**{**server.__dict__, **overrides})
         config = make_config(server, list(config.models))
@@ -47,7 +51,13 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     names = ", ".join(m.name for m in config.models)
     logging.getLogger("hearth").info("serving %s on http://%s:%s", names, config.server.host, config.server.port)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=15)
+    uvicorn.run(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=15,
+    )
     return 0
 
 
@@ -65,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
     s.add_argument("--model", help="an MLX model folder or a GGUF file (default: the embedded SmolLM2)")
     s.add_argument("--name", help="the model's name in the API (default: from the path)")
-    s.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype for a GGUF import (auto: float32 on CPU, quantized on Metal)")
+    s.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype for a GGUF import (auto: float32 on CPU, quantized on Metal)",
+    )
     s.add_argument("--config", help="a hearth.toml with [server] and [[models]]")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)

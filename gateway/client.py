@@ -199,7 +199,9 @@ class EngineClient:
                         return worker
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Unavailable(f"no worker for '{model}' became ready in time; state: {self.pool.model_state(model)}")
+                    raise Unavailable(
+                        f"no worker for '{model}' became ready in time; state: {self.pool.model_state(model)}"
+                    )
                 await self.pool.wait_change(left)
         finally:
             entry.queue.remove(ticket)
@@ -242,7 +244,9 @@ class EngineClient:
             if rs.finished:
                 self.cancel(rs)
         except HearthError as e:
-            rs.queue.put_nowait(Error(rs.id, ERROR_WORKER_DIED, f"the model worker died and no other took over: {e.message}"))
+            rs.queue.put_nowait(
+                Error(rs.id, ERROR_WORKER_DIED, f"the model worker died and no other took over: {e.message}")
+            )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -337,8 +341,13 @@ class EngineClient:
             return
         expected = self.pool.models[msg.model].cfg.config_hash()
         if msg.config_hash != expected:
-            log.warning("worker %s runs %s with other settings than this gateway's (hash %s, expected %s)",
-                        worker_id, msg.model, msg.config_hash, expected)
+            log.warning(
+                "worker %s runs %s with other settings than this gateway's (hash %s, expected %s)",
+                worker_id,
+                msg.model,
+                msg.config_hash,
+                expected,
+            )
         self._refused.discard(worker_id)
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)

@@ -28,11 +28,17 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("hearth_requests", "HTTP requests", ["model", "endpoint", "status"], registry=r)
-        self.ttft = Histogram("hearth_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("hearth_inter_token_latency_seconds", "Time between tokens", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "hearth_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "hearth_inter_token_latency_seconds", "Time between tokens", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.prompt_tokens = Counter("hearth_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.completion_tokens = Counter("hearth_completion_tokens", "Tokens generated", ["model"], registry=r)
-        self.cached_tokens = Counter("hearth_prompt_cache_hit_tokens", "Prompt tokens served from the KV cache", ["model"], registry=r)
+        self.cached_tokens = Counter(
+            "hearth_prompt_cache_hit_tokens", "Prompt tokens served from the KV cache", ["model"], registry=r
+        )
 
     def observe_done(self, model: str, usage: dict[str, int]) -> None:
         self.prompt_tokens.labels(model).inc(usage.get("prompt_tokens", 0))
@@ -53,9 +59,13 @@ class _PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily("hearth_running_requests", "Requests decoding in workers", labels=["model"])
-        waiting = GaugeMetricFamily("hearth_waiting_requests", "Requests waiting for a worker or a batch slot", labels=["model"])
+        waiting = GaugeMetricFamily(
+            "hearth_waiting_requests", "Requests waiting for a worker or a batch slot", labels=["model"]
+        )
         workers = GaugeMetricFamily("hearth_workers", "Workers by state", labels=["model", "state"])
-        restarts = GaugeMetricFamily("hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"])
+        restarts = GaugeMetricFamily(
+            "hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"]
+        )
         for name, entry in self.pool.models.items():
             ws = self.pool.of_model(name)
             running.add_metric([name], sum(w.heartbeat.running for w in ws if w.heartbeat))

@@ -105,7 +105,9 @@ class Supervisor:
             while crashes and now - crashes[0] > self.config.server.restart_window:
                 crashes.popleft()
             if len(crashes) >= self.config.server.restart_limit:
-                self._give_up(model, f"{len(crashes)} worker exits within {self.config.server.restart_window:.0f}s; last: {why}")
+                self._give_up(
+                    model, f"{len(crashes)} worker exits within {self.config.server.restart_window:.0f}s; last: {why}"
+                )
                 return
             await asyncio.sleep(min(0.5 * 2 ** (len(crashes) - 1), MAX_BACKOFF))
 

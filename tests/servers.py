@@ -97,7 +97,11 @@ class Gateway:
 
 @contextlib.contextmanager
 def serving(
-    tmp: Path, models: list[dict[str, Any]], server: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True
+    tmp: Path,
+    models: list[dict[str, Any]],
+    server: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    ready: bool = True,
 ) -> Iterator[Gateway]:
     """A gateway on a config written into ``tmp``; waits for /ready (or only /health); always stopped."""
     cfg = write_config(tmp / "hearth.toml", models, server)

@@ -35,7 +35,10 @@ def build_tiny_model(out: Path, seed: int = 0, context: int = 16384) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=600,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
     tok.save(str(out / "tokenizer.json"))
@@ -70,7 +73,9 @@ def build_tiny_model(out: Path, seed: int = 0, context: int = 16384) -> Path:
     (out / "config.json").write_text(json.dumps(config))
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+    mx.save_safetensors(
+        str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+    )
     return out
 
 

@@ -118,9 +118,7 @@ class EngineCore:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        (uid,) = self._gen.insert(
-            [tokens], max_tokens=[max_tokens], samplers=[sampler], logits_processors=[processors]
-        )
+        (uid,) = self._gen.insert([tokens], max_tokens=[max_tokens], samplers=[sampler], logits_processors=[processors])
         stop = params.get("stop") or []
         live = _Live(
             id=req.id,

@@ -29,17 +29,24 @@ DTYPES = ("float32", "float16", "bfloat16", "keep")
 GROUP_SIZE = 32  # every block quant that mx.load keeps quantized (Q4_0, Q4_1, Q8_0) uses 32
 
 _LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _SUFFIXES = ("weight", "scales", "biases", "bias")
 # llama.cpp's pre-tokenizer ids (tokenizer.ggml.pre) -> HF pre-tokenizer recipe. Llama 3's regex
 # is the one from Meta's tokenizer.json; smollm splits digits one by one, as llama.cpp does.
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _PRE_TOKENIZERS = ("gpt2", "gpt-2", "smollm", "llama-bpe", "llama3")
 
 
@@ -88,8 +95,9 @@ def _hf_name(name: str, path: Path) -> str:
     raise GGUFImportError(f"unsupported tensor '{name}' in {path} (not a plain llama model?)")
 
 
-def _convert_weights(tensors: dict[str, mx.array], dtype: str, path: Path
-                     ) -> tuple[dict[str, mx.array], dict[str, Any] | None]:
+def _convert_weights(
+    tensors: dict[str, mx.array], dtype: str, path: Path
+) -> tuple[dict[str, mx.array], dict[str, Any] | None]:
     """Rename tensors, and dequantize them unless dtype is "keep".
 
     Returns (weights, quantization config or None). mx.load hands Q4_0/Q4_1/Q8_0 back as MLX
@@ -98,8 +106,9 @@ def _convert_weights(tensors: dict[str, mx.array], dtype: str, path: Path
     per-module overrides next to the majority default."""
     weights = {_hf_name(k, path): v for k, v in tensors.items()}
     quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
-    bits = {m: weights[f"{m}.weight"].shape[-1] * 32 // (weights[f"{m}.scales"].shape[-1] * GROUP_SIZE)
-            for m in quantized}
+    bits = {
+        m: weights[f"{m}.weight"].shape[-1] * 32 // (weights[f"{m}.scales"].shape[-1] * GROUP_SIZE) for m in quantized
+    }
     if dtype == "keep":
         if not bits:
             return weights, None
@@ -178,8 +187,7 @@ def _build_tokenizer(meta: dict[str, Any], path: Path) -> tuple[Any, dict[str, A
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     llama3 = pre in ("llama-bpe", "llama3")
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                               ignore_merges=llama3))
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=llama3))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not llama3)
     if llama3:
         split = pre_tokenizers.Split(Regex(_LLAMA3_REGEX), behavior="isolated", invert=False)
@@ -191,8 +199,7 @@ def _build_tokenizer(meta: dict[str, Any], path: Path) -> tuple[Any, dict[str, A
     tok.decoder = decoders.ByteLevel()
     # type 3 = control (special, never split or merged), type 4 = user-defined (added, not special)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == 3])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
 
     def token(key: str) -> str | None:
         i = meta.get(f"tokenizer.ggml.{key}_token_id")
@@ -205,7 +212,8 @@ def _build_tokenizer(meta: dict[str, Any], path: Path) -> tuple[Any, dict[str, A
     if add_bos and "bos_token" in specials:  # PreTrainedTokenizerFast ignores add_bos_token itself
         bos = specials["bos_token"]
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))]
+        )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     config: dict[str, Any] = {
@@ -308,7 +316,9 @@ def cached_import(src: str | Path, dtype: str = "float32", cache_dir: str | Path
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m worker.gguf SRC OUT [--dtype D]``: import by hand, print the folder."""
-    parser = argparse.ArgumentParser(prog="python -m worker.gguf", description="Import a GGUF file into an MLX model folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.gguf", description="Import a GGUF file into an MLX model folder."
+    )
     parser.add_argument("src", help="GGUF file")
     parser.add_argument("out", help="output MLX model folder (must not exist or be empty)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")

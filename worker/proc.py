@@ -102,7 +102,9 @@ class WorkerProcess:
                 for msg in self.core.step():
                     self.send(msg)
                 if self.core.broken:
-                    log.error("a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken)
+                    log.error(
+                        "a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken
+                    )
                     self.send(State(WorkerState.FAILED, self.core.broken))
                     return 4
             now = time.monotonic()
@@ -142,7 +144,9 @@ class WorkerProcess:
                 events = self.core.add(msg)
             except Exception as e:  # never let one request's input take the worker down
                 log.exception("refusing request %s", msg.id)
-                events = [Error(msg.id, ERROR_BAD_REQUEST, f"the worker could not take this request: {type(e).__name__}: {e}")]
+                events = [
+                    Error(msg.id, ERROR_BAD_REQUEST, f"the worker could not take this request: {type(e).__name__}: {e}")
+                ]
             for out in events:
                 self.send(out)
         elif isinstance(msg, Cancel):

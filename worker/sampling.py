@@ -86,7 +86,9 @@ def make_request_processors(params: dict[str, Any], vocab_size: int) -> list[Log
     bias = params.get("logit_bias") or None
     for key in bias or {}:
         if not 0 <= int(key) < vocab_size:
-            raise ParamError("logit_bias", f"logit_bias: token id {key} is not in the vocabulary (0 to {vocab_size - 1})")
+            raise ParamError(
+                "logit_bias", f"logit_bias: token id {key} is not in the vocabulary (0 to {vocab_size - 1})"
+            )
     ctx = int(params.get("repetition_context_size", 20))
     return make_logits_processors(
         logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None,

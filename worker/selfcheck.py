@@ -42,7 +42,9 @@ def self_check(core: EngineCore) -> None:
     tokens = list(core.m.tokenizer.encode("Hello"))[:8] or [0]
     for name, value in CHECKS:
         params = {"temperature": 0.7, "max_tokens": 1, name: value}
-        events = core.add(Generate(id=f"self-check-{name}", model=core.cfg.name, input={"tokens": tokens}, params=params))
+        events = core.add(
+            Generate(id=f"self-check-{name}", model=core.cfg.name, input={"tokens": tokens}, params=params)
+        )
         for _ in range(MAX_STEPS):
             if not core.has_work:
                 break

@@ -159,7 +159,9 @@ async def _unless_gone(request: Request, coro: Any) -> Any:
             task.cancel()
 
 
-async def _merge(specs: list[ChoiceSpec], streams: list[RequestStream]) -> AsyncIterator[tuple[ChoiceSpec, Delta | Done]]:
+async def _merge(
+    specs: list[ChoiceSpec], streams: list[RequestStream]
+) -> AsyncIterator[tuple[ChoiceSpec, Delta | Done]]:
     """Every choice's events, in arrival order. Closing it cancels whatever still runs."""
     if len(streams) == 1:
         try:

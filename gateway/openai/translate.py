@@ -147,7 +147,13 @@ class Shape:
         self.created = int(time.time())
 
     def _base(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": "hearth"}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "hearth",
+        }
 
     def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
         body = self._base(self.object)
@@ -171,11 +177,25 @@ class ChatShape(Shape):
             "finish_reason": finish,
         }
 
-    def chunk(self, index: int, text: str | None, finish: str | None = None, logprobs: list[Any] | None = None, first: bool = False) -> dict[str, Any]:
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None = None,
+        logprobs: list[Any] | None = None,
+        first: bool = False,
+    ) -> dict[str, Any]:
         body = self._base("chat.completion.chunk")
-        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+        delta: dict[str, Any] = (
+            {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+        )
         body["choices"] = [
-            {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs is not None else None, "finish_reason": finish}
+            {
+                "index": index,
+                "delta": delta,
+                "logprobs": {"content": logprobs} if logprobs is not None else None,
+                "finish_reason": finish,
+            }
         ]
         return body
 
@@ -192,9 +212,21 @@ class CompletionShape(Shape):
             "finish_reason": finish,
         }
 
-    def chunk(self, index: int, text: str | None, finish: str | None = None, logprobs: list[Any] | None = None, first: bool = False) -> dict[str, Any]:
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None = None,
+        logprobs: list[Any] | None = None,
+        first: bool = False,
+    ) -> dict[str, Any]:
         body = self._base("text_completion")
         body["choices"] = [
-            {"index": index, "text": text or "", "logprobs": completion_logprobs(logprobs) if logprobs is not None else None, "finish_reason": finish}
+            {
+                "index": index,
+                "text": text or "",
+                "logprobs": completion_logprobs(logprobs) if logprobs is not None else None,
+                "finish_reason": finish,
+            }
         ]
         return body

@@ -21,7 +21,9 @@ CHAT = "/v1/chat/completions"
 @pytest.fixture(scope="module")
 def config(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("auth")
-    return write_config(tmp / "hearth.toml", [{"name": "tiny", "path": str(tiny_model)}], server={"api_key_env": KEY_ENV})
+    return write_config(
+        tmp / "hearth.toml", [{"name": "tiny", "path": str(tiny_model)}], server={"api_key_env": KEY_ENV}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,9 @@ def test_every_api_path_needs_the_key(gw: Gateway) -> None:
     r = gw.http.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
     assert [m["id"] for m in r.json()["data"]] == ["tiny"]
-    r = gw.http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}, headers={"x-api-key": KEY})
+    r = gw.http.post(
+        "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}, headers={"x-api-key": KEY}
+    )
     assert r.status_code == 200, r.text
 
 

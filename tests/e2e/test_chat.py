@@ -84,9 +84,17 @@ def test_multibyte_characters_are_never_split(tiny_gateway: Gateway) -> None:
 
 def test_temperature_and_top_p_sample(tiny_gateway: Gateway) -> None:
     body = chat("tiny", "Say something", max_tokens=16, temperature=1.5, top_p=0.95)
-    texts = {tiny_gateway.http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] for _ in range(4)}
+    texts = {
+        tiny_gateway.http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        for _ in range(4)
+    }
     assert len(texts) > 1  # random weights + sampling: four identical answers would mean greedy
-    greedy = {tiny_gateway.http.post("/v1/chat/completions", json={**body, "temperature": 0}).json()["choices"][0]["message"]["content"] for _ in range(2)}
+    greedy = {
+        tiny_gateway.http.post("/v1/chat/completions", json={**body, "temperature": 0}).json()["choices"][0]["message"][
+            "content"
+        ]
+        for _ in range(2)
+    }
     assert len(greedy) == 1
 
 
@@ -133,7 +141,12 @@ def test_client_disconnect_frees_the_worker(tiny_gateway: Gateway) -> None:
 def test_metrics_count_requests_and_tokens(tiny_gateway: Gateway) -> None:
     def value(text: str, name: str) -> float:
         for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{") and 'model="tiny"' in line and "status" not in line:
+            if (
+                line.startswith(name + " ")
+                or line.startswith(name + "{")
+                and 'model="tiny"' in line
+                and "status" not in line
+            ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 

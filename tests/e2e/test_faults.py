@@ -18,7 +18,7 @@ def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     tmp = tmp_path_factory.mktemp("faults")
     broken = tmp / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text("{\"model_type\": \"llama\"}")  # and no weights
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # and no weights
     models = [
         {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
         {"name": "broken", "path": str(broken), "preload": False},

@@ -45,7 +45,9 @@ scalars = (
     | st.text(max_size=12)
 )
 json_values = st.recursive(
-    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=10
+    scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=10,
 )
 
 
@@ -66,7 +68,9 @@ def junk(name: str) -> st.SearchStrategy[Any]:
     return json_values.filter(lambda v: not excluded(name, v))
 
 
-text = st.one_of(st.text(max_size=40), st.sampled_from(["<|im_end|>", "<|im_start|>user\n", "<|endoftext|>", "東京 🚀 Köln", ""]))
+text = st.one_of(
+    st.text(max_size=40), st.sampled_from(["<|im_end|>", "<|im_start|>user\n", "<|endoftext|>", "東京 🚀 Köln", ""])
+)
 roles = st.sampled_from(["system", "developer", "user", "assistant", "tool"])
 text_part = st.fixed_dictionaries({"type": st.just("text"), "text": text})
 good_message = st.fixed_dictionaries(
@@ -75,9 +79,16 @@ good_message = st.fixed_dictionaries(
 )
 bad_message = st.one_of(
     st.fixed_dictionaries({"role": st.text(max_size=10), "content": text}),
-    st.fixed_dictionaries({"role": roles, "content": st.integers() | st.booleans() | st.lists(st.integers(), min_size=1)}),
     st.fixed_dictionaries(
-        {"role": roles, "content": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["image_url", "input_audio", "file", "x"])}), min_size=1)}
+        {"role": roles, "content": st.integers() | st.booleans() | st.lists(st.integers(), min_size=1)}
+    ),
+    st.fixed_dictionaries(
+        {
+            "role": roles,
+            "content": st.lists(
+                st.fixed_dictionaries({"type": st.sampled_from(["image_url", "input_audio", "file", "x"])}), min_size=1
+            ),
+        }
     ),
     st.fixed_dictionaries({"content": text}),
     json_values,
@@ -94,15 +105,29 @@ CHAT_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = 
     "model": (st.just("tiny"), st.text(max_size=10).filter(lambda s: s != "tiny") | junk("model")),
     "messages": (
         st.lists(good_message, min_size=1, max_size=3),
-        st.one_of(st.just([]), st.lists(st.one_of(good_message, bad_message), min_size=1, max_size=3), junk("messages")),
+        st.one_of(
+            st.just([]), st.lists(st.one_of(good_message, bad_message), min_size=1, max_size=3), junk("messages")
+        ),
     ),
-    "max_tokens": (st.integers(1, 3) | st.none(), st.sampled_from([0, -3, 1.5, "5", True, 2**31, 2**64]) | junk("max_tokens")),
-    "max_completion_tokens": (st.integers(1, 3) | st.none(), st.sampled_from([0, -1, "2", 2.0]) | junk("max_completion_tokens")),
-    "temperature": (st.floats(0, 2) | st.integers(0, 2) | st.none(), st.sampled_from([-1, 2.5, "hot", -1e-9]) | junk("temperature")),
+    "max_tokens": (
+        st.integers(1, 3) | st.none(),
+        st.sampled_from([0, -3, 1.5, "5", True, 2**31, 2**64]) | junk("max_tokens"),
+    ),
+    "max_completion_tokens": (
+        st.integers(1, 3) | st.none(),
+        st.sampled_from([0, -1, "2", 2.0]) | junk("max_completion_tokens"),
+    ),
+    "temperature": (
+        st.floats(0, 2) | st.integers(0, 2) | st.none(),
+        st.sampled_from([-1, 2.5, "hot", -1e-9]) | junk("temperature"),
+    ),
     "top_p": (prob() | st.none(), st.sampled_from([1.5, -0.1, "0.9"]) | junk("top_p")),
     "top_k": (st.integers(0, MAX_INT) | st.none(), st.sampled_from([-1, 1.5, "5"]) | junk("top_k")),
     "min_p": (prob() | st.none(), st.sampled_from([2, -1, "0.1"]) | junk("min_p")),
-    "seed": (st.integers(-(2**63), 2**64 - 1) | st.none(), st.sampled_from([1.5, "42", 2**64, -(2**63) - 1]) | junk("seed")),
+    "seed": (
+        st.integers(-(2**63), 2**64 - 1) | st.none(),
+        st.sampled_from([1.5, "42", 2**64, -(2**63) - 1]) | junk("seed"),
+    ),
     "stop": (
         st.none() | text | st.lists(text, max_size=4),
         st.sampled_from([123, ["a", "b", "c", "d", "e"], [1], {"a": 1}]) | junk("stop"),
@@ -113,9 +138,15 @@ CHAT_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = 
         st.floats(0, 10, exclude_min=True) | st.none(),
         st.sampled_from([0, -1, 10.5, "1.1"]) | junk("repetition_penalty"),
     ),
-    "repetition_context_size": (st.integers(1, MAX_INT) | st.none(), st.sampled_from([0, -5, 1.5]) | junk("repetition_context_size")),
+    "repetition_context_size": (
+        st.integers(1, MAX_INT) | st.none(),
+        st.sampled_from([0, -5, 1.5]) | junk("repetition_context_size"),
+    ),
     "logit_bias": (
-        st.none() | st.dictionaries(st.integers(0, MAX_INT - 1).map(str), st.floats(-100, 100) | st.integers(-100, 100), max_size=4),
+        st.none()
+        | st.dictionaries(
+            st.integers(0, MAX_INT - 1).map(str), st.floats(-100, 100) | st.integers(-100, 100), max_size=4
+        ),
         st.sampled_from([{"abc": 1}, {"5": 101}, {"-1": 1}, {"1": "x"}, [1]]) | junk("logit_bias"),
     ),
     "logprobs": (st.booleans(), st.sampled_from([1, "true", None]) | junk("logprobs")),
@@ -126,13 +157,23 @@ CHAT_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = 
         st.none() | st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
         st.sampled_from([{"include_usage": "x"}, True, []]) | junk("stream_options"),
     ),
-    "response_format": (st.none() | st.just({"type": "text"}), st.sampled_from([{"type": "json_object"}, {"type": 1}, "json"]) | junk("response_format")),
+    "response_format": (
+        st.none() | st.just({"type": "text"}),
+        st.sampled_from([{"type": "json_object"}, {"type": 1}, "json"]) | junk("response_format"),
+    ),
     "tools": (st.none() | st.just([]), st.lists(json_values, min_size=1, max_size=2) | st.sampled_from([{}, "x"])),
     "user": (st.none() | st.text(max_size=10), st.integers() | st.lists(st.text(), min_size=1)),
     "loop_guard": (
         st.none()
         | st.booleans()
-        | st.fixed_dictionaries({}, optional={"repeats": st.integers(2, 1000), "max_cycle": st.integers(1, 512), "min_span": st.integers(1, 100_000)}),
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "repeats": st.integers(2, 1000),
+                "max_cycle": st.integers(1, 512),
+                "min_span": st.integers(1, 100_000),
+            },
+        ),
         st.sampled_from([{"repeats": 1}, {"max_cycle": 0}, "on", 1]) | junk("loop_guard"),
     ),
 }
@@ -141,7 +182,9 @@ extra_fields = st.dictionaries(st.text(max_size=12).filter(lambda k: k not in KN
 
 
 @st.composite
-def request_bodies(draw: st.DrawFn, fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]]) -> dict[str, Any]:
+def request_bodies(
+    draw: st.DrawFn, fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]]
+) -> dict[str, Any]:
     """A body whose fields are each absent, valid or invalid; about half are valid throughout."""
     all_valid = draw(st.booleans())
     body: dict[str, Any] = {}
@@ -183,7 +226,7 @@ def post_and_check(gw: Gateway, path: str, **kwargs: Any) -> tuple[int, Any]:
             assert last == "[DONE]" or (isinstance(last, dict) and "error" in last), last
             if isinstance(last, dict):
                 check_error_body(last)
-                assert False, f"the stream of a valid request ended with an error: {last}"
+                raise AssertionError(f"the stream of a valid request ended with an error: {last}")
             return r.status_code, events
         assert ctype.startswith("application/json"), ctype
         j = r.json()
@@ -225,8 +268,11 @@ def test_fuzz_chat_bodies(tiny_gateway: Gateway) -> None:
 
 
 COMPLETION_FIELDS = {
-    **{k: v for k, v in CHAT_FIELDS.items() if k not in ("messages", "max_completion_tokens", "logprobs", "top_logprobs",
-                                                        "response_format", "tools")},
+    **{
+        k: v
+        for k, v in CHAT_FIELDS.items()
+        if k not in ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "tools")
+    },
     "prompt": (
         text.filter(bool) | st.lists(text.filter(bool), min_size=1, max_size=3),
         st.sampled_from([5, [], [1], "", [""], None]) | junk("prompt"),
@@ -262,7 +308,15 @@ raw_bodies = st.one_of(
     st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass")),
 )
 content_types = st.sampled_from(
-    ["application/json", "application/json; charset=utf-8", "application/vnd.api+json", "APPLICATION/JSON", "text/plain", "", "multipart/form-data"]
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "APPLICATION/JSON",
+        "text/plain",
+        "",
+        "multipart/form-data",
+    ]
 )
 
 
@@ -278,7 +332,11 @@ def test_fuzz_raw_bytes(tiny_gateway: Gateway) -> None:
 
 def test_floats_that_are_not_json(tiny_gateway: Gateway) -> None:
     for lit in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
-        data = b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "temperature": ' + lit + b"}"
+        data = (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "temperature": '
+            + lit
+            + b"}"
+        )
         status, out = post_and_check(tiny_gateway, CHAT, content=data, headers={"content-type": "application/json"})
         assert status == 400 and out["error"]["code"] == "invalid_json", out
 
@@ -326,7 +384,9 @@ def test_a_bad_request_does_not_fail_its_batch_mates(victim: Gateway) -> None:
             if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
                 break  # generating: the good request is in the batch now
         bad: list[httpx.Response] = []
-        t = threading.Thread(target=lambda: bad.append(httpx.post(victim.url + CHAT, json=small(temperature=1, top_k=600), timeout=60)))
+        t = threading.Thread(
+            target=lambda: bad.append(httpx.post(victim.url + CHAT, json=small(temperature=1, top_k=600), timeout=60))
+        )
         t.start()
         rest = [json.loads(x[6:]) if x[6:] != "[DONE]" else "[DONE]" for x in lines if x.startswith("data: ")]
         t.join()

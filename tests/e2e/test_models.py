@@ -75,7 +75,9 @@ def test_both_models_stream_at_once(two_models: Gateway) -> None:
     two_models.wait_ready()
 
     def run(model: str) -> list:
-        with two_models.http.stream("POST", "/v1/chat/completions", json=chat(model, "Hi", max_tokens=16, stream=True)) as s:
+        with two_models.http.stream(
+            "POST", "/v1/chat/completions", json=chat(model, "Hi", max_tokens=16, stream=True)
+        ) as s:
             return sse_events(s)
 
     with concurrent.futures.ThreadPoolExecutor(2) as ex:

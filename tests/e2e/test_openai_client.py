@@ -47,7 +47,9 @@ def test_completions_both_ways(client: openai.OpenAI) -> None:
     assert r.choices[0].text and r.usage.completion_tokens == 6
     streamed = "".join(
         c.choices[0].text
-        for c in client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0, stream=True)
+        for c in client.completions.create(
+            model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+        )
         if c.choices
     )
     assert streamed == r.choices[0].text

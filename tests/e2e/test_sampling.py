@@ -148,7 +148,10 @@ def test_loop_guard_stops_a_loop_and_says_so(gw: Gateway) -> None:
 
 
 def test_completions_endpoint(gw: Gateway) -> None:
-    r = gw.http.post("/v1/completions", json={"model": "tiny", "prompt": ["Once upon", "a time"], "max_tokens": 5, "temperature": 0, "logprobs": 2})
+    r = gw.http.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": ["Once upon", "a time"], "max_tokens": 5, "temperature": 0, "logprobs": 2},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion"
@@ -156,10 +159,23 @@ def test_completions_endpoint(gw: Gateway) -> None:
     lp = body["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
     assert body["usage"]["completion_tokens"] == 10
-    single = gw.http.post("/v1/completions", json={"model": "tiny", "prompt": "Once upon", "max_tokens": 5, "temperature": 0}).json()
+    single = gw.http.post(
+        "/v1/completions", json={"model": "tiny", "prompt": "Once upon", "max_tokens": 5, "temperature": 0}
+    ).json()
     assert single["choices"][0]["text"] == body["choices"][0]["text"]
     assert single["usage"]["prompt_tokens"] * 1 <= body["usage"]["prompt_tokens"]
-    with gw.http.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "Once upon", "max_tokens": 5, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}) as s:
+    with gw.http.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": "tiny",
+            "prompt": "Once upon",
+            "max_tokens": 5,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as s:
         from tests.servers import sse_events
 
         events = sse_events(s)

@@ -26,7 +26,9 @@ COMPLETIONS = "/v1/completions"
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("validation")
-    with serving(tmp, [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}], server={"body_limit": BODY_LIMIT}) as g:
+    with serving(
+        tmp, [{"name": "tiny", "path": str(tiny_model), "max_batch": 4}], server={"body_limit": BODY_LIMIT}
+    ) as g:
         yield g
 
 
@@ -82,37 +84,121 @@ CASES = [
     Case("body-string", J("hello"), 400, code="invalid_body", words=("object", "str")),
     Case("body-number", J(42), 400, code="invalid_body", words=("object", "int")),
     Case("body-null", raw(b"null"), 400, code="invalid_body", words=("object",)),
-    Case("over-body-limit", J(body(messages=[{"role": "user", "content": "x" * (BODY_LIMIT + 10)}])), 413,
-         code="request_too_large", words=(str(BODY_LIMIT),)),
-    Case("over-body-limit-chunked", lambda: {"content": _chunked_over_limit(), "headers": {"content-type": "application/json"}},
-         413, code="request_too_large", words=(str(BODY_LIMIT),)),
-    Case("content-type-text-plain", raw(b"{}", "text/plain"), 415, code="unsupported_media_type", words=("text/plain", "application/json")),
-    Case("content-type-form", raw(b"a=1", "application/x-www-form-urlencoded"), 415, code="unsupported_media_type",
-         words=("application/json",)),
+    Case(
+        "over-body-limit",
+        J(body(messages=[{"role": "user", "content": "x" * (BODY_LIMIT + 10)}])),
+        413,
+        code="request_too_large",
+        words=(str(BODY_LIMIT),),
+    ),
+    Case(
+        "over-body-limit-chunked",
+        lambda: {"content": _chunked_over_limit(), "headers": {"content-type": "application/json"}},
+        413,
+        code="request_too_large",
+        words=(str(BODY_LIMIT),),
+    ),
+    Case(
+        "content-type-text-plain",
+        raw(b"{}", "text/plain"),
+        415,
+        code="unsupported_media_type",
+        words=("text/plain", "application/json"),
+    ),
+    Case(
+        "content-type-form",
+        raw(b"a=1", "application/x-www-form-urlencoded"),
+        415,
+        code="unsupported_media_type",
+        words=("application/json",),
+    ),
     # routing
     Case("get-on-chat", {}, 405, method="GET", code="method_not_allowed", words=("GET",)),
-    Case("put-on-completions", J(cbody()), 405, method="PUT", path=COMPLETIONS, code="method_not_allowed", words=("PUT",)),
+    Case(
+        "put-on-completions", J(cbody()), 405, method="PUT", path=COMPLETIONS, code="method_not_allowed", words=("PUT",)
+    ),
     Case("unknown-path", J(body()), 404, path="/v1/nope", code="not_found", words=("/v1/nope",)),
     # model
-    Case("unknown-model", J(body(model="no-such-model")), 404, param="model", code="model_not_found", words=("no-such-model",)),
-    Case("model-missing", J(body(model=...)), 400, param="model", code="missing_parameter", words=("model", "required")),
+    Case(
+        "unknown-model",
+        J(body(model="no-such-model")),
+        404,
+        param="model",
+        code="model_not_found",
+        words=("no-such-model",),
+    ),
+    Case(
+        "model-missing", J(body(model=...)), 400, param="model", code="missing_parameter", words=("model", "required")
+    ),
     Case("model-int", J(body(model=7)), 400, param="model", code="invalid_parameter", words=("string",)),
     # messages
-    Case("messages-missing", J(body(messages=...)), 400, param="messages", code="missing_parameter", words=("messages", "required")),
-    Case("messages-empty", J(body(messages=[])), 400, param="messages", code="invalid_parameter", words=("at least 1",)),
+    Case(
+        "messages-missing",
+        J(body(messages=...)),
+        400,
+        param="messages",
+        code="missing_parameter",
+        words=("messages", "required"),
+    ),
+    Case(
+        "messages-empty", J(body(messages=[])), 400, param="messages", code="invalid_parameter", words=("at least 1",)
+    ),
     Case("messages-object", J(body(messages={"role": "user", "content": "x"})), 400, param="messages", words=("list",)),
-    Case("role-unknown", J(body(messages=[{"role": "wizard", "content": "x"}])), 400, param="messages[0].role",
-         code="invalid_parameter", words=("role", "user")),
-    Case("role-missing", J(body(messages=[{"content": "x"}])), 400, param="messages[0].role", code="missing_parameter",
-         words=("role", "required")),
-    Case("content-int", J(body(messages=[{"role": "user", "content": 5}])), 400, param="messages[0].content", words=("content",)),
-    Case("content-image-part", J(body(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])),
-         400, param="messages[0].content", words=("image_url", "text-only")),
-    Case("content-part-no-text", J(body(messages=[{"role": "user", "content": [{"type": "text"}]}])), 400,
-         param="messages[0].content", words=("text",)),
-    Case("second-message-bad", J(body(messages=[{"role": "user", "content": "x"}, {"role": "user", "content": True}])), 400,
-         param="messages[1].content"),
+    Case(
+        "role-unknown",
+        J(body(messages=[{"role": "wizard", "content": "x"}])),
+        400,
+        param="messages[0].role",
+        code="invalid_parameter",
+        words=("role", "user"),
+    ),
+    Case(
+        "role-missing",
+        J(body(messages=[{"content": "x"}])),
+        400,
+        param="messages[0].role",
+        code="missing_parameter",
+        words=("role", "required"),
+    ),
+    Case(
+        "content-int",
+        J(body(messages=[{"role": "user", "content": 5}])),
+        400,
+        param="messages[0].content",
+        words=("content",),
+    ),
+    Case(
+        "content-image-part",
+        J(
+            body(
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "what is this?"},
+                            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                        ],
+                    }
+                ]
+            )
+        ),
+        400,
+        param="messages[0].content",
+        words=("image_url", "text-only"),
+    ),
+    Case(
+        "content-part-no-text",
+        J(body(messages=[{"role": "user", "content": [{"type": "text"}]}])),
+        400,
+        param="messages[0].content",
+        words=("text",),
+    ),
+    Case(
+        "second-message-bad",
+        J(body(messages=[{"role": "user", "content": "x"}, {"role": "user", "content": True}])),
+        400,
+        param="messages[1].content",
+    ),
     # sampling parameters
     Case("temperature-negative", J(body(temperature=-1)), 400, param="temperature", words=("temperature", "0")),
     Case("temperature-2.5", J(body(temperature=2.5)), 400, param="temperature", words=("temperature", "2")),
@@ -124,47 +210,141 @@ CASES = [
     Case("max_tokens-string", J(body(max_tokens="5")), 400, param="max_tokens", words=("max_tokens", "integer")),
     Case("max_tokens-bool", J(body(max_tokens=True)), 400, param="max_tokens", words=("max_tokens", "integer")),
     Case("max_tokens-2**31", J(body(max_tokens=2**31)), 400, param="max_tokens", words=("max_tokens", str(2**31 - 1))),
-    Case("max_completion_tokens-0", J(body(max_tokens=..., max_completion_tokens=0)), 400, param="max_completion_tokens",
-         words=("max_completion_tokens", "1")),
+    Case(
+        "max_completion_tokens-0",
+        J(body(max_tokens=..., max_completion_tokens=0)),
+        400,
+        param="max_completion_tokens",
+        words=("max_completion_tokens", "1"),
+    ),
     Case("top_k-negative", J(body(top_k=-1)), 400, param="top_k", words=("top_k", "0")),
     Case("min_p-2", J(body(min_p=2)), 400, param="min_p", words=("min_p", "1")),
     Case("stop-int", J(body(stop=123)), 400, param="stop", words=("stop", "string")),
     Case("stop-list-of-5", J(body(stop=["a", "b", "c", "d", "e"])), 400, param="stop", words=("stop", "4")),
     Case("stop-list-with-int", J(body(stop=["a", 1])), 400, param="stop"),
-    Case("presence_penalty-3", J(body(presence_penalty=3)), 400, param="presence_penalty", words=("presence_penalty", "2")),
-    Case("frequency_penalty--3", J(body(frequency_penalty=-3)), 400, param="frequency_penalty", words=("frequency_penalty", "-2")),
-    Case("repetition_penalty-0", J(body(repetition_penalty=0)), 400, param="repetition_penalty", words=("repetition_penalty", "0")),
+    Case(
+        "presence_penalty-3",
+        J(body(presence_penalty=3)),
+        400,
+        param="presence_penalty",
+        words=("presence_penalty", "2"),
+    ),
+    Case(
+        "frequency_penalty--3",
+        J(body(frequency_penalty=-3)),
+        400,
+        param="frequency_penalty",
+        words=("frequency_penalty", "-2"),
+    ),
+    Case(
+        "repetition_penalty-0",
+        J(body(repetition_penalty=0)),
+        400,
+        param="repetition_penalty",
+        words=("repetition_penalty", "0"),
+    ),
     Case("logit_bias-key-abc", J(body(logit_bias={"abc": 1})), 400, param="logit_bias", words=("logit_bias", "abc")),
-    Case("logit_bias-value-101", J(body(logit_bias={"5": 101})), 400, param="logit_bias.5", words=("logit_bias", "100")),
+    Case(
+        "logit_bias-value-101", J(body(logit_bias={"5": 101})), 400, param="logit_bias.5", words=("logit_bias", "100")
+    ),
     Case("logit_bias-list", J(body(logit_bias=[1, 2])), 400, param="logit_bias"),
     Case("logprobs-string", J(body(logprobs="yes")), 400, param="logprobs", words=("logprobs", "bool")),
-    Case("top_logprobs-21", J(body(logprobs=True, top_logprobs=21)), 400, param="top_logprobs", words=("top_logprobs", "20")),
+    Case(
+        "top_logprobs-21",
+        J(body(logprobs=True, top_logprobs=21)),
+        400,
+        param="top_logprobs",
+        words=("top_logprobs", "20"),
+    ),
     Case("n-0", J(body(n=0)), 400, param="n", words=("n", "1")),
     Case("n-17", J(body(n=17)), 400, param="n", words=("n", "16")),
     Case("seed-float", J(body(seed=1.5)), 400, param="seed", words=("seed", "integer")),
-    Case("response_format-json_object", J(body(response_format={"type": "json_object"})), 400, param="response_format.type",
-         words=("json_object", "text")),
-    Case("response_format-json_schema", J(body(response_format={"type": "json_schema", "json_schema": {"name": "x"}})), 400,
-         param="response_format.type", words=("json_schema",)),
-    Case("tools", J(body(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])), 400,
-         param="tools", words=("tool",)),
+    Case(
+        "response_format-json_object",
+        J(body(response_format={"type": "json_object"})),
+        400,
+        param="response_format.type",
+        words=("json_object", "text"),
+    ),
+    Case(
+        "response_format-json_schema",
+        J(body(response_format={"type": "json_schema", "json_schema": {"name": "x"}})),
+        400,
+        param="response_format.type",
+        words=("json_schema",),
+    ),
+    Case(
+        "tools",
+        J(body(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])),
+        400,
+        param="tools",
+        words=("tool",),
+    ),
     Case("stream-yes", J(body(stream="yes")), 400, param="stream", words=("stream", "bool")),
-    Case("stream_options-include_usage-x", J(body(stream=True, stream_options={"include_usage": "x"})), 400,
-         param="stream_options.include_usage", words=("include_usage", "bool")),
-    Case("loop_guard-repeats-1", J(body(loop_guard={"repeats": 1})), 400, param="loop_guard.repeats", words=("repeats", "2")),
+    Case(
+        "stream_options-include_usage-x",
+        J(body(stream=True, stream_options={"include_usage": "x"})),
+        400,
+        param="stream_options.include_usage",
+        words=("include_usage", "bool"),
+    ),
+    Case(
+        "loop_guard-repeats-1",
+        J(body(loop_guard={"repeats": 1})),
+        400,
+        param="loop_guard.repeats",
+        words=("repeats", "2"),
+    ),
     Case("loop_guard-string", J(body(loop_guard="x")), 400, param="loop_guard"),
     # text completions
-    Case("completions-prompt-missing", J(cbody(prompt=...)), 400, path=COMPLETIONS, param="prompt", code="missing_parameter",
-         words=("prompt", "required")),
-    Case("completions-prompt-int", J(cbody(prompt=5)), 400, path=COMPLETIONS, param="prompt", words=("prompt", "string")),
-    Case("completions-prompt-empty-list", J(cbody(prompt=[])), 400, path=COMPLETIONS, param="prompt", words=("prompt", "at least 1")),
+    Case(
+        "completions-prompt-missing",
+        J(cbody(prompt=...)),
+        400,
+        path=COMPLETIONS,
+        param="prompt",
+        code="missing_parameter",
+        words=("prompt", "required"),
+    ),
+    Case(
+        "completions-prompt-int", J(cbody(prompt=5)), 400, path=COMPLETIONS, param="prompt", words=("prompt", "string")
+    ),
+    Case(
+        "completions-prompt-empty-list",
+        J(cbody(prompt=[])),
+        400,
+        path=COMPLETIONS,
+        param="prompt",
+        words=("prompt", "at least 1"),
+    ),
     Case("completions-prompt-list-of-ints", J(cbody(prompt=[1, 2, 3])), 400, path=COMPLETIONS, param="prompt"),
     Case("completions-echo", J(cbody(echo=True)), 400, path=COMPLETIONS, param="echo", words=("echo", "not supported")),
-    Case("completions-suffix", J(cbody(suffix="x")), 400, path=COMPLETIONS, param="suffix", words=("suffix", "not supported")),
-    Case("completions-logprobs-21", J(cbody(logprobs=21)), 400, path=COMPLETIONS, param="logprobs", words=("logprobs", "20")),
+    Case(
+        "completions-suffix",
+        J(cbody(suffix="x")),
+        400,
+        path=COMPLETIONS,
+        param="suffix",
+        words=("suffix", "not supported"),
+    ),
+    Case(
+        "completions-logprobs-21",
+        J(cbody(logprobs=21)),
+        400,
+        path=COMPLETIONS,
+        param="logprobs",
+        words=("logprobs", "20"),
+    ),
     Case("completions-best_of-2", J(cbody(best_of=2)), 400, path=COMPLETIONS, param="best_of", words=("best_of", "1")),
-    Case("completions-unknown-model", J(cbody(model="nope")), 404, path=COMPLETIONS, param="model", code="model_not_found",
-         words=("nope",)),
+    Case(
+        "completions-unknown-model",
+        J(cbody(model="nope")),
+        404,
+        path=COMPLETIONS,
+        param="model",
+        code="model_not_found",
+        words=("nope",),
+    ),
 ]
 
 

@@ -24,7 +24,9 @@ T = TypeVar("T")
 
 
 class FakeWorker:
-    def __init__(self, endpoint: str, model: str, worker_id: str | None = None, *, heartbeat_every: float = 0.5) -> None:
+    def __init__(
+        self, endpoint: str, model: str, worker_id: str | None = None, *, heartbeat_every: float = 0.5
+    ) -> None:
         self.endpoint = endpoint
         self.model = model
         self.worker_id = worker_id or f"fake-{model}-{uuid.uuid4().hex[:8]}"

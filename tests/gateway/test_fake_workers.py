@@ -147,7 +147,13 @@ _END = object()
 class Stream:
     """One streaming chat request read in a thread; its SSE events arrive as they come."""
 
-    def __init__(self, pool: ThreadPoolExecutor, gw: Gateway, body: dict[str, Any], close_after: Callable[[Any], bool] | None = None) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        gw: Gateway,
+        body: dict[str, Any],
+        close_after: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.events: queue.Queue[Any] = queue.Queue()
         self.status: int | None = None
         self.body: bytes | None = None  # the whole body of a non-SSE answer
@@ -155,7 +161,10 @@ class Stream:
 
     def _run(self, url: str, body: dict[str, Any], close_after: Callable[[Any], bool] | None) -> None:
         try:
-            with httpx.Client(base_url=url, timeout=30) as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+            with (
+                httpx.Client(base_url=url, timeout=30) as http,
+                http.stream("POST", "/v1/chat/completions", json=body) as r,
+            ):
                 self.status = r.status_code
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
                     self.body = r.read()
@@ -234,7 +243,9 @@ def test_ready_waits_for_a_ready_worker_then_lists_it(gw: Gateway, fakes: Callab
 # -- 2. translation both ways -----------------------------------------------------------------
 
 
-def test_chat_becomes_generate_and_deltas_become_the_answer(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_chat_becomes_generate_and_deltas_become_the_answer(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     body = chat("ext", "Hi there", temperature=0.7, max_tokens=12, stop=["\n\n", "END"], top_p=0.9, seed=7)
     fut = pool.submit(post, gw, body)
@@ -242,7 +253,14 @@ def test_chat_becomes_generate_and_deltas_become_the_answer(gw: Gateway, fakes: 
     assert gen.model == "ext"
     assert gen.input == {"messages": [{"role": "user", "content": "Hi there"}]}
     assert gen.stream is False
-    expected = {"temperature": 0.7, "max_tokens": 12, "stop": ["\n\n", "END"], "top_p": 0.9, "seed": 7, "repetition_penalty": 1.05}
+    expected = {
+        "temperature": 0.7,
+        "max_tokens": 12,
+        "stop": ["\n\n", "END"],
+        "top_p": 0.9,
+        "seed": 7,
+        "repetition_penalty": 1.05,
+    }
     assert {k: gen.params.get(k) for k in expected} == expected, gen.params
     assert "logprobs" not in gen.params
 
@@ -282,7 +300,9 @@ def test_chat_becomes_generate_and_deltas_become_the_answer(gw: Gateway, fakes: 
 # -- 3. garbage from a worker -----------------------------------------------------------------
 
 
-def test_garbage_from_a_worker_does_not_kill_the_receive_loop(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_garbage_from_a_worker_does_not_kill_the_receive_loop(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     log_start = gw.log_path.stat().st_size
     w.send_raw([b"just-one-frame"])
@@ -315,7 +335,9 @@ def test_garbage_from_a_worker_does_not_kill_the_receive_loop(gw: Gateway, fakes
 # A required field sent as null is malformed: the codec drops it like any other bad message.
 
 
-def test_a_delta_with_null_fields_is_dropped_as_malformed(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_delta_with_null_fields_is_dropped_as_malformed(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     fut = pool.submit(post, gw, chat("ext", "nulls"))
     gen = w.expect(Generate)
@@ -326,7 +348,9 @@ def test_a_delta_with_null_fields_is_dropped_as_malformed(gw: Gateway, fakes: Ca
     assert r.json()["choices"][0]["message"]["content"] == "fine"
 
 
-def test_a_delta_with_null_fields_mid_stream_is_dropped(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_delta_with_null_fields_mid_stream_is_dropped(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     s = Stream(pool, gw, chat("ext", "nulls", stream=True))
     gen = w.expect(Generate)
@@ -341,7 +365,9 @@ def test_a_delta_with_null_fields_mid_stream_is_dropped(gw: Gateway, fakes: Call
     assert rest[-1] == "[DONE]"
 
 
-def test_a_worker_cannot_answer_a_request_it_does_not_hold(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_worker_cannot_answer_a_request_it_does_not_hold(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w1, w2 = fakes(), fakes()
     fut = pool.submit(post, gw, chat("ext", "whose?"))
     holder, gen = first_generate([w1, w2])
@@ -354,7 +380,8 @@ def test_a_worker_cannot_answer_a_request_it_does_not_hold(gw: Gateway, fakes: C
     assert r.json()["choices"][0]["message"]["content"] == "mine"
     wait_until(
         lambda: {x["id"]: x["inflight"] for x in ready_body(gw)["models"]["ext"]["workers"]}[holder.worker_id] == 0,
-        timeout=2, what="the holder's batch slot to be free again",
+        timeout=2,
+        what="the holder's batch slot to be free again",
     )
 
 
@@ -379,7 +406,9 @@ def test_a_worker_with_another_protocol_is_refused(gw: Gateway, fakes: Callable[
 # -- 5. the queue bound -----------------------------------------------------------------------
 
 
-def test_queue_bound_gives_429_then_the_waiting_request_runs(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_queue_bound_gives_429_then_the_waiting_request_runs(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     fa = pool.submit(post, gw, chat("ext", "A"))
     ga = w.expect(Generate)
@@ -422,7 +451,9 @@ def test_a_model_without_workers_answers_503_after_request_wait(gw: Gateway) -> 
 # -- 7. client disconnect ---------------------------------------------------------------------
 
 
-def test_a_client_that_goes_away_cancels_its_generation(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_client_that_goes_away_cancels_its_generation(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     s = Stream(pool, gw, chat("ext", "bye", stream=True), close_after=lambda ev: delta_text(ev) == "Hel")
     gen = w.expect(Generate)
@@ -460,7 +491,9 @@ def test_context_length_error_is_a_400(gw: Gateway, fakes: Callable[..., FakeWor
     assert s.status == 400 and err["code"] == "context_length_exceeded"
 
 
-def test_generation_failure_is_a_5xx_json_error(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_generation_failure_is_a_5xx_json_error(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     fut = pool.submit(post, gw, chat("ext", "boom"))
     gen = w.expect(Generate)
@@ -472,7 +505,9 @@ def test_generation_failure_is_a_5xx_json_error(gw: Gateway, fakes: Callable[...
     assert body["error"]["code"] == "generation_failed" and body["error"]["type"] == "server_error"
 
 
-def test_an_error_mid_stream_ends_it_with_an_error_event(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_an_error_mid_stream_ends_it_with_an_error_event(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     s = Stream(pool, gw, chat("ext", "midway", stream=True))
     gen = w.expect(Generate)
@@ -490,7 +525,9 @@ def test_an_error_mid_stream_ends_it_with_an_error_event(gw: Gateway, fakes: Cal
 # -- 9. a worker that goes silent mid-stream --------------------------------------------------
 
 
-def test_a_silent_worker_is_removed_and_its_stream_ends_with_an_error(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_silent_worker_is_removed_and_its_stream_ends_with_an_error(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w = fakes()
     s = Stream(pool, gw, chat("ext", "hang", stream=True))
     gen = w.expect(Generate)
@@ -512,7 +549,9 @@ def test_a_silent_worker_is_removed_and_its_stream_ends_with_an_error(gw: Gatewa
 # -- 10. re-dispatch --------------------------------------------------------------------------
 
 
-def test_a_request_without_output_is_redispatched_once(gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor) -> None:
+def test_a_request_without_output_is_redispatched_once(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
     w1, w2 = fakes(), fakes()
     fut = pool.submit(post, gw, chat("ext", "again", max_tokens=8))
     holder, gen = first_generate([w1, w2])

@@ -36,11 +36,24 @@ BAD: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("role-missing", body(messages=[{"content": "x"}]), "messages[0].role", ("required",)),
     ("second-role-bad", body(messages=[*MSGS, {"role": "robot", "content": "x"}]), "messages[1].role", ()),
     ("content-int", body(messages=[{"role": "user", "content": 5}]), "messages[0].content", ()),
-    ("content-image", body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
-     "messages[0].content", ("image_url", "text-only")),
-    ("content-input-audio", body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_audio"}]}]),
-     "messages[0].content", ("part 1", "text-only")),
-    ("content-part-no-text", body(messages=[{"role": "user", "content": [{"type": "text"}]}]), "messages[0].content", ("text",)),
+    (
+        "content-image",
+        body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
+        "messages[0].content",
+        ("image_url", "text-only"),
+    ),
+    (
+        "content-input-audio",
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_audio"}]}]),
+        "messages[0].content",
+        ("part 1", "text-only"),
+    ),
+    (
+        "content-part-no-text",
+        body(messages=[{"role": "user", "content": [{"type": "text"}]}]),
+        "messages[0].content",
+        ("text",),
+    ),
     ("temperature-3", body(temperature=3), "temperature", ("2",)),
     ("temperature-negative", body(temperature=-0.1), "temperature", ("0",)),
     ("temperature-hot", body(temperature="hot"), "temperature", ("number",)),
@@ -120,7 +133,17 @@ def test_value_error_prefix_is_stripped() -> None:
 
 
 def test_image_part_says_the_model_is_text_only() -> None:
-    data = body(messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]}])
+    data = body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "x"}},
+                ],
+            }
+        ]
+    )
     with pytest.raises(InvalidRequest, match="text-only"):
         validate(ChatCompletionRequest, data)
 
@@ -271,8 +294,19 @@ def test_params_for_does_not_modify_the_model_defaults() -> None:
 
 def test_every_passed_param_is_forwarded() -> None:
     req = chat(
-        max_tokens=5, temperature=0.5, top_p=0.9, top_k=3, min_p=0.1, seed=7, stop=["x"], presence_penalty=0.1,
-        frequency_penalty=0.2, repetition_penalty=1.2, repetition_context_size=8, logit_bias={"1": 2}, loop_guard=True,
+        max_tokens=5,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=3,
+        min_p=0.1,
+        seed=7,
+        stop=["x"],
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        repetition_penalty=1.2,
+        repetition_context_size=8,
+        logit_bias={"1": 2},
+        loop_guard=True,
     )
     params = params_for(req, ModelConfig(name="m", path="/x"))
     assert set(params) == set(PASSED_PARAMS)
@@ -305,8 +339,14 @@ CHAT_FIELDS = sorted(ChatCompletionRequest.model_fields)
 _scalars = st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=False) | st.text(max_size=6)
 _values = st.recursive(
     _scalars | st.sampled_from(["user", "text", "image_url", "5", "-1"]),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["role", "content", "type", "text", "5", "repeats"]) | st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["role", "content", "type", "text", "5", "repeats"]) | st.text(max_size=4),
+            inner,
+            max_size=3,
+        )
+    ),
     max_leaves=10,
 )
 _bodies = st.fixed_dictionaries({"model": st.just("m"), "messages": st.just(MSGS)}) | st.just({})

@@ -33,7 +33,7 @@ from shared.protocol import (
 NESTED = {
     "messages": [
         {"role": "system", "content": "Réponds en français. 東京 🚀"},
-        {"role": "user", "content": "Grüße\n\t\"quoted\" \\ back\u2028slash \u0000nul"},
+        {"role": "user", "content": 'Grüße\n\t"quoted" \\ back\u2028slash \u0000nul'},
     ],
     "deep": {"a": {"b": {"c": [1, 2.5, None, True, {"d": "ü"}]}}},
 }
@@ -53,9 +53,24 @@ SAMPLES: list[Any] = [
     Hello(worker_id="w-1", model="tiny", pid=4242, protocol=PROTOCOL_VERSION, config_hash="abcdef0123456789"),
     State(state=WorkerState.FAILED, detail="load error: fichier introuvable ✗", context_length=16384),
     Heartbeat(running=3, waiting=2, cache_tokens=1000, cache_bytes=2**40, memory_bytes=2**33),
-    Delta(id="r", text="Grüße 東京 🚀", tokens=4, logprobs=[{"token": "ü", "logprob": -0.5, "bytes": [195, 188], "top_logprobs": []}]),
-    Done(id="r", finish_reason="stop", usage={"prompt_tokens": 5, "completion_tokens": 7}, timings={"ttft": 0.012, "total": 1}),
-    Error(id="r", code="invalid_request", message="logit_bias: token id 9999 is not in the vocabulary ☹", param="logit_bias"),
+    Delta(
+        id="r",
+        text="Grüße 東京 🚀",
+        tokens=4,
+        logprobs=[{"token": "ü", "logprob": -0.5, "bytes": [195, 188], "top_logprobs": []}],
+    ),
+    Done(
+        id="r",
+        finish_reason="stop",
+        usage={"prompt_tokens": 5, "completion_tokens": 7},
+        timings={"ttft": 0.012, "total": 1},
+    ),
+    Error(
+        id="r",
+        code="invalid_request",
+        message="logit_bias: token id 9999 is not in the vocabulary ☹",
+        param="logit_bias",
+    ),
     Tokens(id="t1", count=12),
 ]
 

@@ -103,7 +103,9 @@ def test_load_full_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert cfg.model("nope") is None
 
 
-def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = write(tmp_path / "conf", '[[models]]\nname = "m"\npath = "weights"\n')
     other = tmp_path / "somewhere" / "else"
     other.mkdir(parents=True)
@@ -140,7 +142,10 @@ def test_server_table_alone_serves_the_default_model_or_says_what_is_missing(tmp
         ("[server]\nprot = 8080\n", ("[server]", "prot")),
         ("[server]\nport = 1\nzzz = 1\naaa = 2\n", ("aaa", "zzz")),
         ('[[models]]\nname = "a"\npath = "x"\nreplica = 2\n', ("[[models]] #1", "replica")),
-        ('[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "b"\npath = "y"\ntemperature = 0.5\n', ("#2", "temperature")),
+        (
+            '[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "b"\npath = "y"\ntemperature = 0.5\n',
+            ("#2", "temperature"),
+        ),
     ],
 )
 def test_unknown_setting_is_an_error_naming_it(tmp_path: Path, text: str, words: tuple[str, ...]) -> None:
@@ -205,7 +210,9 @@ def test_missing_file(tmp_path: Path) -> None:
         load_toml(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("text", ["[server\nport = 1\n", "[server]\nport = \n", 'x = "unterminated\n', "[[models]]\nname = a\n"])
+@pytest.mark.parametrize(
+    "text", ["[server\nport = 1\n", "[server]\nport = \n", 'x = "unterminated\n', "[[models]]\nname = a\n"]
+)
 def test_toml_syntax_error(tmp_path: Path, text: str) -> None:
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:

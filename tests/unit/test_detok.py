@@ -283,14 +283,20 @@ def reference(tok: Any, ids: Sequence[int], stops: Sequence[str]) -> tuple[str, 
     return d.text, False
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data(), text=texts)
 def test_streaming_matches_the_reference(tok: Any, data: st.DataObject, text: str) -> None:
     # stop strings: substrings of the text (so they hit), near misses and random strings
     def substring(s: str) -> st.SearchStrategy[str]:
         return st.integers(0, len(s)).flatmap(lambda i: st.integers(i, min(len(s), i + 6)).map(lambda j: s[i:j]))
 
-    stop_strategy = substring(text) | substring(text).map(lambda s: s + "§") | st.text(alphabet=st.sampled_from(ALPHABET), max_size=4)
+    stop_strategy = (
+        substring(text)
+        | substring(text).map(lambda s: s + "§")
+        | st.text(alphabet=st.sampled_from(ALPHABET), max_size=4)
+    )
     stops = data.draw(st.lists(stop_strategy, max_size=4))
     ids = encode(tok, text)
     ts = TextStream(tok.detokenizer, stops)
@@ -344,7 +350,12 @@ def test_held_tail_is_the_longest_suffix_that_is_a_proper_stop_prefix(text: str,
     start = min(start, len(text))
     tail = text[start:]
     brute = max(
-        (k for s in stops for k in range(0, min(len(s) - 1, len(tail)) + 1) if tail.endswith(s[:k]) and (k == 0 or tail[-k:] == s[:k])),
+        (
+            k
+            for s in stops
+            for k in range(0, min(len(s) - 1, len(tail)) + 1)
+            if tail.endswith(s[:k]) and (k == 0 or tail[-k:] == s[:k])
+        ),
         default=0,
     )
     assert _held_tail(text, start, stops) == brute

@@ -233,7 +233,9 @@ def test_repetition_penalty_lowers_a_token_in_the_context() -> None:
 
 def test_repetition_context_size_limits_the_window() -> None:
     logits = mx.full((1, V), 1.0)
-    out = apply(make_request_processors({"repetition_penalty": 2.0, "repetition_context_size": 2}, V), [5, 6, 7], logits)
+    out = apply(
+        make_request_processors({"repetition_penalty": 2.0, "repetition_context_size": 2}, V), [5, 6, 7], logits
+    )
     assert out[0, 5].item() == pytest.approx(1.0)  # outside the last 2 tokens
     assert out[0, 6].item() == pytest.approx(0.5)
     assert out[0, 7].item() == pytest.approx(0.5)

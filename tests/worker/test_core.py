@@ -20,7 +20,12 @@ def core(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 
 def gen(rid: str, **params: object) -> Generate:
-    return Generate(id=rid, model="tiny", input={"messages": [{"role": "user", "content": rid}]}, params={"temperature": 0, **params})
+    return Generate(
+        id=rid,
+        model="tiny",
+        input={"messages": [{"role": "user", "content": rid}]},
+        params={"temperature": 0, **params},
+    )
 
 
 def run(core, *reqs: Generate, steps: int = 500) -> list:  # type: ignore[no-untyped-def]
@@ -68,7 +73,12 @@ def test_prompt_longer_than_the_context_is_refused_with_both_counts(core) -> Non
 def test_max_tokens_is_clamped_to_what_the_context_leaves(core, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(core.m, "context_length", 64)  # a short context keeps the prefill quick
     ctx = core.m.context_length
-    events = run(core, Generate(id="full", model="tiny", input={"tokens": [5] * (ctx - 3)}, params={"max_tokens": 10**6, "temperature": 0}))
+    events = run(
+        core,
+        Generate(
+            id="full", model="tiny", input={"tokens": [5] * (ctx - 3)}, params={"max_tokens": 10**6, "temperature": 0}
+        ),
+    )
     done = events[-1]
     assert isinstance(done, Done) and done.finish_reason == "length"
     assert done.usage["prompt_tokens"] + done.usage["completion_tokens"] == ctx

@@ -80,9 +80,17 @@ def _write_gguf(path: Path, kv: dict[str, str | int], tensors: list[tuple[str, i
 
 def test_weights_have_hf_names_and_shapes(folder: Path) -> None:
     weights = mx.load(str(folder / "model.safetensors"))
-    parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
-             "post_attention_layernorm"]
+    parts = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+    ]
     expected = {f"model.layers.{i}.{p}.weight" for i in range(30) for p in parts}
     expected |= {"model.embed_tokens.weight", "model.norm.weight"}  # tied: no lm_head
     assert set(weights) == expected
@@ -178,8 +186,7 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert default_cache_dir().name == "hearth"
 
 
-def test_cached_import_imports_once(gguf_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    tmp_path: Path) -> None:
+def test_cached_import_imports_once(gguf_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HEARTH_CACHE_DIR", str(tmp_path / "cache"))
     first = cached_import(gguf_path, dtype="keep")
     assert first.parent == tmp_path / "cache" / "models"
