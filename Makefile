@@ -11,8 +11,9 @@ setup:
 serve: setup
 	$(VENV)/bin/hearth serve --port $(PORT)
 
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest -q
 
-lint:
+lint: setup
 	$(VENV)/bin/python -m ruff check gateway worker shared tests
+	$(VENV)/bin/python -m mypy

@@ -59,7 +59,7 @@ async def run(url: str, model: str, clients: list[int], max_tokens: int) -> list
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         await _stream_one(http, model, 8, PROMPT)  # warm-up
         for n in clients:
-            stop, health = asyncio.Event(), []
+            stop, health = asyncio.Event(), list[float]()
             probe = asyncio.create_task(_health_probe(http, stop, health))
             t0 = time.perf_counter()
             runs = await asyncio.gather(*(_stream_one(http, model, max_tokens, f"{PROMPT} (#{i})") for i in range(n)))

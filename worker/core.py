@@ -218,13 +218,16 @@ class EngineCore:
 
     def _logprob_entry(self, token: int, logprobs: mx.array, top: int) -> dict[str, Any]:
         """OpenAI's per-token logprobs entry: the chosen token and the ``top`` most likely."""
-        entry = self._token_logprob(token, logprobs[token].item())
+        chosen: float = logprobs[token].item()  # type: ignore[assignment]
+        entry = self._token_logprob(token, chosen)
         entry["top_logprobs"] = []
         if top > 0:
             ids = mx.argpartition(-logprobs, top - 1)[:top]
             vals = logprobs[ids]
             order = mx.argsort(-vals)
-            for i, v in zip(ids[order].tolist(), vals[order].tolist(), strict=True):
+            top_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
+            top_vals: list[float] = vals[order].tolist()  # type: ignore[assignment]
+            for i, v in zip(top_ids, top_vals, strict=True):
                 entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
         return entry
 

@@ -246,9 +246,10 @@ def import_gguf(src: str | Path, out: str | Path, dtype: str = "float32") -> Pat
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GGUFImportError(f"output folder already exists and is not empty: {out}")
     try:
-        tensors, raw_meta = mx.load(str(src), return_metadata=True)
+        tensors, raw_meta = mx.load(str(src), return_metadata=True)  # type: ignore[misc]
     except (RuntimeError, ValueError, OSError) as e:
         raise GGUFImportError(f"cannot read tensors from {src} (unsupported tensor type?): {e}") from e
+    assert isinstance(tensors, dict) and isinstance(raw_meta, dict)
     meta = {k: _plain(v) for k, v in raw_meta.items()}
     _check_architecture(meta, src)
     tokenizer, tok_config, specials = _build_tokenizer(meta, src)

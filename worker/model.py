@@ -47,7 +47,7 @@ def resolve_folder(cfg: ModelConfig) -> Path:
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
-    model, tokenizer, config = mlx_load(str(folder), return_config=True)
+    model, tokenizer, config = mlx_load(str(folder), return_config=True)  # type: ignore[misc]
     ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or FALLBACK_CONTEXT)
     vocab = int(config.get("vocab_size") or len(tokenizer))
     return LoadedModel(model, tokenizer, folder, ctx, vocab)

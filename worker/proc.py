@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from typing import TYPE_CHECKING
+
 import zmq
 
 from shared.codec import ProtocolError, decode, encode
@@ -37,6 +39,9 @@ from shared.protocol import (
     WorkerState,
 )
 
+if TYPE_CHECKING:
+    from worker.core import EngineCore
+
 log = logging.getLogger("hearth.worker")
 HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
@@ -48,7 +53,7 @@ class _Loader(threading.Thread):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(name="hearth-load", daemon=True)
         self.cfg = cfg
-        self.core = None
+        self.core: EngineCore | None = None
         self.error: str | None = None
 
     def run(self) -> None:
@@ -76,7 +81,7 @@ class WorkerProcess:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(endpoint)
         self.loader = _Loader(cfg)
-        self.core = None
+        self.core: EngineCore | None = None
         self.draining = False
         self.stop_signal = False
 
@@ -96,8 +101,10 @@ class WorkerProcess:
                 if self.loader.error is not None:
                     self.send(State(WorkerState.FAILED, self.loader.error))
                     return 3
-                self.core = self.loader.core
-                self.send(State(WorkerState.READY, context_length=self.core.m.context_length))
+                core = self.loader.core
+                assert core is not None
+                self.core = core
+                self.send(State(WorkerState.READY, context_length=core.m.context_length))
             if self.core is not None and self.core.has_work:
                 for msg in self.core.step():
                     self.send(msg)

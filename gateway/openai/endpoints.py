@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -107,7 +107,7 @@ async def _generate(
         ]
         return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
 
-    async def opening() -> tuple[str, AsyncIterator[tuple[ChoiceSpec, Delta | Done]], tuple[ChoiceSpec, Delta | Done]]:
+    async def opening() -> tuple[str, AsyncGenerator[tuple[ChoiceSpec, Delta | Done]], tuple[ChoiceSpec, Delta | Done]]:
         streams = await _open(client, req, specs)
         merged = _merge(specs, streams)
         try:  # an error before the first token is still a plain JSON error response
@@ -161,7 +161,7 @@ async def _unless_gone(request: Request, coro: Any) -> Any:
 
 async def _merge(
     specs: list[ChoiceSpec], streams: list[RequestStream]
-) -> AsyncIterator[tuple[ChoiceSpec, Delta | Done]]:
+) -> AsyncGenerator[tuple[ChoiceSpec, Delta | Done]]:
     """Every choice's events, in arrival order. Closing it cancels whatever still runs."""
     if len(streams) == 1:
         try:
@@ -183,9 +183,11 @@ async def _merge(
     try:
         finished = 0
         while finished < len(streams):
-            spec, ev = await queue.get()
-            if isinstance(ev, BaseException):
-                raise ev
+            spec, got = await queue.get()
+            if isinstance(got, BaseException):
+                raise got
+            assert got is not None
+            ev = got
             if isinstance(ev, Done):
                 finished += 1
             yield spec, ev  # type: ignore[misc]
@@ -197,7 +199,7 @@ async def _merge(
 
 
 async def _sse(
-    merged: AsyncIterator[tuple[ChoiceSpec, Delta | Done]],
+    merged: AsyncGenerator[tuple[ChoiceSpec, Delta | Done]],
     first: tuple[ChoiceSpec, Delta | Done],
     shape: Shape,
     n: int,
@@ -228,4 +230,4 @@ async def _sse(
     except StopAsyncIteration:
         yield sse.event(WorkerFailed("the stream ended without a result").body())
     finally:
-        await merged.aclose()  # type: ignore[attr-defined]
+        await merged.aclose()
