@@ -54,6 +54,37 @@ async def _health_probe(http: httpx.AsyncClient, stop: asyncio.Event, out: list[
         await asyncio.sleep(0.05)
 
 
+def _long_system_prompt(words: int) -> str:
+    topics = ["harbours", "lighthouses", "tides", "storms", "ships", "maps", "stars", "ropes", "lamps", "gulls"]
+    return " ".join(f"Rule {i}: always be precise about {topics[i % len(topics)]}." for i in range(words // 7))
+
+
+async def _ttft(http: httpx.AsyncClient, model: str, system: str, question: str) -> float:
+    body = {
+        "model": model,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+    }
+    t0 = time.perf_counter()
+    async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                return time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+async def prefix_ttft(url: str, model: str, words: int) -> dict[str, float]:
+    """Cold vs warm time to first token for a long shared system prompt (an agent's turn 1 vs 2)."""
+    system = _long_system_prompt(words) + f" (run {time.time_ns()})"  # never cached before this run
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        cold = await _ttft(http, model, system, "Where is the lighthouse?")
+        warm = await _ttft(http, model, system, "And where is the harbour?")
+    return {"cold_ttft_s": cold, "warm_ttft_s": warm, "speedup": cold / max(warm, 1e-9)}
+
+
 async def run(url: str, model: str, clients: list[int], max_tokens: int) -> list[dict[str, Any]]:
     results = []
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -85,9 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument(
+        "--prefix-words", type=int, default=0, help="also measure cold/warm TTFT with a shared prompt this long"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
-    levels = [int(x) for x in args.clients.split(",")]
+    if args.prefix_words:
+        print(orjson.dumps(asyncio.run(prefix_ttft(args.url, args.model, args.prefix_words))).decode())
+    levels = [int(x) for x in args.clients.split(",") if x]
     results = asyncio.run(run(args.url, args.model, levels, args.max_tokens))
     if args.json:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

@@ -66,6 +66,7 @@ class _PoolCollector(Collector):
         restarts = GaugeMetricFamily(
             "hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"]
         )
+        cache = GaugeMetricFamily("hearth_prompt_cache_bytes", "KV prompt cache held by workers", labels=["model"])
         for name, entry in self.pool.models.items():
             ws = self.pool.of_model(name)
             running.add_metric([name], sum(w.heartbeat.running for w in ws if w.heartbeat))
@@ -77,7 +78,8 @@ class _PoolCollector(Collector):
             for state, count in states.items():
                 workers.add_metric([name, state], count)
             restarts.add_metric([name], self.restarts.get(name, 0))
-        yield from (running, waiting, workers, restarts)
+            cache.add_metric([name], sum(w.heartbeat.cache_bytes for w in ws if w.heartbeat))
+        yield from (running, waiting, workers, restarts, cache)
 
 
 class RequestMetricsMiddleware:

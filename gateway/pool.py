@@ -42,6 +42,7 @@ class WorkerHandle:
             "running": hb.running if hb else 0,  # as the worker last reported
             "waiting": hb.waiting if hb else 0,
             "memory_bytes": hb.memory_bytes if hb else None,
+            "prompt_cache_bytes": hb.cache_bytes if hb else 0,
         }
 
 

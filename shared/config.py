@@ -41,6 +41,8 @@ class ModelConfig:
     max_batch: int = 8  # sequences decoded together by one worker
     prefill_step: int = 512  # prompt tokens per prefill step
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
+    prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
+    prompt_cache_entries: int = 16  # cached sequences per worker
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
 
     def to_json(self) -> bytes:
@@ -143,6 +145,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: replicas must be >= 0")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
+    if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0:
+        raise ConfigError(f"model {m.name}: prompt_cache_bytes and prompt_cache_entries must be >= 0")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
 

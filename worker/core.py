@@ -29,6 +29,7 @@ from shared.protocol import (
 )
 from worker.detok import TextStream
 from worker.loops import LoopGuard
+from worker.prompt_cache import PromptCache
 from worker.model import LoadedModel
 from worker.sampling import ParamError, make_request_processors, make_request_sampler
 from worker.templating import TemplateError, prompt_tokens
@@ -44,6 +45,7 @@ class _Live:
     prompt_tokens: int
     top_logprobs: int | None
     t_start: float
+    cached_tokens: int = 0
     t_first: float = 0.0
     completion_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
@@ -62,6 +64,11 @@ class EngineCore:
         self._by_uid: dict[int, _Live] = {}
         self._gen = self._new_generator()
         self._bytes_cache: dict[int, bytes] = {}
+        self.prompt_cache = (
+            PromptCache(cfg.prompt_cache_entries, cfg.prompt_cache_bytes)
+            if cfg.prompt_cache_bytes and cfg.prompt_cache_entries
+            else None
+        )
         self.broken: str | None = None  # set when a step failed: the worker must restart
 
     def _new_generator(self) -> BatchGenerator:
@@ -118,7 +125,15 @@ class EngineCore:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        (uid,) = self._gen.insert([tokens], max_tokens=[max_tokens], samplers=[sampler], logits_processors=[processors])
+        cache, cached = self.prompt_cache.lookup(tokens) if self.prompt_cache else (None, 0)
+        (uid,) = self._gen.insert(
+            [tokens[cached:]],
+            max_tokens=[max_tokens],
+            caches=[cache],  # type: ignore[list-item]  # None: a fresh cache
+            all_tokens=[tokens[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
         stop = params.get("stop") or []
         live = _Live(
             id=req.id,
@@ -127,6 +142,7 @@ class EngineCore:
             prompt_tokens=len(tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
+            cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
         )
         self._live[req.id] = live
@@ -139,9 +155,19 @@ class EngineCore:
             self._drop(live)
 
     def _drop(self, live: _Live) -> None:
-        self._gen.remove([live.uid])
+        self._remove(live.uid)
         self._live.pop(live.id, None)
         self._by_uid.pop(live.uid, None)
+
+    def _remove(self, uid: int) -> None:
+        """Take a sequence out of the batch, keeping its KV cache for later prompts."""
+        caches = self._gen.remove([uid], return_prompt_caches=self.prompt_cache is not None)
+        for cache, tokens in caches.values():
+            self._keep(tokens, cache)
+
+    def _keep(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        if self.prompt_cache is not None and tokens:
+            self.prompt_cache.store(tokens, cache)
 
     def fail_all(self, code: str, message: str) -> list[Message]:
         """Fail every request in flight. MLX state after a failed step can't be trusted (compiled
@@ -188,7 +214,9 @@ class EngineCore:
                     finish = "loop"
                     text += live.text.finish()
             if finish is not None and r.finish_reason is None:
-                self._gen.remove([r.uid])
+                self._remove(r.uid)
+            elif finish is not None:
+                self._keep(r.all_tokens, r.prompt_cache)
             if text or live.logprobs:
                 out.append(Delta(live.id, text, live.completion_tokens, live.logprobs or None))
                 live.logprobs = []
@@ -206,7 +234,7 @@ class EngineCore:
             usage={
                 "prompt_tokens": live.prompt_tokens,
                 "completion_tokens": live.completion_tokens,
-                "cached_tokens": 0,
+                "cached_tokens": live.cached_tokens,
                 **({"loop_cycle_tokens": live.loop[0], "loop_repeats": live.loop[1]} if live.loop else {}),
             },
             timings={

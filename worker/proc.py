@@ -184,6 +184,7 @@ class WorkerProcess:
             Heartbeat(
                 running=core.running if core else 0,
                 waiting=core.waiting if core else 0,
+                cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache else 0,
                 memory_bytes=int(mx.get_active_memory()),
             )
         )

@@ -39,6 +39,14 @@ class SelfCheckError(RuntimeError):
 
 
 def self_check(core: EngineCore) -> None:
+    saved, core.prompt_cache = core.prompt_cache, None  # the checks' caches are of no use later
+    try:
+        _run_checks(core)
+    finally:
+        core.prompt_cache = saved
+
+
+def _run_checks(core: EngineCore) -> None:
     tokens = list(core.m.tokenizer.encode("Hello"))[:8] or [0]
     for name, value in CHECKS:
         params = {"temperature": 0.7, "max_tokens": 1, name: value}

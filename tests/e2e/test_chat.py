@@ -43,7 +43,13 @@ def test_streaming_matches_non_streaming(tiny_gateway: Gateway) -> None:
     assert text == whole["choices"][0]["message"]["content"]
     finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert [c["choices"][0]["finish_reason"] for c in finals] == ["length"]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    assert {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
+        k: whole["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    # the same prompt again: all of it but the last token comes from the KV prompt cache
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(tiny_gateway: Gateway) -> None:

@@ -84,3 +84,19 @@ def test_both_models_stream_at_once(two_models: Gateway) -> None:
         a, b = ex.map(run, ["tiny", "smol"])
     assert a[-1] == b[-1] == "[DONE]"
     assert a[0]["model"] == "tiny" and b[0]["model"] == "smol"
+
+
+def test_the_second_turn_reuses_the_first_from_the_prompt_cache(two_models: Gateway) -> None:
+    two_models.wait_ready()
+    turn1 = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
+    r1 = two_models.http.post(
+        "/v1/chat/completions", json={"model": "smol", "messages": turn1, "max_tokens": 20, "temperature": 0}
+    )
+    answer = r1.json()["choices"][0]["message"]["content"]
+    turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And of Italy?"}]
+    r2 = two_models.http.post(
+        "/v1/chat/completions", json={"model": "smol", "messages": turn2, "max_tokens": 20, "temperature": 0}
+    )
+    assert r2.status_code == 200
+    assert r2.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= r1.json()["usage"]["prompt_tokens"]
+    assert "Rome" in r2.json()["choices"][0]["message"]["content"]

@@ -346,6 +346,8 @@ CHANGES: dict[str, Any] = {
     "max_batch": 3,
     "prefill_step": 65,
     "max_tokens": None,
+    "prompt_cache_bytes": 12345,
+    "prompt_cache_entries": 3,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
 }
 

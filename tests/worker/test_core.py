@@ -106,3 +106,90 @@ def test_self_check_names_a_parameter_mlx_lm_no_longer_takes(core, monkeypatch: 
     monkeypatch.setattr(sampling, "make_logits_processors", renamed)
     with pytest.raises(SelfCheckError, match="repetition_penalty"):
         self_check(core)
+
+
+# -- the KV prompt cache ----------------------------------------------------------------------
+
+
+def _text(events: list, rid: str) -> str:  # type: ignore[type-arg]
+    return "".join(e.text for e in events if isinstance(e, Delta) and e.id == rid)
+
+
+def _uncached(core, req: Generate) -> str:  # type: ignore[no-untyped-def]
+    saved, core.prompt_cache = core.prompt_cache, None
+    try:
+        return _text(run(core, req), req.id)
+    finally:
+        core.prompt_cache = saved
+
+
+def chat_req(rid: str, messages: list[dict[str, str]], **params: object) -> Generate:
+    return Generate(id=rid, model="tiny", input={"messages": messages}, params={"temperature": 0, **params})
+
+
+def test_a_repeated_prompt_is_served_from_the_cache_with_the_same_answer(core) -> None:  # type: ignore[no-untyped-def]
+    msgs = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 20}]
+    first = run(core, chat_req("p1", msgs, max_tokens=12))
+    second = run(core, chat_req("p2", msgs, max_tokens=12))
+    d1, d2 = first[-1], second[-1]
+    assert d2.usage["cached_tokens"] == d2.usage["prompt_tokens"] - 1
+    assert d1.usage["cached_tokens"] < d2.usage["cached_tokens"]
+    assert _text(second, "p2") == _text(first, "p1") == _uncached(core, chat_req("p3", msgs, max_tokens=12))
+
+
+def test_the_next_turn_of_a_conversation_reuses_the_previous_one(core) -> None:  # type: ignore[no-untyped-def]
+    turn1 = [{"role": "user", "content": "Tell me about Paris and Köln. " * 10}]
+    events = run(core, chat_req("t1", turn1, max_tokens=16))
+    done1 = events[-1]
+    turn2 = turn1 + [
+        {"role": "assistant", "content": _text(events, "t1")},
+        {"role": "user", "content": "And Tokyo?"},
+    ]
+    events2 = run(core, chat_req("t2", turn2, max_tokens=16))
+    assert events2[-1].usage["cached_tokens"] >= done1.usage["prompt_tokens"]
+    assert _text(events2, "t2") == _uncached(core, chat_req("t3", turn2, max_tokens=16))
+
+
+def test_a_diverging_prompt_reuses_the_common_prefix(core) -> None:  # type: ignore[no-untyped-def]
+    base = "def hello(name):\n    return f'Hello, {name}!'\n" * 12
+    run(
+        core,
+        Generate(
+            id="d1",
+            model="tiny",
+            input={"prompt": base + "print(hello('a'))"},
+            params={"temperature": 0, "max_tokens": 4},
+        ),
+    )
+    other = Generate(
+        id="d2", model="tiny", input={"prompt": base + "x = 1"}, params={"temperature": 0, "max_tokens": 10}
+    )
+    events = run(core, other)
+    cached = events[-1].usage["cached_tokens"]
+    assert 0 < cached < events[-1].usage["prompt_tokens"]
+    assert _text(events, "d2") == _uncached(
+        core, Generate(id="d3", model="tiny", input=other.input, params=other.params)
+    )
+
+
+def test_a_cancelled_request_leaves_its_prompt_in_the_cache(core) -> None:  # type: ignore[no-untyped-def]
+    msgs = [{"role": "user", "content": "Cancel me, a long prompt about nothing much. " * 15}]
+    core.add(chat_req("c1", msgs, max_tokens=10_000))
+    for _ in range(4):
+        core.step()
+    core.cancel("c1")
+    done = run(core, chat_req("c2", msgs, max_tokens=2))[-1]
+    assert done.usage["cached_tokens"] == done.usage["prompt_tokens"] - 1
+
+
+def test_the_cache_stays_within_its_byte_budget(tiny_model: Path) -> None:
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    budget = 600_000
+    cfg = ModelConfig(name="tiny", path=str(tiny_model), prompt_cache_bytes=budget, prompt_cache_entries=100)
+    small = EngineCore(load_model(cfg), cfg)
+    for i in range(8):
+        run(small, gen(f"{i} " * 200, max_tokens=2))
+        assert small.prompt_cache is not None and small.prompt_cache.nbytes <= budget
+    assert len(small.prompt_cache) >= 1
