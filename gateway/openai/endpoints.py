@@ -102,7 +102,7 @@ async def _generate(
         rid, results = out
         shape = shape_cls(rid, req.model)
         choices = [
-            shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)  # type: ignore[attr-defined]
+            shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)
             for spec, (text, final, lp) in zip(specs, results, strict=True)
         ]
         return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
@@ -190,7 +190,7 @@ async def _merge(
             ev = got
             if isinstance(ev, Done):
                 finished += 1
-            yield spec, ev  # type: ignore[misc]
+            yield spec, ev
     finally:
         for t in tasks:
             t.cancel()
@@ -215,10 +215,10 @@ async def _sse(
         while True:
             spec, ev = item
             if isinstance(ev, Delta):
-                yield sse.event(shape.chunk(spec.index, ev.text, logprobs=ev.logprobs if want_lp else None))  # type: ignore[attr-defined]
+                yield sse.event(shape.chunk(spec.index, ev.text, logprobs=ev.logprobs if want_lp else None))
             else:
                 dones.append((spec, ev))
-                yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))  # type: ignore[attr-defined]
+                yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))
                 if len(dones) == n:
                     if include_usage:
                         yield sse.event(shape.usage_chunk(usage(dones)))

@@ -136,10 +136,12 @@ def completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[
 
 
 class Shape:
-    """Builds one response's objects or stream chunks (shared id and creation time)."""
+    """Builds one response's objects or stream chunks (shared id and creation time); the
+    subclasses say where the text and the logprobs go in chat and in text completions."""
 
     prefix = "chatcmpl"
     object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
 
     def __init__(self, rid: str, model: str) -> None:
         self.id = f"{self.prefix}-{rid}"
@@ -155,6 +157,32 @@ class Shape:
             "system_fingerprint": "hearth",
         }
 
+    def _message(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
+        lp = self._logprobs(logprobs) if logprobs is not None else None
+        return {"index": index, **self._message(text), "logprobs": lp, "finish_reason": finish}
+
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None = None,
+        logprobs: list[Any] | None = None,
+        first: bool = False,
+    ) -> dict[str, Any]:
+        body = self._base(self.chunk_object)
+        lp = self._logprobs(logprobs) if logprobs is not None else None
+        body["choices"] = [{"index": index, **self._delta(text, first), "logprobs": lp, "finish_reason": finish}]
+        return body
+
     def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
         body = self._base(self.object)
         body["choices"] = choices
@@ -162,71 +190,34 @@ class Shape:
         return body
 
     def usage_chunk(self, use: dict[str, Any]) -> dict[str, Any]:
-        body = self._base(self.object + ".chunk" if self.prefix == "chatcmpl" else self.object)
+        body = self._base(self.chunk_object)
         body["choices"] = []
         body["usage"] = use
         return body
 
 
 class ChatShape(Shape):
-    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": {"content": logprobs} if logprobs is not None else None,
-            "finish_reason": finish,
-        }
+    def _message(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
 
-    def chunk(
-        self,
-        index: int,
-        text: str | None,
-        finish: str | None = None,
-        logprobs: list[Any] | None = None,
-        first: bool = False,
-    ) -> dict[str, Any]:
-        body = self._base("chat.completion.chunk")
-        delta: dict[str, Any] = (
-            {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-        )
-        body["choices"] = [
-            {
-                "index": index,
-                "delta": delta,
-                "logprobs": {"content": logprobs} if logprobs is not None else None,
-                "finish_reason": finish,
-            }
-        ]
-        return body
+    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+        if first:
+            return {"delta": {"role": "assistant", "content": ""}}
+        return {"delta": {"content": text} if text is not None else {}}
+
+    def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
+        return {"content": entries}
 
 
 class CompletionShape(Shape):
     prefix = "cmpl"
-    object = "text_completion"
+    object = chunk_object = "text_completion"
 
-    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
-        return {
-            "index": index,
-            "text": text,
-            "logprobs": completion_logprobs(logprobs) if logprobs is not None else None,
-            "finish_reason": finish,
-        }
+    def _message(self, text: str) -> dict[str, Any]:
+        return {"text": text}
 
-    def chunk(
-        self,
-        index: int,
-        text: str | None,
-        finish: str | None = None,
-        logprobs: list[Any] | None = None,
-        first: bool = False,
-    ) -> dict[str, Any]:
-        body = self._base("text_completion")
-        body["choices"] = [
-            {
-                "index": index,
-                "text": text or "",
-                "logprobs": completion_logprobs(logprobs) if logprobs is not None else None,
-                "finish_reason": finish,
-            }
-        ]
-        return body
+    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+        return {"text": text or ""}
+
+    def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
+        return completion_logprobs(entries)
