@@ -71,3 +71,25 @@ def test_a_model_that_cannot_load_fails_clearly(gw: Gateway) -> None:
     broken = next(m for m in info if m["id"] == "broken")
     assert broken["state"] == "failed" and "No safetensors found" in broken["detail"]
     assert gw.http.get("/ready").status_code == 200
+
+
+def test_workers_exit_when_the_gateway_is_killed(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGKILL gives the gateway no chance to drain: its workers notice the parent is gone."""
+    with serving(tmp_path_factory.mktemp("orphans"), [{"name": "tiny", "path": str(tiny_model)}]) as g:
+        pid = g.workers("tiny")[0]["pid"]
+        g.proc.kill()
+        g.proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, "the worker outlived its gateway"
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
