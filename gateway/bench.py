@@ -29,7 +29,7 @@ async def _stream_one(http: httpx.AsyncClient, model: str, max_tokens: int, prom
     }
     t0 = time.perf_counter()
     ttft = 0.0
-    tokens = 0
+    chunks = usage_tokens = 0  # servers that send no usage in streams: count content chunks
     async with http.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -38,11 +38,13 @@ async def _stream_one(http: httpx.AsyncClient, model: str, max_tokens: int, prom
             ev = orjson.loads(line[6:])
             if "error" in ev:
                 raise RuntimeError(ev["error"]["message"])
-            if ev.get("choices") and ev["choices"][0]["delta"].get("content") and not ttft:
-                ttft = time.perf_counter() - t0
+            if ev.get("choices") and ev["choices"][0]["delta"].get("content"):
+                ttft = ttft or time.perf_counter() - t0
+                chunks += 1
             if ev.get("usage"):
-                tokens = ev["usage"]["completion_tokens"]
+                usage_tokens = ev["usage"]["completion_tokens"]
     total = time.perf_counter() - t0
+    tokens = usage_tokens or chunks
     return {"ttft": ttft, "total": total, "tokens": tokens, "decode_tps": (tokens - 1) / max(total - ttft, 1e-9)}
 
 
