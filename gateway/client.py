@@ -292,7 +292,10 @@ class EngineClient:
             return
         if handle is None or not handle.connected:
             if worker_id not in self._refused:
-                log.warning("dropping %s from unknown worker %s (no hello)", msg.KIND, worker_id)
+                # e.g. a worker the watchdog gave up on, or one from before a gateway restart: it
+                # drains and exits, and its own supervisor (launchd, systemd) starts it afresh.
+                log.warning("%s from unknown worker %s (no hello): asking it to drain", msg.KIND, worker_id)
+                self._refuse(worker_id)
             return
         handle.last_seen = time.monotonic()
         if isinstance(msg, State):

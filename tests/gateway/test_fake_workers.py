@@ -403,6 +403,17 @@ def test_a_worker_with_another_protocol_is_refused(gw: Gateway, fakes: Callable[
     assert "protocol" in lines[0] and "999" in lines[0]
 
 
+def test_a_worker_that_never_said_hello_is_asked_to_drain(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:
+    """E.g. one the watchdog gave up on, or one from before a gateway restart: it exits, and
+    whatever started it starts it afresh, with a hello."""
+    w = fakes(ready=False)
+    w.silent = True
+    w.heartbeat()
+    w.expect(Drain, 5)
+    w.heartbeat()
+    assert not [m for m in w.pending(0.3) if isinstance(m, Drain)]  # asked once, then ignored
+
+
 # -- 5. the queue bound -----------------------------------------------------------------------
 
 
