@@ -30,6 +30,7 @@ def gw(tiny_model: Path, j_id: int, tmp_path_factory: pytest.TempPathFactory) ->
     models = [
         {"name": "tiny", "path": str(tiny_model)},
         {"name": "tiny-j", "path": str(tiny_model), "defaults": {"logit_bias": {str(j_id): 100.0}}},
+        {"name": "tiny-guarded", "path": str(tiny_model), "defaults": {"loop_guard": True}},
     ]
     with serving(tmp, models) as g:
         yield g
@@ -145,6 +146,12 @@ def test_loop_guard_stops_a_loop_and_says_so(gw: Gateway) -> None:
     (info,) = guarded["usage"]["loop_guard"]
     assert info["repeats"] * info["cycle_tokens"] >= 32
     assert plain["choices"][0]["message"]["content"].startswith(text_of(guarded))
+
+
+def test_loop_guard_per_model_and_overridden_per_request(gw: Gateway) -> None:
+    assert ask(gw, model="tiny-guarded", max_tokens=200)["choices"][0]["finish_reason"] == "loop"
+    off = ask(gw, model="tiny-guarded", max_tokens=200, loop_guard=False)
+    assert off["choices"][0]["finish_reason"] == "length" and "loop_guard" not in off["usage"]
 
 
 def test_completions_endpoint(gw: Gateway) -> None:
