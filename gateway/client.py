@@ -22,6 +22,7 @@ import zmq.asyncio
 from gateway.errors import HearthError, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
 from gateway.metrics import Metrics
 from gateway.pool import Pool, WorkerHandle
+from gateway.router import affinity_key
 from shared.codec import ProtocolError, decode, encode
 from shared.config import Config
 from shared.protocol import (
@@ -165,20 +166,25 @@ class EngineClient:
         return rs
 
     async def _dispatch(self, rs: RequestStream, since: float | None = None, admitted: bool = False) -> None:
-        worker = await self._wait_for_worker(rs.msg.model, rs.t_submit if since is None else since, admitted)
+        model = rs.msg.model
+        key = affinity_key(rs.msg.input)
+        worker = await self._wait_for_worker(model, rs.t_submit if since is None else since, admitted, key)
+        self.pool.remember(model, key, worker.worker_id)
         rs.worker_id = worker.worker_id
         worker.inflight.add(rs.id)
         self._streams[rs.id] = rs
         self.send(worker.worker_id, rs.msg)
 
-    async def _wait_for_worker(self, model: str, since: float, admitted: bool = False) -> WorkerHandle:
+    async def _wait_for_worker(
+        self, model: str, since: float, admitted: bool = False, affinity: str | None = None
+    ) -> WorkerHandle:
         """A worker with room, first come first served; bounded in number (429) and time (503).
         ``admitted``: a re-dispatched request, already past the queue bound once."""
         entry = self.pool.models[model]
         if self.on_demand is not None:
             self.on_demand(model)  # a model that is not preloaded starts on its first request
         if not entry.queue:
-            worker = self.pool.pick(model)
+            worker = self.pool.pick(model, affinity)
             if worker is not None:
                 return worker
         if not admitted and len(entry.queue) >= entry.cfg.max_queue:
@@ -194,7 +200,7 @@ class EngineClient:
                 if entry.failed:
                     raise Unavailable(f"the model '{model}' failed to start: {entry.failed}", code="model_failed")
                 if entry.queue[0] is ticket:
-                    worker = self.pool.pick(model)
+                    worker = self.pool.pick(model, affinity)
                     if worker is not None:
                         return worker
                 left = deadline - time.monotonic()
@@ -208,6 +214,7 @@ class EngineClient:
             self.pool.notify()  # the next in line may go now
 
     def cancel(self, rs: RequestStream) -> None:
+        log.debug("cancelling request %s on %s", rs.id, rs.worker_id)
         self._streams.pop(rs.id, None)
         worker = self.pool.workers.get(rs.worker_id or "")
         if worker is not None:

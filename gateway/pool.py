@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Config, ModelConfig
 from shared.protocol import Heartbeat, WorkerState
 from gateway.router import WorkerView, pick
+
+
+AFFINITY_ENTRIES = 4096  # conversations whose replica the pool remembers
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Pool:
     def __init__(self, config: Config) -> None:
         self.models = {m.name: ModelEntry(m) for m in config.models}
         self.workers: dict[str, WorkerHandle] = {}
+        self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._changed = asyncio.Event()
 
     # -- changes --------------------------------------------------------------------------------
@@ -92,16 +96,27 @@ class Pool:
     def of_model(self, model: str) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.model == model]
 
-    def pick(self, model: str) -> WorkerHandle | None:
-        """A ready worker of ``model`` with room in its batch, least loaded first."""
+    def pick(self, model: str, affinity: str | None = None) -> WorkerHandle | None:
+        """A ready worker of ``model`` with room in its batch: the one that served this
+        conversation before if it is about as free as the least loaded, else the least loaded."""
         limit = self.models[model].cfg.max_batch
         views = [
             WorkerView(w.worker_id, w.state, len(w.inflight), limit)
             for w in self.of_model(model)
             if w.connected and len(w.inflight) < limit
         ]
-        wid = pick(views)
+        wid = pick(views, self._affinity.get((model, affinity)) if affinity else None)
         return self.workers[wid] if wid else None
+
+    def remember(self, model: str, affinity: str | None, worker_id: str) -> None:
+        """``worker_id`` now holds this conversation's KV cache (bounded LRU of conversations)."""
+        if affinity is None:
+            return
+        key = (model, affinity)
+        self._affinity.pop(key, None)
+        self._affinity[key] = worker_id
+        if len(self._affinity) > AFFINITY_ENTRIES:
+            self._affinity.popitem(last=False)
 
     def model_state(self, model: str) -> str:
         entry = self.models[model]

@@ -82,3 +82,32 @@ def test_pick_is_a_ready_worker_with_minimal_load(workers: list[WorkerView]) -> 
     load = [x.inflight / max(x.limit, 1) for x in ready]
     first_min = ready[load.index(min(load))]
     assert got == first_min.worker_id
+
+
+# -- prefix affinity ------------------------------------------------------------------------------
+
+
+def test_preferred_worker_wins_when_about_as_free() -> None:
+    from gateway.router import pick as pick_
+
+    ws = [WorkerView("a", WorkerState.READY, 0, 8), WorkerView("b", WorkerState.READY, 1, 8)]
+    assert pick_(ws, preferred="b") == "b"  # one more in flight: still b
+    ws = [WorkerView("a", WorkerState.READY, 0, 8), WorkerView("b", WorkerState.READY, 3, 8)]
+    assert pick_(ws, preferred="b") == "a"  # much busier: balance instead
+    assert pick_(ws, preferred="gone") == "a"
+    ws = [WorkerView("a", WorkerState.READY, 0, 8), WorkerView("b", WorkerState.LOADING, 0, 8)]
+    assert pick_(ws, preferred="b") == "a"
+
+
+def test_affinity_key_is_stable_across_a_conversations_turns() -> None:
+    from gateway.router import affinity_key
+
+    sys_ = {"role": "system", "content": "Be brief."}
+    u1 = {"role": "user", "content": "Hi"}
+    turn1 = {"messages": [sys_, u1]}
+    turn2 = {"messages": [sys_, u1, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More"}]}
+    assert affinity_key(turn1) == affinity_key(turn2)
+    assert affinity_key({"messages": [u1]}) == affinity_key({"messages": [u1, {"role": "assistant", "content": "x"}]})
+    assert affinity_key(turn1) != affinity_key({"messages": [sys_, {"role": "user", "content": "Other"}]})
+    assert affinity_key({"prompt": "abc"}) == affinity_key({"prompt": "abc"}) != affinity_key({"prompt": "abd"})
+    assert affinity_key({"tokens": [1, 2]}) is None
