@@ -32,7 +32,6 @@ class WorkerHandle:
     inflight: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
     heartbeat: Heartbeat | None = None
-    started: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
         hb = self.heartbeat

@@ -41,6 +41,24 @@ class WorkerState(StrEnum):
     FAILED = "failed"
 
 
+# The keys of ``Generate.params`` (besides ``logprobs``, the top-logprobs count), one list for
+# both sides: the gateway passes these from a request and a model's defaults, the worker builds
+# its sampler and logits processors from the sampling ones.
+SAMPLING_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "repetition_context_size",
+    "logit_bias",
+)
+GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
+
+
 @dataclass(frozen=True)
 class Generate:
     """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``."""

@@ -22,10 +22,12 @@ from typing import Any
 
 import mlx.core as mx
 
+from shared.config import DTYPES as CONFIG_DTYPES
+
 FORMAT_VERSION = 1  # bump when the folder layout changes: invalidates cached imports
 MARKER = ".hearth-import-complete"
 SUPPORTED_ARCHITECTURES = frozenset({"llama"})  # mlx-lm's llama model, same tensor layout
-DTYPES = ("float32", "float16", "bfloat16", "keep")
+DTYPES = tuple(d for d in CONFIG_DTYPES if d != "auto")  # "auto" is resolved before an import
 GROUP_SIZE = 32  # every block quant that mx.load keeps quantized (Q4_0, Q4_1, Q8_0) uses 32
 
 _LAYER_NAMES = {

@@ -23,20 +23,6 @@ from mlx_lm.sample_utils import (
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
-# Parameters this module understands; the gateway validates them before they get here.
-SAMPLING_PARAMS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "repetition_context_size",
-    "logit_bias",
-)
-
 
 def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
     """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key.

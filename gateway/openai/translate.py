@@ -13,29 +13,13 @@ from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, Sam
 from gateway.bodies import validate
 from gateway.errors import HearthError
 from shared.config import ConfigError, ModelConfig
-from shared.protocol import Done
-
-PASSED_PARAMS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "repetition_context_size",
-    "logit_bias",
-    "loop_guard",
-)
+from shared.protocol import GENERATE_PARAMS, Done
 
 
 def check_defaults(cfg: ModelConfig) -> None:
     """A model's ``defaults`` must be request parameters with valid values: checked once at
     start by the same schema as requests, so a typo fails the start, not every request."""
-    unknown = set(cfg.defaults) - set(PASSED_PARAMS)
+    unknown = set(cfg.defaults) - set(GENERATE_PARAMS)
     if unknown:
         raise ConfigError(f"model {cfg.name}: unknown default parameter(s) {', '.join(sorted(unknown))}")
     try:
@@ -47,7 +31,7 @@ def check_defaults(cfg: ModelConfig) -> None:
 def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
     """The model's default sampling parameters, overridden by what the request sets."""
     params = dict(cfg.defaults)
-    for name in PASSED_PARAMS:
+    for name in GENERATE_PARAMS:
         value = getattr(req, name)
         if isinstance(value, BaseModel):
             value = value.model_dump()

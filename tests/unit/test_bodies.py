@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from gateway.bodies import validate
 from gateway.errors import InvalidRequest
 from gateway.openai.schemas import MAX_INT, ChatCompletionRequest, CompletionRequest
-from gateway.openai.translate import PASSED_PARAMS, params_for
+from gateway.openai.translate import params_for
+from shared.protocol import GENERATE_PARAMS
 from shared.config import ModelConfig
 
 MSGS = [{"role": "user", "content": "Grüße 🚀"}]
@@ -309,7 +310,7 @@ def test_every_passed_param_is_forwarded() -> None:
         loop_guard=True,
     )
     params = params_for(req, ModelConfig(name="m", path="/x"))
-    assert set(params) == set(PASSED_PARAMS)
+    assert set(params) == set(GENERATE_PARAMS)
     assert params["stop"] == ["x"] and params["logit_bias"] == {"1": 2} and params["loop_guard"] is True
     assert params["max_tokens"] == 5 and params["seed"] == 7
 

@@ -7,7 +7,8 @@ from typing import Any
 import mlx.core as mx
 import pytest
 
-from worker.sampling import SAMPLING_PARAMS, ParamError, make_request_processors, make_request_sampler
+from shared.protocol import SAMPLING_PARAMS
+from worker.sampling import ParamError, make_request_processors, make_request_sampler
 
 V = 600  # vocabulary size of the tiny test model
 
