@@ -12,8 +12,8 @@ from gateway.bodies import validate
 from gateway.errors import InvalidRequest
 from gateway.openai.schemas import MAX_INT, ChatCompletionRequest, CompletionRequest
 from gateway.openai.translate import params_for
-from shared.protocol import GENERATE_PARAMS
 from shared.config import ModelConfig
+from shared.protocol import GENERATE_PARAMS
 
 MSGS = [{"role": "user", "content": "Grüße 🚀"}]
 
