@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
 
 
 def event(obj: Any) -> bytes:

@@ -43,6 +43,7 @@ class ModelConfig:
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
     prompt_cache_entries: int = 16  # cached sequences per worker
+    warm_cache_bytes: int = 256 << 20  # prompt cache saved at drain for the next worker; 0: off
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
 
     def to_json(self) -> bytes:
@@ -70,6 +71,7 @@ class ServerConfig:
     restart_limit: int = 5  # crashes within restart_window before a model is marked failed
     restart_window: float = 60.0
     drain_timeout: float = 10.0
+    sse_keepalive: float = 5.0  # SSE comment this often while a stream waits for its first token; 0: off
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: replicas must be >= 0")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
-    if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0:
-        raise ConfigError(f"model {m.name}: prompt_cache_bytes and prompt_cache_entries must be >= 0")
+    if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:
+        raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
 
@@ -186,6 +188,8 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
     """Check a configuration as a whole; with no model given, serve the embedded default."""
     if not models:
         models = [default_model()]
+    if server.sse_keepalive < 0:
+        raise ConfigError(f"sse_keepalive = {server.sse_keepalive} must be >= 0 (0 turns it off)")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique: {names}")

@@ -8,8 +8,10 @@ with ZeroMQ; tests can drive it in-process.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -29,10 +31,10 @@ from shared.protocol import (
 )
 from worker.detok import TextStream
 from worker.loops import LoopGuard
-from worker.prompt_cache import PromptCache
+from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.sampling import ParamError, make_request_processors, make_request_sampler
-from worker.templating import TemplateError, prompt_tokens
+from worker.templating import TemplateError, prompt_tokens, system_prefix
 
 
 @dataclass
@@ -70,6 +72,7 @@ class EngineCore:
             else None
         )
         self.broken: str | None = None  # set when a step failed: the worker must restart
+        self._system_pending: set[str] = set()  # requests whose system prompt is being prefilled
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -93,6 +96,31 @@ class EngineCore:
     @property
     def waiting(self) -> int:
         return len(self._live) - self.running
+
+    # -- warm restarts ----------------------------------------------------------------------
+
+    def warm_folder(self) -> Path:
+        """Where this model's saved prompt caches live: keyed by the weights (folder, file sizes
+        and times), so a cache is never applied to other weights than those that made it."""
+        from worker.gguf import default_cache_dir
+
+        files = sorted(self.m.folder.glob("*.safetensors"))
+        ident = [str(self.m.folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
+        return default_cache_dir() / "prompt-cache" / f"{self.m.folder.name}-{key}"
+
+    def save_warm(self) -> int:
+        """At drain: keep the hottest prompt caches on disk for the next worker of this model."""
+        if self.prompt_cache is None or not self.cfg.warm_cache_bytes or not len(self.prompt_cache):
+            return 0
+        return self.prompt_cache.save(self.warm_folder(), self.cfg.warm_cache_bytes)
+
+    def load_warm(self) -> int:
+        """At start: take in what the previous worker of this model saved."""
+        if self.prompt_cache is None or not self.cfg.warm_cache_bytes:
+            return 0
+        budget = min(self.cfg.warm_cache_bytes, self.cfg.prompt_cache_bytes)
+        return self.prompt_cache.load(self.warm_folder(), budget)
 
     def count_tokens(self, inp: dict[str, Any]) -> int:
         return len(prompt_tokens(self.m.tokenizer, inp))
@@ -125,9 +153,15 @@ class EngineCore:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        cache, cached = self.prompt_cache.lookup(tokens) if self.prompt_cache else (None, 0)
-        (uid,) = self._gen.insert(
-            [tokens[cached:]],
+        system_len = system_prefix(self.m.tokenizer, req.input, tokens) if self.prompt_cache is not None else 0
+        cache, cached = self.prompt_cache.lookup(tokens, system_len) if self.prompt_cache is not None else (None, 0)
+        if cached < system_len:  # prefill the system prompt as a segment of its own, to cache it
+            segments = [tokens[cached:system_len], tokens[system_len:]]
+            self._system_pending.add(req.id)
+        else:
+            segments = [tokens[cached:]]
+        (uid,) = self._gen.insert_segments(
+            [segments],
             max_tokens=[max_tokens],
             caches=[cache],  # type: ignore[list-item]  # None: a fresh cache
             all_tokens=[tokens[:cached]],
@@ -155,6 +189,7 @@ class EngineCore:
             self._drop(live)
 
     def _drop(self, live: _Live) -> None:
+        self._system_pending.discard(live.id)
         self._remove(live.uid)
         self._live.pop(live.id, None)
         self._by_uid.pop(live.uid, None)
@@ -175,6 +210,7 @@ class EngineCore:
         out: list[Message] = [Error(r.id, code, message) for r in self._live.values()]
         self._live.clear()
         self._by_uid.clear()
+        self._system_pending.clear()
         self.broken = message
         return out
 
@@ -185,7 +221,9 @@ class EngineCore:
         if not self._live:
             return []
         try:
-            _, responses = self._gen.next()
+            prompt_responses, responses = self._gen.next()
+            if self._system_pending:
+                self._keep_system_prompts(prompt_responses)
         except Exception as e:  # a failed step fails its requests, loudly, and the batch restarts
             return self.fail_all(ERROR_GENERATION, f"generation failed: {type(e).__name__}: {e}")
         out: list[Message] = []
@@ -222,9 +260,21 @@ class EngineCore:
                 live.logprobs = []
             if finish is not None:
                 out.append(self._done(live, finish, now))
+                self._system_pending.discard(live.id)
                 self._live.pop(live.id, None)
                 self._by_uid.pop(live.uid, None)
         return out
+
+    def _keep_system_prompts(self, prompt_responses: list[Any]) -> None:
+        """A system prompt just finished prefilling: cache it as an entry of its own."""
+        for r in prompt_responses:
+            live = self._by_uid.get(r.uid)
+            if live is None or live.id not in self._system_pending or not r.end_of_segment or r.end_of_prompt:
+                continue
+            self._system_pending.discard(live.id)
+            for cache, tokens in self._gen.extract_cache([r.uid]).values():
+                if self.prompt_cache is not None:
+                    self.prompt_cache.store(tokens[:], cache, SYSTEM)
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)

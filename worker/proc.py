@@ -64,10 +64,31 @@ class _Loader(threading.Thread):
 
             core = EngineCore(load_model(self.cfg), self.cfg)
             self_check(core)
+            _load_warm(core)
             self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail
             log.exception("loading %s failed", self.cfg.name)
             self.error = f"{type(e).__name__}: {e}"
+
+
+def _load_warm(core: EngineCore) -> None:
+    try:
+        t = time.perf_counter()
+        n = core.load_warm()
+        if n:
+            log.info("warm start: %d prompt cache entries loaded in %.2fs", n, time.perf_counter() - t)
+    except Exception:  # a warm cache is an optimisation: never a reason not to serve
+        log.exception("could not load the saved prompt cache")
+
+
+def _save_warm(core: EngineCore) -> None:
+    try:
+        t = time.perf_counter()
+        n = core.save_warm()
+        if n:
+            log.info("saved %d prompt cache entries for the next worker in %.2fs", n, time.perf_counter() - t)
+    except Exception:
+        log.exception("could not save the prompt cache")
 
 
 class WorkerProcess:
@@ -124,6 +145,8 @@ class WorkerProcess:
             if self.stop_signal and not self.draining:
                 self._start_drain()
             if self.draining and (self.core is None or not self.core.has_work):
+                if self.core is not None:
+                    _save_warm(self.core)
                 return 0
 
     def _read_all(self) -> None:
@@ -184,7 +207,8 @@ class WorkerProcess:
             Heartbeat(
                 running=core.running if core else 0,
                 waiting=core.waiting if core else 0,
-                cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache else 0,
+                cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
+                cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
                 memory_bytes=int(mx.get_active_memory()),
             )
         )

@@ -8,6 +8,7 @@ fails at load, naming the parameter, never at request time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,18 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
         temp = 0.0
     seed = params.get("seed")
     if seed is None or temp == 0:
-        return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+        return _shared_sampler(temp, top_p, min_p, top_k)
     return _seeded_sampler(int(seed), temp, top_p, min_p, top_k)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_sampler(temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:
+    """One sampler object per setting: mlx-lm's batch samples every sequence in one call when
+    they all hold the *same* sampler object, instead of one call per sequence (the usual case:
+    greedy, or the same unseeded settings). Unseeded samplers draw from the global PRNG anyway."""
+    if temp == 0:  # greedy ignores the filters: one argmax for every greedy request
+        top_p, min_p, top_k = 1.0, 0.0, 0
+    return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
 
 
 def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:

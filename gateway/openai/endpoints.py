@@ -116,13 +116,51 @@ async def _generate(
             await merged.aclose()
             raise
 
-    opened = await _unless_gone(request, opening())
+    keepalive = client.config.server.sse_keepalive
+    opened = await _unless_gone(request, opening(), patience=keepalive or None)
     if opened is GONE:
         return Response(status_code=499)
-    rid, merged, first = opened
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if isinstance(opened, asyncio.Future):  # still queued or prefilling: answer now, keep the line alive
+        body = _sse_once_open(opened, keepalive, req.model, shape_cls, len(specs), want_lp, include_usage)
+        return StreamingResponse(body, media_type="text/event-stream")
+    rid, merged, first = opened
     body = _sse(merged, first, shape_cls(rid, req.model), len(specs), want_lp, include_usage)
     return StreamingResponse(body, media_type="text/event-stream")
+
+
+async def _sse_once_open(
+    opening: asyncio.Future[Any],
+    every: float,
+    model: str,
+    shape_cls: type[Shape],
+    n: int,
+    want_lp: bool,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """A stream whose first token is slow to come (a long prompt prefilling, a queue): SSE
+    comments every ``every`` seconds keep proxies and clients from timing the connection out;
+    an error before the first token is then an in-band error event, as after it."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({opening}, timeout=every)
+            if done:
+                break
+            yield sse.KEEPALIVE
+        try:
+            rid, merged, first = opening.result()
+        except HearthError as e:
+            yield sse.event(e.body())
+            return
+        async for chunk in _sse(merged, first, shape_cls(rid, model), n, want_lp, include_usage):
+            yield chunk
+    finally:
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+        elif not opening.cancelled() and opening.exception() is None:
+            await opening.result()[1].aclose()  # closes (and cancels) the streams if unfinished
 
 
 async def _open(client: EngineClient, req: SamplingFields, specs: list[ChoiceSpec]) -> list[RequestStream]:
@@ -141,12 +179,18 @@ async def _open(client: EngineClient, req: SamplingFields, specs: list[ChoiceSpe
 GONE = object()
 
 
-async def _unless_gone(request: Request, coro: Any) -> Any:
-    """Run ``coro`` (queueing, generating) but cancel it if the client disconnects meanwhile."""
+async def _unless_gone(request: Request, coro: Any, patience: float | None = None) -> Any:
+    """Run ``coro`` (queueing, generating) but cancel it if the client disconnects meanwhile.
+    With ``patience``: after that many seconds, hand back the still-running task instead."""
     task = asyncio.ensure_future(coro)
+    deadline = None if patience is None else asyncio.get_running_loop().time() + patience
+    handed_over = False
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            timeout = DISCONNECT_POLL
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - asyncio.get_running_loop().time()))
+            done, _ = await asyncio.wait({task}, timeout=timeout)
             if done:
                 return task.result()
             if await request.is_disconnected():
@@ -154,8 +198,11 @@ async def _unless_gone(request: Request, coro: Any) -> Any:
                 with contextlib.suppress(BaseException):
                     await task
                 return GONE
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                handed_over = True
+                return task
     finally:
-        if not task.done():
+        if not task.done() and not handed_over:
             task.cancel()
 
 

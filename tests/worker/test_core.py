@@ -193,3 +193,66 @@ def test_the_cache_stays_within_its_byte_budget(tiny_model: Path) -> None:
         run(small, gen(f"{i} " * 200, max_tokens=2))
         assert small.prompt_cache is not None and small.prompt_cache.nbytes <= budget
     assert len(small.prompt_cache) >= 1
+
+
+SYSTEM_PROMPT = "You are a careful assistant. Rules: be precise about Paris, Köln and Tokyo. " * 12
+
+
+def _sys_chat(rid: str, user: str, **params: object) -> Generate:
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return chat_req(rid, msgs, max_tokens=6, **params)
+
+
+def test_a_system_prompt_outlives_conversations_that_push_it_out(tiny_model: Path) -> None:
+    from worker.core import EngineCore
+    from worker.model import load_model
+    from worker.templating import system_prefix
+
+    cfg = ModelConfig(name="tiny", path=str(tiny_model), prompt_cache_entries=4)
+    small = EngineCore(load_model(cfg), cfg)
+    run(small, _sys_chat("s0", "Where is Paris?"))
+    for i in range(6):  # more conversations (without that system prompt) than the cache holds
+        run(small, gen(f"other conversation {i} " * 30, max_tokens=2))
+    req = _sys_chat("s1", "And where is Köln?")
+    tokens = small.m.tokenizer.apply_chat_template(req.input["messages"], add_generation_prompt=True)
+    system_len = system_prefix(small.m.tokenizer, req.input, tokens)
+    assert system_len > 100
+    events = run(small, req)
+    assert events[-1].usage["cached_tokens"] >= system_len
+    assert _text(events, "s1") == _uncached(small, _sys_chat("s2", "And where is Köln?"))
+
+
+def test_a_new_worker_starts_warm_from_what_the_last_one_saved(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    monkeypatch.setenv("HEARTH_CACHE_DIR", str(tmp_path))
+    cfg = ModelConfig(name="tiny", path=str(tiny_model))
+    first = EngineCore(load_model(cfg), cfg)
+    run(first, _sys_chat("w0", "Where is Paris?"))
+    assert first.save_warm() >= 1
+    assert any(first.warm_folder().glob("*.safetensors"))
+
+    second = EngineCore(load_model(cfg), cfg)
+    assert second.load_warm() >= 1
+    events = run(second, _sys_chat("w1", "Where is Tokyo?"))
+    assert events[-1].usage["cached_tokens"] > 100
+    assert _text(events, "w1") == _uncached(second, _sys_chat("w2", "Where is Tokyo?"))
+
+
+def test_warm_saves_stay_within_their_budget(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    monkeypatch.setenv("HEARTH_CACHE_DIR", str(tmp_path))
+    budget = 1_200_000  # about two of these entries (~0.55 MB of KV each)
+    cfg = ModelConfig(name="tiny", path=str(tiny_model), warm_cache_bytes=budget)
+    core = EngineCore(load_model(cfg), cfg)
+    for i in range(6):
+        run(core, gen(f"{i} warm " * 150, max_tokens=2))
+    core.save_warm()
+    files = list(core.warm_folder().glob("*.safetensors"))
+    assert 1 <= len(files) < 6
+    assert sum(f.stat().st_size for f in files) <= budget * 1.1  # file headers on top of KV bytes
