@@ -348,6 +348,7 @@ CHANGES: dict[str, Any] = {
     "max_tokens": None,
     "prompt_cache_bytes": 12345,
     "prompt_cache_entries": 3,
+    "warm_cache_bytes": 777,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
 }
 
