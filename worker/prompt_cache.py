@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import orjson
 from mlx_lm.models.cache import (
     LRUPromptCache,
@@ -131,6 +132,7 @@ class PromptCache:
                 continue
             try:
                 cache, meta = load_prompt_cache(str(f), return_metadata=True)
+                mx.eval([c.state for c in cache])  # read now: lazy arrays belong to this (loader) thread
                 toks = orjson.loads(meta["tokens"])
                 kind = meta.get("kind", CONVERSATION)
             except Exception as e:

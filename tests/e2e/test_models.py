@@ -100,3 +100,32 @@ def test_the_second_turn_reuses_the_first_from_the_prompt_cache(two_models: Gate
     assert r2.status_code == 200
     assert r2.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= r1.json()["usage"]["prompt_tokens"]
     assert "Rome" in r2.json()["choices"][0]["message"]["content"]
+
+
+def test_sixteen_concurrent_greedy_requests_answer_as_they_do_alone(two_models: Gateway) -> None:
+    """Batch isolation on the real model: a peer once leaked content across batched requests."""
+    import concurrent.futures
+
+    two_models.wait_ready()
+    topics = ["France", "Italy", "Spain", "Japan", "Egypt", "Peru", "Canada", "Kenya"]
+    bodies = [
+        {
+            "model": "smol",
+            "messages": [{"role": "user", "content": f"{q} {t}?"}],
+            "temperature": 0,
+            "max_tokens": 12,
+        }
+        for t in topics
+        for q in ("What is the capital of", "Name a famous food from")
+    ]
+
+    def ask(body: dict) -> str:  # type: ignore[type-arg]
+        r = two_models.http.post("/v1/chat/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, bodies))
+    alone = [ask(b) for b in bodies]
+    assert together == alone
+    assert len(set(alone)) == len(alone)
