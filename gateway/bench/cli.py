@@ -61,10 +61,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--requests-per-client", type=_positive, default=1)
     w.add_argument("--duration", type=float, help="seconds per step instead of --requests-per-client")
     w.add_argument("--seed", type=int, default=0, help="prompt seed: same seed, same prompts")
-    w.add_argument("--prompt-words", type=_positive, default=32, help="user-turn length (about one token a word)")
-    w.add_argument(
-        "--prefix-tokens", type=_positive, default=1500, help="shared system prompt size (approximated as words)"
-    )
+    w.add_argument("--prompt-tokens", type=_positive, default=64, help="user-turn length (approximate)")
+    w.add_argument("--prefix-tokens", type=_positive, default=1500, help="shared system prompt length (approximate)")
     w.add_argument("--warm-turns", type=_positive, default=4, help="warm requests after the cold one (prefix)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
@@ -101,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         requests_per_client=args.requests_per_client,
         duration=args.duration,
         seed=args.seed,
-        prompt_words=args.prompt_words,
-        prefix_words=args.prefix_tokens,
+        prompt_tokens=args.prompt_tokens,
+        prefix_tokens=args.prefix_tokens,
         warm_turns=args.warm_turns,
         salt=secrets.token_hex(6),
     )

@@ -6,8 +6,9 @@ cache; the same ``--seed`` gives the same prompts, run after run, on every targe
 request's place in the run (scenario, level, client, request), never from a shared random
 stream, so adding a scenario doesn't change the others' prompts.
 
-Lengths are in words: about one token per word with this plain vocabulary (SmolLM2's tokenizer
-gives ~1.1 tokens a word); the report shows the server's exact ``prompt_tokens``.
+Lengths are asked for in tokens but made of words: ``WORDS_PER_TOKEN`` words per token, measured
+with SmolLM2's tokenizer on this vocabulary (1,514 words gave 1,857 tokens). Other tokenizers
+differ; the report shows each server's exact ``prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 from typing import Any
 
 Messages = list[dict[str, Any]]
+WORDS_PER_TOKEN = 0.8
 
 _SUBJECTS = (
     "a lighthouse keeper",
@@ -69,30 +71,35 @@ def filler(rng: random.Random, words: int) -> str:
     return " ".join(out)
 
 
-def user_turn(seed: int, *where: object, words: int = 32) -> str:
-    """One request's user message: a task line plus ``words`` words of seeded context."""
+def words_for(tokens: int) -> int:
+    return max(1, round(tokens * WORDS_PER_TOKEN))
+
+
+def user_turn(seed: int, *where: object, tokens: int = 64) -> str:
+    """One request's user message of about ``tokens`` tokens: a task line (~20 tokens) plus
+    seeded words."""
     rng = _rng(seed, "user", *where)
     task = f"{rng.choice(_TASKS)} {rng.choice(_SUBJECTS)} who {rng.choice(_EVENTS)}."
-    return f"{task} Use these words: {filler(rng, words)}"
+    return f"{task} Use these words: {filler(rng, words_for(max(1, tokens - 20)))}"
 
 
-def chat(seed: int, *where: object, words: int = 32) -> Messages:
+def chat(seed: int, *where: object, tokens: int = 64) -> Messages:
     """A one-turn chat for the request at ``where`` (e.g. ``("concurrent", 4, client, i)``)."""
-    return [{"role": "user", "content": user_turn(seed, *where, words=words)}]
+    return [{"role": "user", "content": user_turn(seed, *where, tokens=tokens)}]
 
 
-def system_prompt(seed: int, words: int, salt: str) -> str:
-    """A long shared system prompt of about ``words`` words. ``salt`` goes first, so a run's
+def system_prompt(seed: int, tokens: int, salt: str) -> str:
+    """A long shared system prompt of about ``tokens`` tokens. ``salt`` goes first, so a run's
     prompt shares no leading tokens with any earlier run's (a prefix cache would match them)."""
-    rules = filler(_rng(seed, "system"), words)
+    rules = filler(_rng(seed, "system"), words_for(tokens))
     return f"Session {salt}. You are a careful assistant for a harbour office. House rules follow. {rules}"
 
 
-def prefix_chats(seed: int, words: int, salt: str, turns: int) -> list[Messages]:
+def prefix_chats(seed: int, tokens: int, salt: str, turns: int) -> list[Messages]:
     """``turns`` chats sharing one long system prompt, each with a different short user turn;
     the first is the cold request, the rest are warm."""
-    system = system_prompt(seed, words, salt)
+    system = system_prompt(seed, tokens, salt)
     return [
-        [{"role": "system", "content": system}, {"role": "user", "content": user_turn(seed, "prefix", i, words=12)}]
+        [{"role": "system", "content": system}, {"role": "user", "content": user_turn(seed, "prefix", i, tokens=32)}]
         for i in range(turns)
     ]

@@ -36,8 +36,8 @@ class Plan:
     requests_per_client: int = 1
     duration: float | None = None  # seconds per step; overrides requests_per_client
     seed: int = 0
-    prompt_words: int = 32
-    prefix_words: int = 1500  # the ~1,500-token shared system prompt (about one token a word)
+    prompt_tokens: int = 64  # user turns (approximate: see prompts.WORDS_PER_TOKEN)
+    prefix_tokens: int = 1500  # the shared system prompt of the prefix scenario (approximate)
     warm_turns: int = 4  # warm requests after the cold one
     salt: str = ""  # leads the prefix scenario's system prompt: new every run
 
@@ -56,7 +56,7 @@ class Plan:
         return out
 
     def messages(self, scenario: str, clients: int, client: int, index: int) -> prompts.Messages:
-        return prompts.chat(self.seed, scenario, clients, client, index, words=self.prompt_words)
+        return prompts.chat(self.seed, scenario, clients, client, index, tokens=self.prompt_tokens)
 
     def more(self, index: int, started: float, now: float) -> bool:
         """Whether a client that has sent ``index`` requests sends another."""
@@ -85,7 +85,7 @@ async def _load(target: Target, plan: Plan, scenario: str, n: int, progress: Pro
 
 
 async def _prefix(target: Target, plan: Plan, progress: Progress) -> tuple[RequestResult, list[RequestResult]]:
-    chats = prompts.prefix_chats(plan.seed, plan.prefix_words, plan.salt, 1 + plan.warm_turns)
+    chats = prompts.prefix_chats(plan.seed, plan.prefix_tokens, plan.salt, 1 + plan.warm_turns)
     results = []
     for messages in chats:  # one after another: each warm turn finds the prefix cached
         res = await target.chat(messages, plan.max_tokens)
@@ -119,7 +119,7 @@ async def run_step(target: Target, plan: Plan, scenario: str, n: int, progress: 
 async def run_target(target: Target, plan: Plan, name: str, progress: Progress) -> list[dict[str, Any]]:
     """Every step of ``plan`` against ``target``, after one short warm-up request."""
     progress.start(f"{name} warm-up", 1)
-    warm = await target.chat(prompts.chat(plan.seed, "warmup", words=8), 8)
+    warm = await target.chat(prompts.chat(plan.seed, "warmup", tokens=24), 8)
     progress.add(warm)
     progress.finish()
     if not warm.ok:

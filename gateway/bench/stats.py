@@ -5,8 +5,9 @@ A streamed request is seen as the arrival times of its content chunks plus the s
 (Hearth coalesces deltas for a client that reads slowly; a token that ends mid-character shows
 up in the next chunk), the gap before that chunk is spread evenly over its tokens, so the
 inter-token latency samples still number one per token and still add up to the decode time.
-How many tokens a chunk carries is not on the wire: the tokens ``usage`` reports beyond one per
-chunk are shared out in proportion to the chunks' text length.
+How many tokens a chunk carries is not on the wire: the tokens ``usage`` reports after the
+first chunk are shared out among the later chunks in proportion to their text length, at least
+one each.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def token_gaps(chunks: list[tuple[float, int]], tokens: int) -> list[float]:
     if len(chunks) < 2:
         return []
     later = chunks[1:]
-    extra = max(0, tokens - len(chunks))  # tokens beyond one per chunk
-    counts = [1 + k for k in _apportion(extra, [c for _, c in later])]
+    total = max(tokens - 1, len(later))
+    counts = [max(1, n) for n in _apportion(total, [c for _, c in later])]
+    while sum(counts) > total:  # giving every chunk at least its one token overshot
+        counts[counts.index(max(counts))] -= 1
     gaps: list[float] = []
     for (prev, _), (t, _), n in zip(chunks, later, counts):
         gaps += [(t - prev) / n] * n
