@@ -20,7 +20,7 @@ class Progress:
         self._t0 = self._last = 0.0
 
     def start(self, label: str, total: int) -> None:
-        """A new step (e.g. "hearth concurrent x4") of ``total`` requests."""
+        """A new step (e.g. "hearth concurrent x4") of ``total`` requests (0: not known)."""
         self.label, self.total = label, total
         self.done = self.tokens = self.errors = 0
         self._t0 = self._last = time.monotonic()
@@ -52,7 +52,7 @@ class Progress:
         self._last = now
         secs = now - self._t0
         line = (
-            f"{self.label}: {self.done}/{self.total} requests, {self.tokens} tokens"
+            f"{self.label}: {self.done}{f'/{self.total}' if self.total else ''} requests, {self.tokens} tokens"
             f" ({self.tokens / secs if secs > 0 else 0:.1f} tok/s), {self.errors} errors, {secs:.0f}s"
         )
         self.out.write(f"\r{line}\x1b[K" if self.tty else f"{line}\n")

@@ -125,7 +125,8 @@ def text(doc: dict[str, Any]) -> str:
             for c in doc["comparisons"]
         ]
         headers = ["first", "÷ other", "scenario", "clients", "decode", "agg", "TTFT", "ITL", "cold/warm"]
-        parts.append("Ratios (first target ÷ other)\n" + _table(headers, rows))
+        note = "tok/s above 1 and times below 1: the first target is faster"
+        parts.append(f"Ratios (first target ÷ other; {note})\n" + _table(headers, rows))
     for t in doc["targets"]:
         for s in t["scenarios"]:
             if s["errors"]["first"]:

@@ -69,7 +69,7 @@ def test_compare_prints_ratios(tiny_gateway: Gateway) -> None:
         "--compare", tiny_gateway.url, "--compare-name", "b",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "Ratios (first target ÷ other)" in out.stdout and "single" in out.stdout
+    assert "Ratios (first target ÷ other;" in out.stdout and "single" in out.stdout
     assert "b: " not in out.stdout  # no errors were listed
     assert "single: 1/1 requests" in out.stderr  # progress went to stderr
 
