@@ -115,5 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError) as e:
         print(f"hearth bench: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nhearth bench: interrupted, no report", file=sys.stderr)
+        return 130
     report.write(report.document(argv, plan.to_dict(), targets), args.json)
     return 0
