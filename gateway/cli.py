@@ -1,8 +1,9 @@
-"""The ``hearth`` command: ``serve`` and ``import-gguf``.
+"""The ``hearth`` command: ``serve``, ``import-gguf`` and ``bench``.
 
 ``serve`` builds the configuration once (flags or TOML; the embedded default model with
 neither) and runs the gateway on uvicorn. ``import-gguf`` converts a GGUF file into an MLX
-model folder in a child process, since the gateway side never imports MLX.
+model folder in a child process, since the gateway side never imports MLX. ``bench`` hands its
+arguments to ``gateway.bench`` (the load generator; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("file")
     g.add_argument("out")
     g.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
-    sub.add_parser("bench", help="measure a running server (see hearth bench --help)", add_help=False)
+    sub.add_parser("bench", help="load-test OpenAI-compatible servers (see hearth bench --help)", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["bench"]:

@@ -1,0 +1,98 @@
+"""Talking to the server under test: one streamed chat completion, timed chunk by chunk, and a
+/health prober. Works with any OpenAI-compatible server (Hearth, ``mlx_lm.server``, vLLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.bench.prompts import Messages
+from gateway.bench.stats import RequestResult
+
+
+class Target:
+    """An OpenAI-compatible base URL and the model name to ask it for."""
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout: float = 900) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, limits=limits)
+        # /health on its own connection pool, so probes never queue behind streaming requests
+        self.probe = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.probe.aclose()
+
+    def body(self, messages: Messages, max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,  # greedy: the same tokens on every run and every server
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    async def chat(self, messages: Messages, max_tokens: int) -> RequestResult:
+        """Stream one chat completion; any failure is recorded in the result, never raised."""
+        res = RequestResult(start=time.perf_counter())
+        try:
+            async with self.http.stream("POST", "/v1/chat/completions", json=self.body(messages, max_tokens)) as r:
+                if r.status_code != 200:
+                    res.error = f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}"
+                    return res
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        _take_event(res, orjson.loads(line[6:]), time.perf_counter())
+                        if res.error:
+                            return res
+        except (httpx.HTTPError, orjson.JSONDecodeError) as e:
+            res.error = f"{type(e).__name__}: {e}"
+        finally:
+            res.end = time.perf_counter()
+        if not res.chunks and not res.error:
+            res.error = "the stream ended without any content"
+        return res
+
+    async def health(self) -> float:
+        """One /health round trip in seconds (raises on a non-200 answer)."""
+        t = time.perf_counter()
+        r = await self.probe.get("/health")
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+
+def _take_event(res: RequestResult, ev: dict[str, Any], now: float) -> None:
+    if "error" in ev:
+        err = ev["error"]
+        res.error = str(err.get("message", err) if isinstance(err, dict) else err)
+        return
+    for choice in ev.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            res.chunks.append((now, len(content)))
+    usage = ev.get("usage")
+    if usage:
+        res.completion_tokens = usage.get("completion_tokens")
+        res.prompt_tokens = usage.get("prompt_tokens")
+
+
+async def probe_health(target: Target, stop: asyncio.Event, out: list[float], errors: list[str]) -> None:
+    """Time /health every 50 ms until ``stop`` is set: a server whose event loop is busy with
+    generation answers late, which is what this measures."""
+    while not stop.is_set():
+        try:
+            out.append(await target.health())
+        except httpx.HTTPError as e:
+            errors.append(f"/health: {type(e).__name__}: {e}")
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
