@@ -30,5 +30,5 @@ done
   --compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server \
   --raw --model-path "$MODEL_DIR" --json "$@" > "$OUT"
 echo "results: $OUT" >&2
-"$PY" -c "import sys, orjson; from gateway.bench.report import text; print(text(orjson.loads(open(sys.argv[1],"rb").read())))" "$OUT" 2>/dev/null \
+"$PY" -c "import sys, orjson; from gateway.bench.report import text; print(text(orjson.loads(open(sys.argv[1],'rb').read())))" "$OUT" 2>/dev/null \
   || echo "(see $OUT)"
