@@ -32,7 +32,8 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import PromptCache
 from worker.model import LoadedModel
 from worker.sampling import ParamError, make_request_processors, make_request_sampler
-from worker.templating import TemplateError, prompt_tokens
+from worker.templating import TemplateError, render
+from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
 
 @dataclass
@@ -52,6 +53,7 @@ class _Live:
     guard: LoopGuard | None = None
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
+    tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
 
 
 class EngineCore:
@@ -70,6 +72,7 @@ class EngineCore:
             else None
         )
         self.broken: str | None = None  # set when a step failed: the worker must restart
+        self.tool_syntax = ToolSyntax.of(loaded.tokenizer, cfg.tool_parser)  # None: no tool calling
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -95,15 +98,16 @@ class EngineCore:
         return len(self._live) - self.running
 
     def count_tokens(self, inp: dict[str, Any]) -> int:
-        return len(prompt_tokens(self.m.tokenizer, inp))
+        return len(render(self.m.tokenizer, inp, self.tool_syntax).tokens)
 
     def add(self, req: Generate) -> list[Message]:
         """Insert ``req`` into the batch; an input the model can't take is answered at once."""
         params = req.params
         try:
-            tokens = prompt_tokens(self.m.tokenizer, req.input)
+            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params)
         except TemplateError as e:
-            return [Error(req.id, ERROR_BAD_REQUEST, str(e))]
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
+        tokens = prompt.tokens
         ctx = self.m.context_length
         if not tokens:
             return [Error(req.id, ERROR_BAD_REQUEST, "the prompt is empty")]
@@ -145,6 +149,9 @@ class EngineCore:
             cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
         )
+        if prompt.tools and self.tool_syntax is not None:
+            parallel = params.get("parallel_tool_calls", True) is not False
+            live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
         self._live[req.id] = live
         self._by_uid[uid] = live
         return []
@@ -213,18 +220,46 @@ class EngineCore:
                 if live.loop is not None:
                     finish = "loop"
                     text += live.text.finish()
+            events: list[str | ToolCall] = [text]
+            if live.tools is not None:
+                events = live.tools.push(text)
+                if live.tools.closed and finish is None:
+                    finish = "stop"  # parallel_tool_calls is off and the one call is complete
+                if finish is not None:
+                    events += live.tools.finish()
+                    if finish == "stop" and live.tools.calls:
+                        finish = "tool_calls"
             if finish is not None and r.finish_reason is None:
                 self._remove(r.uid)
             elif finish is not None:
                 self._keep(r.all_tokens, r.prompt_cache)
-            if text or live.logprobs:
-                out.append(Delta(live.id, text, live.completion_tokens, live.logprobs or None))
-                live.logprobs = []
+            out.extend(self._deltas(live, events))
             if finish is not None:
                 out.append(self._done(live, finish, now))
                 self._live.pop(live.id, None)
                 self._by_uid.pop(live.uid, None)
         return out
+
+    def _deltas(self, live: _Live, events: list[str | ToolCall]) -> list[Delta]:
+        """One step's text and tool calls as deltas: each delta's text precedes its calls, so
+        text written after a call starts a new delta. Logprobs ride on the first."""
+        out: list[Delta] = []
+        text, calls = "", []
+        for ev in events:
+            if isinstance(ev, str):
+                if calls:
+                    out.append(Delta(live.id, text, live.completion_tokens, None, calls))
+                    text, calls = "", []
+                text += ev
+            else:
+                calls.append(ev)
+        if text or calls or not out:
+            out.append(Delta(live.id, text, live.completion_tokens, None, calls or None))
+        if live.logprobs:
+            first = out[0]
+            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs, first.tool_calls)
+            live.logprobs = []
+        return [d for d in out if d.text or d.logprobs or d.tool_calls]
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)
