@@ -244,7 +244,7 @@ class EngineCore:
         """One step's text and tool calls as deltas: each delta's text precedes its calls, so
         text written after a call starts a new delta. Logprobs ride on the first."""
         out: list[Delta] = []
-        text, calls = "", []
+        text, calls = "", list[ToolCall]()
         for ev in events:
             if isinstance(ev, str):
                 if calls:

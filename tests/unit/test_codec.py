@@ -189,7 +189,8 @@ ERRORS: list[tuple[str, bytes, bytes]] = [
     (
         "tool call index a bool",
         b"delta",
-        b'{"id": "r", "text": "", "tokens": 1, "tool_calls": [{"index": true, "id": "c", "name": "f", "arguments": ""}]}',
+        b'{"id": "r", "text": "", "tokens": 1, '
+        b'"tool_calls": [{"index": true, "id": "c", "name": "f", "arguments": "{}"}]}',
     ),
     ("dict in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": {}}}'),
     ("null in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": null}}'),
