@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
             if not path.exists():
                 raise ConfigError(f"model path not found: {path}")
             name = args.name or path.name.removesuffix(".gguf")
-            models.append(ModelConfig(name=name, path=str(path), dtype=args.dtype))
+            models.append(ModelConfig(name=name, path=str(path), dtype=args.dtype, tool_parser=args.tool_parser))
         config = make_config(server, models)
     app = create_app(config)
     names = ", ".join(m.name for m in config.models)
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=DTYPES,
         help="weights dtype for a GGUF import (auto: float32 on CPU, quantized on Metal)",
+    )
+    s.add_argument(
+        "--tool-parser", default=None, help="mlx-lm tool parser for --model (default: inferred from its chat template)"
     )
     s.add_argument("--config", help="a hearth.toml with [server] and [[models]]")
     s.add_argument("--host", default=None)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,6 +43,17 @@ from shared.protocol import (
 )
 
 log = logging.getLogger("hearth.client")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A whole answer: its text, the final ``Done``, logprobs entries, and the tool calls
+    (``shared.protocol.Delta.tool_calls`` entries, in order)."""
+
+    text: str
+    done: Done
+    logprobs: list[Any] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RequestStream:
@@ -78,12 +90,17 @@ class RequestStream:
             metrics.observe_done(model, item.usage)
 
     async def __aiter__(self) -> AsyncIterator[Delta | Done]:
-        """Deltas (merged when several wait: a slow reader gets fewer, larger ones), then Done."""
+        """Deltas (merged when several wait: a slow reader gets fewer, larger ones), then Done.
+        Merging keeps order: text that came after a tool call is not merged in front of it."""
+        pending: Message | None = None
         while True:
-            item = await self.queue.get()
-            self._observe(item)
+            item = pending if pending is not None else await self.queue.get()
+            if pending is None:
+                self._observe(item)
+            pending = None
             if isinstance(item, Delta):
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
+                calls = list(item.tool_calls or [])
                 end: Message | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
@@ -91,10 +108,14 @@ class RequestStream:
                     if not isinstance(nxt, Delta):
                         end = nxt
                         break
+                    if calls and nxt.text:
+                        pending = nxt
+                        break
                     parts.append(nxt.text)
                     tokens = nxt.tokens
                     logprobs.extend(nxt.logprobs or [])
-                yield Delta(self.id, "".join(parts), tokens, logprobs or None)
+                    calls.extend(nxt.tool_calls or [])
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None)
                 if end is None:
                     continue
                 item = end
@@ -105,16 +126,18 @@ class RequestStream:
             assert isinstance(item, Error)
             raise from_worker(item.code, item.message, item.param or next(iter(self.msg.input), None))
 
-    async def collect(self) -> tuple[str, Done, list[Any]]:
-        """The whole answer (non-streaming): text, the final Done, logprobs entries."""
+    async def collect(self) -> Result:
+        """The whole answer (non-streaming): text, tool calls, the final Done, logprobs entries."""
         parts: list[str] = []
         logprobs: list[Any] = []
+        calls: list[dict[str, Any]] = []
         async for ev in self:
             if isinstance(ev, Delta):
                 parts.append(ev.text)
                 logprobs.extend(ev.logprobs or [])
+                calls.extend(ev.tool_calls or [])
             else:
-                return "".join(parts), ev, logprobs
+                return Result("".join(parts), ev, logprobs, calls)
         raise WorkerFailed("the request ended without a result")
 
     def close(self) -> None:

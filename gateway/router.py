@@ -43,11 +43,14 @@ def pick(workers: Iterable[WorkerView], preferred: str | None = None) -> str | N
 
 def affinity_key(inp: dict[str, Any]) -> str | None:
     """What stays the same across a conversation's turns: its messages up to the first user
-    message (system prompt included), or the start of a plain prompt."""
+    message (system prompt included) and its tools (templates render them first), or the start
+    of a plain prompt."""
     messages = inp.get("messages")
     if isinstance(messages, list) and messages:
         end = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages) - 1)
         head: Any = messages[: end + 1]
+        if inp.get("tools"):
+            head = [inp["tools"], head]
     elif isinstance(inp.get("prompt"), str) and inp["prompt"]:
         head = inp["prompt"][:1024]
     else:

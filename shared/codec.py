@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from shared.protocol import MESSAGE_TYPES, Done, Kind, Message, WorkerState
+from shared.protocol import MESSAGE_TYPES, Delta, Done, Kind, Message, WorkerState
 
 
 class ProtocolError(ValueError):
@@ -92,7 +92,23 @@ def decode(kind: bytes, payload: bytes) -> Message:
         args[name] = value
     msg = cls(**args)
     _check_numbers(k, msg)
+    if isinstance(msg, Delta) and msg.tool_calls is not None:
+        _check_tool_calls(k, msg.tool_calls)
     return msg
+
+
+_TOOL_CALL_FIELDS = {"index": int, "id": str, "name": str, "arguments": str}
+
+
+def _check_tool_calls(k: Kind, calls: list[Any]) -> None:
+    """Each tool call in a delta is ``{"index": int, "id": str, "name": str, "arguments": str}``."""
+    for call in calls:
+        if not isinstance(call, dict):
+            raise ProtocolError(f"{k}: a tool call is not an object")
+        for key, typ in _TOOL_CALL_FIELDS.items():
+            value = call.get(key)
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise ProtocolError(f"{k}: tool call field {key!r} must be {typ.__name__}")
 
 
 def _check_numbers(k: Kind, msg: Message) -> None:

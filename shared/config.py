@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import re
 import tomllib
 import types
 import typing
@@ -45,6 +46,7 @@ class ModelConfig:
     prompt_cache_entries: int = 16  # cached sequences per worker
     warm_cache_bytes: int = 256 << 20  # prompt cache saved at drain for the next worker; 0: off
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
+    tool_parser: str | None = None  # an mlx_lm.tool_parsers module; None: what mlx-lm infers from the template
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_SORT_KEYS)
@@ -149,6 +151,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
+    if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
+        raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
 

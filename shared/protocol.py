@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: tool calls (Generate.input tools, Delta.tool_calls)
 
 
 class Kind(StrEnum):
@@ -57,11 +57,18 @@ SAMPLING_PARAMS = (
     "logit_bias",
 )
 GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
+# Tool-calling keys of ``Generate.params``, set by the API layer when the input offers ``tools``:
+# ``tool_choice`` is "auto" | "none" | "required" | {"name": NAME}; ``parallel_tool_calls`` a bool.
+TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")
+TOOL_CHOICES = ("auto", "none", "required")
 
 
 @dataclass(frozen=True)
 class Generate:
-    """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``."""
+    """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``;
+    with ``messages`` it may also hold ``tools`` (OpenAI-style function tools). Messages may be
+    assistant turns with ``tool_calls`` (OpenAI shape, arguments as JSON text) and
+    ``{"role": "tool", "tool_call_id", "content"}`` results."""
 
     id: str
     model: str
@@ -131,18 +138,23 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Delta:
-    """New text since the last delta of request ``id`` (never splits a character)."""
+    """New text since the last delta of request ``id`` (never splits a character), then any tool
+    calls completed since: each ``{"index", "id", "name", "arguments"}``, whole (``arguments`` is
+    complete JSON text, ``index`` counts from 0 within the request). Text that follows a call
+    comes in a later delta, so ``text`` always precedes ``tool_calls``."""
 
     id: str
     text: str
     tokens: int
     logprobs: list[Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
     KIND = Kind.DELTA
 
 
 @dataclass(frozen=True)
 class Done:
-    """The request finished; exactly one ``done`` or ``error`` ends every request."""
+    """The request finished; exactly one ``done`` or ``error`` ends every request.
+    ``finish_reason``: stop, length, loop, or tool_calls (it ended after at least one tool call)."""
 
     id: str
     finish_reason: str

@@ -15,6 +15,38 @@ CHATML = (
     " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# The tool-calling variant: a Qwen2.5/Hermes-style ChatML template that renders ``tools`` and
+# assistant ``tool_calls`` and turns ``tool`` results into <tool_response> blocks. It names
+# <tool_call> and tool_call.name, so mlx-lm picks its json_tools parser for it.
+CHATML_TOOLS = (
+    "{%- if tools %}{{ '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{ messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{%- endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- elif messages[0].role == 'system' %}{{ '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{ '<|im_start|>assistant' }}{%- if message.content %}{{ '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{ \'\\n<tool_call>\\n{\\"name\\": \\"\' + tool_call.name + \'\\", \\"arguments\\": \' }}'
+    "{{ tool_call.arguments | tojson }}{{ '}\\n</tool_call>' }}"
+    "{%- endfor %}{{ '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+TOOL_SPECIALS = ["<tool_call>", "</tool_call>"]
+EMPTY_ARGS = "{}}"  # an added token: forced by logit_bias after a named-call prefill, it completes the call
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
     "Grüße aus Köln — naïve café, façade, jalapeño, smörgåsbord, Ærø.",
@@ -24,7 +56,8 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(out: Path, seed: int = 0, context: int = 16384) -> Path:
+def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool = False) -> Path:
+    """The model in ``out``; ``tools``: the tool-calling variant (CHATML_TOOLS, <tool_call> tokens)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -41,13 +74,16 @@ def build_tiny_model(out: Path, seed: int = 0, context: int = 16384) -> Path:
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
+    if tools:
+        tok.add_special_tokens(TOOL_SPECIALS)
+        tok.add_tokens([EMPTY_ARGS])
     tok.save(str(out / "tokenizer.json"))
     eos = tok.token_to_id("<|im_end|>")
     (out / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                "chat_template": CHATML,
+                "chat_template": CHATML_TOOLS if tools else CHATML,
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
                 "bos_token": None,

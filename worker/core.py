@@ -34,7 +34,8 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.sampling import ParamError, make_request_processors, make_request_sampler
-from worker.templating import TemplateError, prompt_tokens, system_prefix
+from worker.templating import TemplateError, render, system_prefix
+from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
 
 @dataclass
@@ -54,6 +55,7 @@ class _Live:
     guard: LoopGuard | None = None
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
+    tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
 
 
 class EngineCore:
@@ -73,6 +75,7 @@ class EngineCore:
         )
         self.broken: str | None = None  # set when a step failed: the worker must restart
         self._system_pending: set[str] = set()  # requests whose system prompt is being prefilled
+        self.tool_syntax = ToolSyntax.of(loaded.tokenizer, cfg.tool_parser)  # None: no tool calling
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -123,15 +126,16 @@ class EngineCore:
         return self.prompt_cache.load(self.warm_folder(), budget)
 
     def count_tokens(self, inp: dict[str, Any]) -> int:
-        return len(prompt_tokens(self.m.tokenizer, inp))
+        return len(render(self.m.tokenizer, inp, self.tool_syntax).tokens)
 
     def add(self, req: Generate) -> list[Message]:
         """Insert ``req`` into the batch; an input the model can't take is answered at once."""
         params = req.params
         try:
-            tokens = prompt_tokens(self.m.tokenizer, req.input)
+            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params)
         except TemplateError as e:
-            return [Error(req.id, ERROR_BAD_REQUEST, str(e))]
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
+        tokens = prompt.tokens
         ctx = self.m.context_length
         if not tokens:
             return [Error(req.id, ERROR_BAD_REQUEST, "the prompt is empty")]
@@ -153,7 +157,7 @@ class EngineCore:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        system_len = system_prefix(self.m.tokenizer, req.input, tokens) if self.prompt_cache is not None else 0
+        system_len = system_prefix(self.m.tokenizer, req.input, prompt) if self.prompt_cache is not None else 0
         cache, cached = self.prompt_cache.lookup(tokens, system_len) if self.prompt_cache is not None else (None, 0)
         if cached < system_len:  # prefill the system prompt as a segment of its own, to cache it
             segments = [tokens[cached:system_len], tokens[system_len:]]
@@ -179,6 +183,9 @@ class EngineCore:
             cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
         )
+        if prompt.tools and self.tool_syntax is not None:
+            parallel = params.get("parallel_tool_calls", True) is not False
+            live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
         self._live[req.id] = live
         self._by_uid[uid] = live
         return []
@@ -251,13 +258,20 @@ class EngineCore:
                 if live.loop is not None:
                     finish = "loop"
                     text += live.text.finish()
+            events: list[str | ToolCall] = [text]
+            if live.tools is not None:
+                events = live.tools.push(text)
+                if live.tools.closed and finish is None:
+                    finish = "stop"  # parallel_tool_calls is off and the one call is complete
+                if finish is not None:
+                    events += live.tools.finish()
+                    if finish == "stop" and live.tools.calls:
+                        finish = "tool_calls"
             if finish is not None and r.finish_reason is None:
                 self._remove(r.uid)
             elif finish is not None:
                 self._keep(r.all_tokens, r.prompt_cache)
-            if text or live.logprobs:
-                out.append(Delta(live.id, text, live.completion_tokens, live.logprobs or None))
-                live.logprobs = []
+            out.extend(self._deltas(live, events))
             if finish is not None:
                 out.append(self._done(live, finish, now))
                 self._system_pending.discard(live.id)
@@ -275,6 +289,27 @@ class EngineCore:
             for cache, tokens in self._gen.extract_cache([r.uid]).values():
                 if self.prompt_cache is not None:
                     self.prompt_cache.store(tokens[:], cache, SYSTEM)
+
+    def _deltas(self, live: _Live, events: list[str | ToolCall]) -> list[Delta]:
+        """One step's text and tool calls as deltas: each delta's text precedes its calls, so
+        text written after a call starts a new delta. Logprobs ride on the first."""
+        out: list[Delta] = []
+        text, calls = "", list[ToolCall]()
+        for ev in events:
+            if isinstance(ev, str):
+                if calls:
+                    out.append(Delta(live.id, text, live.completion_tokens, None, calls))
+                    text, calls = "", []
+                text += ev
+            else:
+                calls.append(ev)
+        if text or calls or not out:
+            out.append(Delta(live.id, text, live.completion_tokens, None, calls or None))
+        if live.logprobs:
+            first = out[0]
+            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs, first.tool_calls)
+            live.logprobs = []
+        return [d for d in out if d.text or d.logprobs or d.tool_calls]
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)

@@ -1,40 +1,155 @@
 """Turning a request's input into prompt tokens.
 
-The model's own chat template (from tokenizer_config.json) renders chat messages; a model
-without one gets a plain "role: content" transcript so it still answers rather than failing.
+The model's own chat template (from tokenizer_config.json) renders chat messages, and the tool
+definitions when the request offers ``tools``; a model without a template gets a plain
+"role: content" transcript so it still answers rather than failing. A ``tool_choice`` that
+demands a call is enforced by opening the assistant turn with the start of a call (see
+``ToolSyntax.prefill``), so the model can only go on writing one.
 """
 
 from __future__ import annotations
 
+import copy
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
+
+from worker.toolcalls import ToolSyntax
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_zq", "description": "", "parameters": {}}}
 
 
 class TemplateError(ValueError):
     """The input can't be rendered for this model (a client error, not a worker bug)."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt: its tokens, the tools offered in it, and the call opening it ends
+    with (``prefill``, part of the assistant's turn: the output continues it)."""
+
+    tokens: list[int]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    prefill: str = ""
+
 
 def prompt_tokens(tokenizer: Any, inp: dict[str, Any]) -> list[int]:
     """Tokens for ``messages`` (chat), ``prompt`` (plain text) or ready ``tokens``."""
+    return render(tokenizer, inp).tokens
+
+
+def render(
+    tokenizer: Any, inp: dict[str, Any], syntax: ToolSyntax | None = None, params: dict[str, Any] | None = None
+) -> Prompt:
+    """The prompt for ``inp``; ``syntax`` is the model's tool-call format (None: it has none)
+    and ``params`` may hold ``tool_choice``."""
     if "tokens" in inp:
-        return [int(t) for t in inp["tokens"]]
+        return Prompt([int(t) for t in inp["tokens"]])
     if "prompt" in inp:
-        return list(tokenizer.encode(str(inp["prompt"])))
+        return Prompt(list(tokenizer.encode(str(inp["prompt"]))))
     messages = inp.get("messages")
     if not isinstance(messages, list) or not messages:
         raise TemplateError("input needs messages, prompt or tokens")
-    if tokenizer.has_chat_template:
+    choice = (params or {}).get("tool_choice") or "auto"
+    tools = list(inp.get("tools") or []) if choice != "none" else []
+    if not tokenizer.has_chat_template:
+        if tools:
+            raise TemplateError("this model has no chat template, so it can't be offered tools", "tools")
+        text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
+        return Prompt(list(tokenizer.encode(text)))
+    if tools:
+        _check_tools_supported(tokenizer, syntax)
+    prefill = _prefill(syntax, choice) if tools else ""
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    try:
+        rendered = tokenizer.apply_chat_template(
+            template_messages(messages), add_generation_prompt=True, tokenize=not prefill, **kwargs
+        )
+    except Exception as e:  # jinja raises arbitrary errors for inputs a template refuses
+        raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
+    if prefill:
+        return Prompt(list(tokenizer.encode(rendered + prefill, add_special_tokens=False)), tools, prefill)
+    return Prompt(list(rendered), tools)
+
+
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as HF chat templates expect them: content a string (never null), and a tool
+    call's ``function.arguments`` an object (templates render it with ``tojson``)."""
+    out = []
+    for m in messages:
+        m = copy.deepcopy(m)
+        if m.get("content") is None:
+            m["content"] = ""
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                try:
+                    fn["arguments"] = orjson.loads(fn["arguments"])
+                except orjson.JSONDecodeError:
+                    pass  # not JSON: the template gets the text as it is
+        out.append(m)
+    return out
+
+
+def _check_tools_supported(tokenizer: Any, syntax: ToolSyntax | None) -> None:
+    """Tools need a template that renders them and a known format to read calls back."""
+    if not _template_renders_tools(tokenizer):
+        raise TemplateError("this model's chat template does not support tools", "tools")
+    if syntax is None:
+        raise TemplateError(
+            "this model's chat template renders tools but mlx-lm knows no tool-call format for it; "
+            "set the model's tool_parser setting",
+            "tools",
+        )
+
+
+_RENDERS_TOOLS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _template_renders_tools(tokenizer: Any) -> bool:
+    """Whether offering a tool changes the rendered prompt (a template that ignores ``tools``
+    would silently drop them). Checked once per tokenizer."""
+    key = tokenizer
+    if key not in _RENDERS_TOOLS:
+        probe = [{"role": "user", "content": "hi"}]
         try:
-            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        except Exception as e:  # jinja raises arbitrary errors for inputs a template refuses
-            raise TemplateError(f"the model's chat template refused the messages: {e}") from e
-    text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
-    return list(tokenizer.encode(text))
+            with_tool = tokenizer.apply_chat_template(probe, tools=[_PROBE_TOOL], tokenize=False)
+            without = tokenizer.apply_chat_template(probe, tokenize=False)
+            _RENDERS_TOOLS[key] = "probe_tool_zq" in with_tool and with_tool != without
+        except Exception:
+            _RENDERS_TOOLS[key] = False
+    return _RENDERS_TOOLS[key]
 
 
-def system_prefix(tokenizer: Any, inp: dict[str, Any], tokens: list[int]) -> int:
-    """How many leading ``tokens`` are the system prompt (0 when there is none or it can't be
-    told): the prompt cache keeps that part as an entry of its own. Found as mlx-lm's server
-    does, by rendering the system messages before an empty user turn and comparing."""
+def _prefill(syntax: ToolSyntax | None, choice: Any) -> str:
+    """The call opening that enforces ``tool_choice`` ("required" or {"name": NAME})."""
+    if choice == "auto":
+        return ""
+    function = choice.get("name") if isinstance(choice, dict) else None
+    if choice != "required" and not isinstance(function, str):
+        raise TemplateError(f"tool_choice {choice!r} is not valid", "tool_choice")
+    opening = syntax.prefill(function) if syntax is not None else None
+    if opening is None:
+        fmt = syntax.name if syntax is not None else "unknown"
+        raise TemplateError(
+            f"tool_choice {orjson.dumps(choice).decode()} can't be enforced for this model's tool-call "
+            f"format ({fmt}); use 'auto'",
+            "tool_choice",
+        )
+    return opening
+
+
+def system_prefix(tokenizer: Any, inp: dict[str, Any], prompt: Prompt) -> int:
+    """How many leading tokens of ``prompt`` are the system prompt (with the tools a template
+    renders there), 0 when there is none or it can't be told: the prompt cache keeps that part
+    as an entry of its own. Found as mlx-lm's server does, by rendering the system messages
+    before an empty user turn and comparing."""
     messages = inp.get("messages")
     if not isinstance(messages, list) or not tokenizer.has_chat_template:
         return 0
@@ -43,12 +158,14 @@ def system_prefix(tokenizer: Any, inp: dict[str, Any], tokens: list[int]) -> int
         n += 1
     if n == 0 or n == len(messages):
         return 0
+    kwargs: dict[str, Any] = {"tools": prompt.tools} if prompt.tools else {}
     try:
         head = tokenizer.apply_chat_template(
-            messages[:n] + [{"role": "user", "content": ""}], add_generation_prompt=False
+            template_messages(messages[:n]) + [{"role": "user", "content": ""}], add_generation_prompt=False, **kwargs
         )
     except Exception:  # a template that can't render this cut: no system entry, nothing else lost
         return 0
+    tokens = prompt.tokens
     common = 0
     for a, b in zip(head, tokens):
         if a != b:

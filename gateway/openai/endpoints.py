@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import sse
 from gateway.bodies import read_json, validate
-from gateway.client import EngineClient, RequestStream
+from gateway.client import EngineClient, RequestStream, Result
 from gateway.errors import HearthError, WorkerFailed
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.openai.translate import (
@@ -88,7 +88,7 @@ async def _generate(
 
     if not req.stream:
 
-        async def whole() -> tuple[str, list[tuple[str, Done, list[Any]]]]:
+        async def whole() -> tuple[str, list[Result]]:
             streams = await _open(client, req, specs)
             try:
                 return streams[0].id, list(await asyncio.gather(*(rs.collect() for rs in streams)))
@@ -102,10 +102,10 @@ async def _generate(
         rid, results = out
         shape = shape_cls(rid, req.model)
         choices = [
-            shape.choice(spec.index, text, final.finish_reason, lp if want_lp else None)
-            for spec, (text, final, lp) in zip(specs, results, strict=True)
+            shape.choice(spec.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls)
+            for spec, r in zip(specs, results, strict=True)
         ]
-        return _json(shape.response(choices, usage([(spec, r[1]) for spec, r in zip(specs, results, strict=True)])))
+        return _json(shape.response(choices, usage([(spec, r.done) for spec, r in zip(specs, results, strict=True)])))
 
     async def opening() -> tuple[str, AsyncGenerator[tuple[ChoiceSpec, Delta | Done]], tuple[ChoiceSpec, Delta | Done]]:
         streams = await _open(client, req, specs)
@@ -262,7 +262,11 @@ async def _sse(
         while True:
             spec, ev = item
             if isinstance(ev, Delta):
-                yield sse.event(shape.chunk(spec.index, ev.text, logprobs=ev.logprobs if want_lp else None))
+                lp = ev.logprobs if want_lp else None
+                if ev.text or lp or not ev.tool_calls:
+                    yield sse.event(shape.chunk(spec.index, ev.text, logprobs=lp))
+                if ev.tool_calls:  # each call whole, in one chunk after the text before it
+                    yield sse.event(shape.chunk(spec.index, None, calls=ev.tool_calls))
             else:
                 dones.append((spec, ev))
                 yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))

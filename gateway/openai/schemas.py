@@ -16,6 +16,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -53,10 +54,25 @@ class LoopGuard(_Strict):
     min_span: Annotated[StrictInt, Field(ge=1, le=100_000)] = 32
 
 
+class FunctionCall(_Strict):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it back
+
+
+class ToolCallIn(_Strict):
+    """A tool call in an earlier assistant turn of the conversation."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[dict[str, Any]] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns only
+    tool_call_id: StrictStr | None = None  # tool results only
 
     @field_validator("content")
     @classmethod
@@ -70,10 +86,47 @@ class ChatMessage(_Strict):
                     raise ValueError(f"part {i} must be {{'type': 'text', 'text': '...'}}")
         return v
 
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls belong to assistant messages only")
+        if self.role == "tool":
+            if self.tool_call_id is None:
+                raise ValueError("a tool message needs tool_call_id: the id of the call it answers")
+            if self.content is None:
+                raise ValueError("a tool message needs content: the tool's result")
+        elif self.tool_call_id is not None:
+            raise ValueError("tool_call_id belongs to tool messages only")
+        return self
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p["text"] for p in self.content)
         return self.content or ""
+
+
+FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class FunctionDef(_Strict):
+    name: Annotated[StrictStr, Field(pattern=FUNCTION_NAME)]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: StrictBool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class SamplingFields(_Strict):
@@ -113,13 +166,38 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None  # not supported yet: refused by name rather than ignored
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: Any = None  # OpenAI's legacy function calling: refused with a pointer to tools
+    function_call: Any = None
 
     @field_validator("tools")
     @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tool calling is not supported by Hearth yet; send the request without tools")
+    def _unique_names(cls, v: list[Tool] | None) -> list[Tool] | None:
+        names = [t.function.name for t in v or []]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"function names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_fits_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools") or []
+        if isinstance(v, NamedToolChoice):
+            if v.function.name not in {t.function.name for t in tools}:
+                raise ValueError(f"the function '{v.function.name}' is not among the request's tools")
+        elif v == "required" and not tools:
+            raise ValueError("'required' needs tools in the request")
+        return v
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _legacy(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None:
+            new = "tools" if info.field_name == "functions" else "tool_choice"
+            raise ValueError(f"the legacy {info.field_name} parameter is not supported; use {new}")
         return v
 
     @model_validator(mode="after")

@@ -39,6 +39,11 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
             params[name] = value
     if isinstance(req, ChatCompletionRequest) and req.logprobs:
         params["logprobs"] = req.top_logprobs or 0
+    if isinstance(req, ChatCompletionRequest) and req.tools:
+        choice = req.tool_choice or "auto"
+        params["tool_choice"] = choice if isinstance(choice, str) else {"name": choice.function.name}
+        if req.parallel_tool_calls is not None:
+            params["parallel_tool_calls"] = req.parallel_tool_calls
     if isinstance(req, CompletionRequest) and req.logprobs is not None:
         params["logprobs"] = req.logprobs
     return params
@@ -68,7 +73,32 @@ def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list
 
 
 def chat_input(req: ChatCompletionRequest) -> dict[str, Any]:
-    return {"messages": [{"role": m.role, "content": m.text()} for m in req.messages]}
+    """``messages`` (with earlier tool calls and tool results) and the offered ``tools``."""
+    messages = []
+    for m in req.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+        if m.tool_calls:
+            msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        messages.append(msg)
+    inp: dict[str, Any] = {"messages": messages}
+    if req.tools:
+        inp["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+    return inp
+
+
+def openai_tool_calls(calls: list[dict[str, Any]], streaming: bool = False) -> list[dict[str, Any]]:
+    """Wire tool calls in OpenAI's shape (with ``index`` in stream chunks)."""
+    return [
+        {
+            **({"index": c["index"]} if streaming else {}),
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
+        for c in calls
+    ]
 
 
 def completion_inputs(req: CompletionRequest) -> list[dict[str, Any]]:
@@ -141,18 +171,25 @@ class Shape:
             "system_fingerprint": "hearth",
         }
 
-    def _message(self, text: str) -> dict[str, Any]:
+    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def choice(self, index: int, text: str, finish: str, logprobs: list[Any] | None) -> dict[str, Any]:
+    def choice(
+        self,
+        index: int,
+        text: str,
+        finish: str,
+        logprobs: list[Any] | None,
+        calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         lp = self._logprobs(logprobs) if logprobs is not None else None
-        return {"index": index, **self._message(text), "logprobs": lp, "finish_reason": finish}
+        return {"index": index, **self._message(text, calls or []), "logprobs": lp, "finish_reason": finish}
 
     def chunk(
         self,
@@ -161,10 +198,12 @@ class Shape:
         finish: str | None = None,
         logprobs: list[Any] | None = None,
         first: bool = False,
+        calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body = self._base(self.chunk_object)
         lp = self._logprobs(logprobs) if logprobs is not None else None
-        body["choices"] = [{"index": index, **self._delta(text, first), "logprobs": lp, "finish_reason": finish}]
+        delta = self._delta(text, first, calls or [])
+        body["choices"] = [{"index": index, **delta, "logprobs": lp, "finish_reason": finish}]
         return body
 
     def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
@@ -181,12 +220,17 @@ class Shape:
 
 
 class ChatShape(Shape):
-    def _message(self, text: str) -> dict[str, Any]:
-        return {"message": {"role": "assistant", "content": text}}
+    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        if not calls:
+            return {"message": {"role": "assistant", "content": text}}
+        content = text if text.strip() else None  # OpenAI: null content beside tool calls
+        return {"message": {"role": "assistant", "content": content, "tool_calls": openai_tool_calls(calls)}}
 
-    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
         if first:
             return {"delta": {"role": "assistant", "content": ""}}
+        if calls:
+            return {"delta": {"tool_calls": openai_tool_calls(calls, streaming=True)}}
         return {"delta": {"content": text} if text is not None else {}}
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
@@ -197,10 +241,10 @@ class CompletionShape(Shape):
     prefix = "cmpl"
     object = chunk_object = "text_completion"
 
-    def _message(self, text: str) -> dict[str, Any]:
+    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
         return {"text": text}
 
-    def _delta(self, text: str | None, first: bool) -> dict[str, Any]:
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
         return {"text": text or ""}
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:

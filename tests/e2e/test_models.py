@@ -129,3 +129,27 @@ def test_sixteen_concurrent_greedy_requests_answer_as_they_do_alone(two_models: 
     alone = [ask(b) for b in bodies]
     assert together == alone
     assert len(set(alone)) == len(alone)
+
+
+def test_smollm2_template_has_no_tools_so_tools_are_refused(two_models: Gateway) -> None:
+    """SmolLM2's chat template renders only role and content: tools are a 400 naming ``tools``
+    (never silently dropped), while a history with tool results still renders and answers."""
+    two_models.wait_ready()
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    r = two_models.http.post("/v1/chat/completions", json=chat("smol", "Weather in Paris?", tools=[tool]))
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "tools"
+    assert "does not support tools" in r.json()["error"]["message"]
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    r = two_models.http.post(
+        "/v1/chat/completions", json={"model": "smol", "messages": history, "max_tokens": 8, "temperature": 0}
+    )
+    assert r.status_code == 200, r.text

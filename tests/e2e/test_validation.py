@@ -274,12 +274,25 @@ CASES = [
         words=("json_schema",),
     ),
     Case(
-        "tools",
-        J(body(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])),
+        "tools-without-function",
+        J(body(tools=[{"type": "function"}])),
         400,
-        param="tools",
-        words=("tool",),
+        param="tools[0].function",
+        words=("function",),
     ),
+    Case(
+        "tool_choice-unknown-function",
+        J(
+            body(
+                tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+                tool_choice={"type": "function", "function": {"name": "get_time"}},
+            )
+        ),
+        400,
+        param="tool_choice",
+        words=("get_time",),
+    ),
+    Case("functions-legacy", J(body(functions=[{"name": "f"}])), 400, param="functions", words=("tools",)),
     Case("stream-yes", J(body(stream="yes")), 400, param="stream", words=("stream", "bool")),
     Case(
         "stream_options-include_usage-x",

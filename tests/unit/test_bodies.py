@@ -26,6 +26,15 @@ def body(**params: Any) -> dict[str, Any]:
 
 
 # (id, body, expected param, words that must be in the message (case-insensitive))
+FN = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}
+TOOL = {"type": "function", "function": FN}
+FUNCTION_CALL = {"name": "f", "arguments": '{"x": 1}'}
+
+
+def named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
 BAD: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("messages-missing", body(messages=...), "messages", ("required",)),
     ("model-missing", body(model=...), "model", ("required",)),
@@ -94,7 +103,31 @@ BAD: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("logprobs-string", body(logprobs="yes"), "logprobs", ("bool",)),
     ("top_logprobs-21", body(logprobs=True, top_logprobs=21), "top_logprobs", ("20",)),
     ("top_logprobs-negative", body(top_logprobs=-1), "top_logprobs", ("0",)),
-    ("tools", body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools", ("tool",)),
+    ("tools-no-function", body(tools=[{"type": "function"}]), "tools[0].function", ()),
+    ("tools-not-function", body(tools=[{"type": "web_search", "function": FN}]), "tools[0].type", ("function",)),
+    ("tools-bad-name", body(tools=[{"type": "function", "function": {"name": "a b"}}]), "tools[0].function.name", ()),
+    ("tools-dupes", body(tools=[TOOL, TOOL]), "tools", ("unique", "f")),
+    ("tools-object", body(tools={"type": "function"}), "tools", ("list",)),
+    ("tool_choice-word", body(tools=[TOOL], tool_choice="always"), "tool_choice", ()),
+    ("tool_choice-other-function", body(tools=[TOOL], tool_choice=named("g")), "tool_choice", ("'g'",)),
+    ("tool_choice-required-without-tools", body(tool_choice="required"), "tool_choice", ("tools",)),
+    ("tool_choice-named-without-tools", body(tool_choice=named("f")), "tool_choice", ("tools",)),
+    ("parallel_tool_calls-string", body(tools=[TOOL], parallel_tool_calls="no"), "parallel_tool_calls", ("bool",)),
+    ("functions-legacy", body(functions=[{"name": "f"}]), "functions", ("use tools",)),
+    ("function_call-legacy", body(function_call="auto"), "function_call", ("use tool_choice",)),
+    ("tool-message-without-id", body(messages=[{"role": "tool", "content": "42"}]), "messages[0]", ("tool_call_id",)),
+    (
+        "tool-call-arguments-object",
+        body(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]}]),
+        "messages[0].tool_calls[0].function.arguments",
+        ("string",),
+    ),
+    (
+        "tool_calls-on-a-user-message",
+        body(messages=[{"role": "user", "content": "x", "tool_calls": []}]),
+        "messages[0]",
+        ("assistant",),
+    ),
     ("response_format-json", body(response_format={"type": "json_object"}), "response_format.type", ("json_object",)),
     ("stream-yes", body(stream="yes"), "stream", ("bool",)),
     ("stream_options-bad", body(stream_options={"include_usage": "y"}), "stream_options.include_usage", ("bool",)),
@@ -129,7 +162,7 @@ def test_missing_is_missing_parameter_and_a_bad_value_invalid_parameter() -> Non
 
 def test_value_error_prefix_is_stripped() -> None:
     with pytest.raises(InvalidRequest) as e:
-        validate(ChatCompletionRequest, body(tools=[{"type": "function"}]))
+        validate(ChatCompletionRequest, body(functions=[{"name": "f"}]))
     assert "Value error" not in e.value.message
 
 
@@ -167,7 +200,8 @@ def test_valid_body_parses() -> None:
                 {"role": "developer", "content": None},
                 {"role": "user", "content": [{"type": "text", "text": "Grüße "}, {"type": "text", "text": "東京"}]},
                 {"role": "assistant", "content": "ok", "name": "bot"},
-                {"role": "tool", "content": "42"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": FUNCTION_CALL}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
             ],
             temperature=0,
             top_p=1,
@@ -188,12 +222,16 @@ def test_valid_body_parses() -> None:
             logprobs=True,
             top_logprobs=20,
             response_format={"type": "text"},
-            tools=[],
+            tools=[TOOL, {"type": "function", "function": {"name": "g.h-2", "description": "d", "strict": True}}],
+            tool_choice=named("g.h-2"),
+            parallel_tool_calls=False,
             max_tokens=MAX_INT,
         ),
     )
     assert isinstance(req, ChatCompletionRequest)
-    assert [m.text() for m in req.messages] == ["be brief", "", "Grüße 東京", "ok", "42"]
+    assert [m.text() for m in req.messages] == ["be brief", "", "Grüße 東京", "ok", "", "42"]
+    assert req.messages[4].tool_calls and req.messages[4].tool_calls[0].function.arguments == '{"x": 1}'
+    assert req.tools and req.tools[1].function.name == "g.h-2" and req.parallel_tool_calls is False
     assert req.temperature == 0 and req.n == 16 and req.stream is True
     assert req.stop == ["\n", "END"]
     assert req.max_tokens == MAX_INT
@@ -365,3 +403,34 @@ def test_validate_of_arbitrary_objects_never_crashes(base: dict[str, Any], extra
         return
     assert isinstance(req, ChatCompletionRequest)
     params_for(req, CFG)  # a valid request always translates
+
+
+def test_tools_become_input_and_tool_choice_becomes_params() -> None:
+    from gateway.openai.translate import chat_input
+
+    req = validate(
+        ChatCompletionRequest,
+        body(
+            messages=[
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": FUNCTION_CALL}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            ],
+            tools=[TOOL],
+            tool_choice=named("f"),
+            parallel_tool_calls=False,
+        ),
+    )
+    inp = chat_input(req)
+    assert inp["tools"] == [TOOL]
+    assert inp["messages"][1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "type": "function", "function": FUNCTION_CALL}],
+    }
+    assert inp["messages"][2] == {"role": "tool", "content": "42", "tool_call_id": "c1"}
+    params = params_for(req, ModelConfig(name="m", path="/x"))
+    assert params["tool_choice"] == {"name": "f"} and params["parallel_tool_calls"] is False
+    plain = validate(ChatCompletionRequest, body(tools=[TOOL]))
+    assert params_for(plain, ModelConfig(name="m", path="/x"))["tool_choice"] == "auto"
+    assert "tools" not in chat_input(validate(ChatCompletionRequest, body(tool_choice="none")))

@@ -58,6 +58,7 @@ SAMPLES: list[Any] = [
         text="Grüße 東京 🚀",
         tokens=4,
         logprobs=[{"token": "ü", "logprob": -0.5, "bytes": [195, 188], "top_logprobs": []}],
+        tool_calls=[{"index": 0, "id": "call_ab12", "name": "get_wéather", "arguments": '{"city": "Köln"}'}],
     ),
     Done(
         id="r",
@@ -173,6 +174,24 @@ ERRORS: list[tuple[str, bytes, bytes]] = [
     ("int where bool expected", b"generate", b'{"id": "r", "model": "m", "input": {}, "params": {}, "stream": 1}'),
     ("str in usage", b"done", b'{"id": "r", "finish_reason": "stop", "usage": {"prompt_tokens": "5"}}'),
     ("bool in usage", b"done", b'{"id": "r", "finish_reason": "stop", "usage": {"prompt_tokens": true}}'),
+    ("tool_calls not a list", b"delta", b'{"id": "r", "text": "", "tokens": 1, "tool_calls": {}}'),
+    ("tool call not an object", b"delta", b'{"id": "r", "text": "", "tokens": 1, "tool_calls": ["f"]}'),
+    (
+        "tool call without arguments",
+        b"delta",
+        b'{"id": "r", "text": "", "tokens": 1, "tool_calls": [{"index": 0, "id": "c", "name": "f"}]}',
+    ),
+    (
+        "tool call arguments as an object",
+        b"delta",
+        b'{"id": "r", "text": "", "tokens": 1, "tool_calls": [{"index": 0, "id": "c", "name": "f", "arguments": {}}]}',
+    ),
+    (
+        "tool call index a bool",
+        b"delta",
+        b'{"id": "r", "text": "", "tokens": 1, '
+        b'"tool_calls": [{"index": true, "id": "c", "name": "f", "arguments": "{}"}]}',
+    ),
     ("dict in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": {}}}'),
     ("null in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": null}}'),
 ]

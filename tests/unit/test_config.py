@@ -171,6 +171,9 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
         ("max_batch = 0", "max_batch"),
         ("prefill_step = 0", "prefill_step"),
         ("max_queue = -1", "max_queue"),
+        ('tool_parser = "../evil"', "tool_parser"),
+        ('tool_parser = "JSON"', "tool_parser"),
+        ("tool_parser = 1", "tool_parser"),
     ],
 )
 def test_bad_model_values(tmp_path: Path, setting: str, word: str) -> None:
@@ -313,6 +316,7 @@ FULL_MODEL = ModelConfig(
     prefill_step=64,
     max_tokens=100,
     defaults={"repetition_penalty": 1.1, "temperature": 0.2, "stop": ["東京"], "loop_guard": {"repeats": 3}},
+    tool_parser="json_tools",
 )
 
 
@@ -350,6 +354,7 @@ CHANGES: dict[str, Any] = {
     "prompt_cache_entries": 3,
     "warm_cache_bytes": 777,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
+    "tool_parser": "qwen3_coder",
 }
 
 

@@ -206,7 +206,7 @@ def _sys_chat(rid: str, user: str, **params: object) -> Generate:
 def test_a_system_prompt_outlives_conversations_that_push_it_out(tiny_model: Path) -> None:
     from worker.core import EngineCore
     from worker.model import load_model
-    from worker.templating import system_prefix
+    from worker.templating import render, system_prefix
 
     cfg = ModelConfig(name="tiny", path=str(tiny_model), prompt_cache_entries=4)
     small = EngineCore(load_model(cfg), cfg)
@@ -214,8 +214,7 @@ def test_a_system_prompt_outlives_conversations_that_push_it_out(tiny_model: Pat
     for i in range(6):  # more conversations (without that system prompt) than the cache holds
         run(small, gen(f"other conversation {i} " * 30, max_tokens=2))
     req = _sys_chat("s1", "And where is Köln?")
-    tokens = small.m.tokenizer.apply_chat_template(req.input["messages"], add_generation_prompt=True)
-    system_len = system_prefix(small.m.tokenizer, req.input, tokens)
+    system_len = system_prefix(small.m.tokenizer, req.input, render(small.m.tokenizer, req.input))
     assert system_len > 100
     events = run(small, req)
     assert events[-1].usage["cached_tokens"] >= system_len
