@@ -40,6 +40,7 @@ from shared.protocol import (
     Hello,
     Message,
     State,
+    Step,
 )
 
 log = logging.getLogger("hearth.client")
@@ -316,6 +317,10 @@ class EngineClient:
                 log.exception("error handling a worker message")
 
     def _on_message(self, worker_id: str, msg: Message) -> None:
+        if isinstance(msg, Step):  # one batch step's events, each as if sent alone
+            for ev in msg.events:
+                self._on_message(worker_id, ev)
+            return
         handle = self.pool.workers.get(worker_id)
         if isinstance(msg, Hello):
             self._on_hello(worker_id, msg, handle)

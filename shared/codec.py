@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from shared.protocol import MESSAGE_TYPES, Delta, Done, Kind, Message, WorkerState
+from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Kind, Message, Step, WorkerState
 
 
 class ProtocolError(ValueError):
@@ -24,8 +24,13 @@ class ProtocolError(ValueError):
 
 def encode(msg: Message) -> list[bytes]:
     """The two frames of ``msg``."""
-    payload = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
-    return [msg.KIND.value.encode(), orjson.dumps(payload)]
+    return [msg.KIND.value.encode(), orjson.dumps(_fields(msg))]
+
+
+def _fields(msg: Message) -> dict[str, Any]:
+    if isinstance(msg, Step):  # each event as [kind, fields]
+        return {"events": [[ev.KIND.value, _fields(ev)] for ev in msg.events]}
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
 
 
 _SIMPLE = {str: str, int: int, float: (int, float), bool: bool, dict: dict, list: list}
@@ -66,6 +71,10 @@ def decode(kind: bytes, payload: bytes) -> Message:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
         raise ProtocolError(f"{k}: payload is not JSON: {e}") from None
+    return _from_obj(k, obj)
+
+
+def _from_obj(k: Kind, obj: Any) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError(f"{k}: payload is not an object")
     cls = MESSAGE_TYPES[k]
@@ -90,11 +99,26 @@ def decode(kind: bytes, payload: bytes) -> Message:
         elif typ is not None and typ is not bool and isinstance(value, bool) and typ in (int, (int, float)):
             raise ProtocolError(f"{k}: field {name!r} has type bool")
         args[name] = value
+    if cls is Step:
+        args["events"] = [_step_event(ev) for ev in args["events"]]
     msg = cls(**args)
     _check_numbers(k, msg)
     if isinstance(msg, Delta) and msg.tool_calls is not None:
         _check_tool_calls(k, msg.tool_calls)
     return msg
+
+
+def _step_event(ev: Any) -> Message:
+    """One event of a ``step``: ``[kind, fields]`` with kind delta, done or error."""
+    if not isinstance(ev, list) or len(ev) != 2 or not isinstance(ev[0], str):
+        raise ProtocolError("step: an event is not [kind, fields]")
+    try:
+        k = Kind(ev[0])
+    except ValueError:
+        raise ProtocolError(f"step: unknown event kind {ev[0][:32]!r}") from None
+    if k not in STEP_KINDS:
+        raise ProtocolError(f"step: a {k} can't be a step event")
+    return _from_obj(k, ev[1])
 
 
 _TOOL_CALL_FIELDS = {"index": int, "id": str, "name": str, "arguments": str}

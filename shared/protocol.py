@@ -30,6 +30,7 @@ class Kind(StrEnum):
     DONE = "done"
     ERROR = "error"
     TOKENS = "tokens"
+    STEP = "step"
 
 
 class WorkerState(StrEnum):
@@ -183,10 +184,23 @@ class Tokens:
     KIND = Kind.TOKENS
 
 
-Message = Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens
+@dataclass(frozen=True)
+class Step:
+    """Everything one batch step produced (``Delta``, ``Done``, ``Error`` of several requests),
+    in order, as one message: with N streams in the batch the worker sends one message per
+    step instead of N, and the gateway wakes once."""
+
+    events: list[Any]
+    KIND = Kind.STEP
+
+
+STEP_KINDS = (Kind.DELTA, Kind.DONE, Kind.ERROR)
+
+Message = Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens | Step
 
 MESSAGE_TYPES: dict[Kind, type] = {
-    cls.KIND: cls for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens)
+    cls.KIND: cls
+    for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens, Step)
 }
 
 # Error codes in `error` messages (worker_died is the gateway's own, for a worker that vanished).

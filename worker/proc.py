@@ -34,6 +34,7 @@ from shared.protocol import (
     Hello,
     Message,
     State,
+    Step,
     Tokenize,
     Tokens,
     WorkerState,
@@ -127,8 +128,11 @@ class WorkerProcess:
                 self.core = core
                 self.send(State(WorkerState.READY, context_length=core.m.context_length))
             if self.core is not None and self.core.has_work:
-                for msg in self.core.step():
-                    self.send(msg)
+                events = self.core.step()
+                if len(events) > 1:  # one message per step, however many streams it advanced
+                    self.send(Step(events))
+                elif events:
+                    self.send(events[0])
                 if self.core.broken:
                     log.error(
                         "a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken

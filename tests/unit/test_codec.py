@@ -25,6 +25,7 @@ from shared.protocol import (
     Hello,
     Kind,
     State,
+    Step,
     Tokenize,
     Tokens,
     WorkerState,
@@ -73,6 +74,14 @@ SAMPLES: list[Any] = [
         param="logit_bias",
     ),
     Tokens(id="t1", count=12),
+    Step(
+        events=[
+            Delta(id="a", text="Grüße", tokens=3),
+            Delta(id="b", text="", tokens=1, tool_calls=[{"index": 0, "id": "c", "name": "f", "arguments": "{}"}]),
+            Done(id="a", finish_reason="stop", usage={"prompt_tokens": 5}),
+            Error(id="c", code="generation_failed", message="boom"),
+        ]
+    ),
 ]
 
 
@@ -88,7 +97,11 @@ def test_round_trip(msg: Any) -> None:
     frames = encode(msg)
     assert len(frames) == 2 and all(isinstance(f, bytes) for f in frames)
     assert frames[0] == msg.KIND.value.encode("ascii")
-    assert orjson.loads(frames[1]) == orjson.loads(orjson.dumps(dataclasses.asdict(msg)))
+    if isinstance(msg, Step):  # its events go as [kind, fields]
+        expected = {"events": [[ev.KIND.value, dataclasses.asdict(ev)] for ev in msg.events]}
+    else:
+        expected = dataclasses.asdict(msg)
+    assert orjson.loads(frames[1]) == orjson.loads(orjson.dumps(expected))
     back = decode(*frames)
     assert type(back) is type(msg)
     assert back == msg
@@ -98,7 +111,9 @@ def test_round_trip(msg: Any) -> None:
 def test_round_trip_of_defaults(cls: type) -> None:
     """Each type with only its required fields set survives the wire too."""
     required = {
-        f.name: {"str": "x", "int": 1, "dict[str, Any]": {}, "WorkerState": WorkerState.READY}[str(f.type)]
+        f.name: {"str": "x", "int": 1, "dict[str, Any]": {}, "WorkerState": WorkerState.READY, "list[Any]": []}[
+            str(f.type)
+        ]
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
@@ -192,6 +207,12 @@ ERRORS: list[tuple[str, bytes, bytes]] = [
         b'{"id": "r", "text": "", "tokens": 1, '
         b'"tool_calls": [{"index": true, "id": "c", "name": "f", "arguments": "{}"}]}',
     ),
+    ("step events not a list", b"step", b'{"events": {}}'),
+    ("step event not a pair", b"step", b'{"events": [["delta"]]}'),
+    ("step event of unknown kind", b"step", b'{"events": [["nope", {}]]}'),
+    ("step event of a kind a step can't hold", b"step", b'{"events": [["hello", {}]]}'),
+    ("step inside a step", b"step", b'{"events": [["step", {"events": []}]]}'),
+    ("step event with a bad field", b"step", b'{"events": [["delta", {"id": "r", "text": 1, "tokens": 1}]]}'),
     ("dict in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": {}}}'),
     ("null in timings", b"done", b'{"id": "r", "finish_reason": "stop", "timings": {"t": null}}'),
 ]
