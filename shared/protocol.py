@@ -142,12 +142,14 @@ class Delta:
 
 @dataclass(frozen=True)
 class Done:
-    """The request finished; exactly one ``done`` or ``error`` ends every request."""
+    """The request finished; exactly one ``done`` or ``error`` ends every request. ``stop`` is the
+    stop string that ended it (``finish_reason`` "stop"), None for an end-of-sequence token."""
 
     id: str
     finish_reason: str
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    stop: str | None = None
     KIND = Kind.DONE
 
 
