@@ -88,6 +88,7 @@ class RequestStream:
             self._observe(item)
             if isinstance(item, Delta):
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
+                calls = list(item.tool_calls or [])
                 end: Message | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
@@ -98,7 +99,8 @@ class RequestStream:
                     parts.append(nxt.text)
                     tokens = nxt.tokens
                     logprobs.extend(nxt.logprobs or [])
-                yield Delta(self.id, "".join(parts), tokens, logprobs or None)
+                    calls.extend(nxt.tool_calls or [])
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None)
                 if end is None:
                     continue
                 item = end
@@ -225,11 +227,12 @@ class EngineClient:
             entry.queue.remove(ticket)
             self.pool.notify()  # the next in line may go now
 
-    async def count_tokens(self, model: str, inp: dict[str, Any], timeout: float = COUNT_TIMEOUT) -> int:
+    async def count_tokens(self, model: str, inp: dict[str, Any]) -> int:
         """How many prompt tokens ``inp`` (a ``Generate.input``) is for ``model``: asked of one of
-        its ready workers (busy or not: tokenizing doesn't take a batch slot). 503 in ``timeout``."""
+        its ready workers (busy or not: tokenizing doesn't take a batch slot). 503 if no answer
+        within ``COUNT_TIMEOUT`` (or ``request_wait``, if shorter), waiting for a worker included."""
         model = self.resolve(model)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + min(COUNT_TIMEOUT, self.config.server.request_wait)
         if self.on_demand is not None:
             self.on_demand(model)
         while True:

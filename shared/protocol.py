@@ -137,6 +137,7 @@ class Delta:
     text: str
     tokens: int
     logprobs: list[Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
     KIND = Kind.DELTA
 
 

@@ -182,9 +182,7 @@ def test_count_tokens_equals_usage(client: anthropic.Anthropic) -> None:
 
 
 def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(
-        model="tiny", max_tokens=1, messages=[{"role": "user", "content": "Hi"}]
-    )
+    msg = client.messages.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": "Hi"}])
     assert msg.usage.output_tokens == 1
     assert msg.stop_reason in ("max_tokens", "end_turn")  # one token: the limit, unless it was the end
     if msg.content:
@@ -338,7 +336,9 @@ def test_ignored_fields_claude_code_sends(gw: Gateway) -> None:
 
 
 def test_aliases_on_both_apis(gw: Gateway, client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model="claude-hearth-test-1", max_tokens=3, messages=[{"role": "user", "content": "Hi"}])
+    msg = client.messages.create(
+        model="claude-hearth-test-1", max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
+    )
     assert msg.model == "claude-hearth-test-1" and msg.usage.output_tokens > 0
     oa = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0)
     chat = oa.chat.completions.create(
