@@ -156,10 +156,16 @@ def test_system_blocks_are_joined_like_a_string(gw: Gateway) -> None:
     ]
     counts = []
     for system in (blocks, "You are terse.\n\nAnswer in French."):
-        r = gw.http.post("/v1/messages/count_tokens", json={"model": "tiny", "system": system, "messages": [{"role": "user", "content": "Hi"}]}, headers=H)  # fmt: skip
+        r = gw.http.post(
+            "/v1/messages/count_tokens",
+            json={"model": "tiny", "system": system, "messages": [{"role": "user", "content": "Hi"}]},
+            headers=H,
+        )
         assert r.status_code == 200, r.text
         counts.append(r.json()["input_tokens"])
-    without = gw.http.post("/v1/messages/count_tokens", json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}, headers=H)  # fmt: skip
+    without = gw.http.post(
+        "/v1/messages/count_tokens", json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}, headers=H
+    )
     assert counts[0] == counts[1] > without.json()["input_tokens"] > 0
 
 
@@ -291,13 +297,17 @@ def test_not_json_and_too_long(gw: Gateway) -> None:
 def test_unknown_model_and_path(gw: Gateway, client: anthropic.Anthropic) -> None:
     r = gw.http.post("/v1/messages", json=body(model="gpt-nope"), headers=H)
     assert_error(r, 404, "not_found_error", "gpt-nope")
-    r = gw.http.post("/v1/messages/count_tokens", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}, headers=H)  # fmt: skip
+    r = gw.http.post(
+        "/v1/messages/count_tokens", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}, headers=H
+    )
     assert_error(r, 404, "not_found_error")
     assert_error(gw.http.get("/v1/messages", headers=H), 405, "invalid_request_error")
     assert_error(gw.http.post("/v1/messages/batches", json={}, headers=H), 404, "not_found_error")
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="nope", max_tokens=4, messages=[{"role": "user", "content": "x"}])
-    r = gw.http.post("/v1/chat/completions", json={"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}, headers=H)  # fmt: skip
+    r = gw.http.post(
+        "/v1/chat/completions", json={"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}, headers=H
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # OpenAI paths keep theirs
 
 
@@ -359,7 +369,10 @@ SYSTEM = "You are a coding agent. Follow the rules below with care. " * 30
 
 
 def billing(n: int) -> dict[str, str]:
-    return {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.197.{n:03x}; cc_entrypoint=cli; cch={uuid.uuid4().hex[:5]};"}  # fmt: skip
+    return {
+        "type": "text",
+        "text": f"x-anthropic-billing-header: cc_version=2.1.{n:03x}; cc_entrypoint=cli; cch={uuid.uuid4().hex[:5]};",
+    }
 
 
 def two_turns(client: anthropic.Anthropic, model: str) -> int:

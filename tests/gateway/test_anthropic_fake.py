@@ -212,7 +212,13 @@ def test_tool_use_event_sequence(gw: Gateway, worker: FakeWorker, pool: ThreadPo
 
 
 def test_stop_sequence_and_usage(gw: Gateway, worker: FakeWorker, pool: ThreadPoolExecutor) -> None:
-    body = {"model": "ext", "max_tokens": 5, "stop_sequences": ["END", "STOP"], "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    body = {
+        "model": "ext",
+        "max_tokens": 5,
+        "stop_sequences": ["END", "STOP"],
+        "temperature": 0.5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     fut = post(pool, gw, body)
     gen = worker.expect(Generate)
     assert gen.params == {"max_tokens": 5, "top_k": 7, "temperature": 0.5, "stop": ["END", "STOP"]}
@@ -222,7 +228,12 @@ def test_stop_sequence_and_usage(gw: Gateway, worker: FakeWorker, pool: ThreadPo
     )
     msg = fut.result(10).json()
     assert (msg["stop_reason"], msg["stop_sequence"]) == ("stop_sequence", "STOP")
-    assert msg["usage"] == {"input_tokens": 30, "output_tokens": 3, "cache_read_input_tokens": 20, "cache_creation_input_tokens": 0}  # fmt: skip
+    assert msg["usage"] == {
+        "input_tokens": 30,
+        "output_tokens": 3,
+        "cache_read_input_tokens": 20,
+        "cache_creation_input_tokens": 0,
+    }
     fut = post(pool, gw, body)
     gen = worker.expect(Generate)
     worker.reply(gen.id, "one", finish="length")
@@ -272,7 +283,9 @@ def test_context_error_before_and_after_the_stream_starts(
     body = {"model": "ext", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     fut = post(pool, gw, body)
     gen = worker.expect(Generate)
-    worker.send(Error(gen.id, "context_length_exceeded", "the prompt has 9000 tokens; the model's context is 2048 tokens"))  # fmt: skip
+    worker.send(
+        Error(gen.id, "context_length_exceeded", "the prompt has 9000 tokens; the model's context is 2048 tokens")
+    )
     r = fut.result(10)
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
