@@ -111,7 +111,10 @@ SystemPrompt = Annotated[
 
 
 class InputMessage(_Strict):
-    role: Literal["user", "assistant"]
+    """A turn. ``system`` inside ``messages`` is Claude Code's mid-conversation system message
+    (beta ``mid-conversation-system``): it stays in its place as a system-role message."""
+
+    role: Literal["user", "assistant", "system"]
     content: Content
 
     @model_validator(mode="after")

@@ -222,7 +222,7 @@ BAD = [
     ("max_tokens-string", body(max_tokens="5"), "max_tokens"),
     ("max_tokens-zero", body(max_tokens=0), "max_tokens"),
     ("no-messages", {"model": "tiny", "max_tokens": 5, "messages": []}, "messages"),
-    ("system-role", {"model": "tiny", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
+    ("tool-role", {"model": "tiny", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "role"),
     (
         "unknown-block",
         {"model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
