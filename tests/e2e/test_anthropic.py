@@ -24,6 +24,8 @@ from tests.servers import Gateway, serving
 KEY_ENV = "HEARTH_TEST_KEY"
 KEY = "sekret-anthropic"
 H = {"x-api-key": KEY}
+BODY_LIMIT = 1 << 20
+CONTEXT = 16384  # the tiny model's
 # model defaults (this SDK has no sampling parameters): greedy, and varied text from the random model
 GREEDY = {"temperature": 0, "repetition_penalty": 1.5}
 
@@ -34,9 +36,8 @@ def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         {"name": "tiny", "path": str(tiny_model), "aliases": ["claude-*"], "defaults": GREEDY},
         {"name": "tiny-raw", "path": str(tiny_model), "strip_billing_header": False, "defaults": GREEDY},
     ]
-    with serving(
-        tmp_path_factory.mktemp("anthropic"), models, server={"api_key_env": KEY_ENV}, env={KEY_ENV: KEY}
-    ) as g:
+    server = {"api_key_env": KEY_ENV, "body_limit": BODY_LIMIT}
+    with serving(tmp_path_factory.mktemp("anthropic"), models, server=server, env={KEY_ENV: KEY}) as g:
         yield g
 
 
@@ -215,6 +216,29 @@ def test_stop_sequences(client: anthropic.Anthropic, gw: Gateway) -> None:
     assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") == prefix
 
 
+def test_max_tokens_is_clamped_to_what_the_context_leaves(gw: Gateway) -> None:
+    """A prompt that leaves a few tokens of room, and the largest max_tokens there is."""
+
+    def count(text: str) -> int:
+        req = {"model": "tiny", "messages": [{"role": "user", "content": text}]}
+        r = gw.http.post("/v1/messages/count_tokens", json=req, headers=H)
+        return int(r.json()["input_tokens"])
+
+    unit = "The quick brown fox jumps over the lazy dog. "
+    base, per = count(""), count(unit * 10) - count("")
+    text = unit * ((CONTEXT - 40 - base) * 10 // per)
+    while count(text) < CONTEXT - 12:
+        text += "dog "
+    room = CONTEXT - count(text)
+    assert 0 < room <= 40
+    r = gw.http.post("/v1/messages", json=body(text, max_tokens=2**31 - 1), headers=H)
+    assert r.status_code == 200, r.text
+    u = r.json()["usage"]
+    assert u["input_tokens"] + u["cache_read_input_tokens"] == CONTEXT - room
+    assert 1 <= u["output_tokens"] <= room
+    assert r.json()["stop_reason"] in ("max_tokens", "end_turn")
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 BAD = [
@@ -288,6 +312,8 @@ def test_not_json_and_too_long(gw: Gateway) -> None:
     assert_error(r, 400, "invalid_request_error", "JSON")
     r = gw.http.post("/v1/messages", content=b"x", headers={**H, "content-type": "text/plain"})
     assert_error(r, 415, "invalid_request_error")
+    r = gw.http.post("/v1/messages", json=body("x" * BODY_LIMIT), headers=H)
+    assert_error(r, 413, "request_too_large")
     long = "The quick brown fox jumps over the lazy dog. " * 3000  # well over the 16k-token context
     for stream in (False, True):
         r = gw.http.post("/v1/messages", json=body(long, stream=stream), headers=H)
