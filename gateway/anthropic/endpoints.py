@@ -56,13 +56,13 @@ async def messages(request: Request) -> Response:
     headers = {"request-id": request_id()}
     try:
         if not req.stream:
-            out = await _unless_gone(request, _whole(client, req.model, inp, params))
+            out = await _unless_gone(request, _whole(client, cfg.name, inp, params))
             if out is GONE:
                 return Response(status_code=499)
             rid, blocks, done = out
             body = MessageShape(rid, req.model).message(blocks.content, done)
             return Response(orjson.dumps(body), media_type="application/json", headers=headers)
-        opened = await _unless_gone(request, _open(client, req.model, inp, params))
+        opened = await _unless_gone(request, _open(client, cfg.name, inp, params))
     except HearthError as e:
         raise _anthropic(e) from None
     if opened is GONE:

@@ -330,3 +330,14 @@ def test_a_request_the_worker_finishes_is_not_cancelled(
     worker.reply(gen.id, "fine")
     assert fut.result(10).status_code == 200
     assert not [m for m in worker.pending(0.3) if isinstance(m, Cancel)]
+
+
+def test_a_client_that_leaves_mid_stream_cancels_the_generation(gw: Gateway, worker: FakeWorker) -> None:
+    body = {"model": "ext", "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=30) as http, http.stream("POST", "/v1/messages", json=body) as r:
+        gen = worker.expect(Generate)
+        worker.send(Delta(gen.id, "Hello", 1))
+        lines = r.iter_lines()
+        assert next(lines) == "event: message_start"
+    # the connection is gone: the gateway tells the worker to stop
+    assert worker.expect(Cancel, timeout=10).id == gen.id
