@@ -84,7 +84,13 @@ def run_claude(claude: str, gw: Gateway, model: str, tmp: Path) -> tuple[subproc
     }
     t0 = time.monotonic()
     done = subprocess.run(
-        [claude, "-p", "Say hello", "--model", model], env=env, cwd=tmp, capture_output=True, text=True, timeout=240
+        [claude, "-p", "Say hello", "--model", model],
+        env=env,
+        cwd=tmp,
+        stdin=subprocess.DEVNULL,  # -p reads piped stdin as more prompt: give it none, never a hang
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     return done, time.monotonic() - t0
 
