@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.anthropic.endpoints import count_tokens, messages
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
@@ -31,26 +32,28 @@ log = logging.getLogger("hearth.app")
 
 async def _hearth_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HearthError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
+        return error_response(NotFound(f"no such path: {request.method} {request.url.path}"), request.url.path)
     if exc.status_code == 405:
-        response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        response = error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"), request.url.path
+        )
         response.headers.update(exc.headers or {})  # Allow: the methods that are
         return response
     err = HearthError(str(exc.detail))
     err.status = exc.status_code
     err.type = "invalid_request_error"
-    return error_response(err)
+    return error_response(err, request.url.path)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(HearthError(f"internal error: {type(exc).__name__}"))
+    return error_response(HearthError(f"internal error: {type(exc).__name__}"), request.url.path)
 
 
 def api_key(config: Config) -> str | None:
@@ -96,6 +99,8 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

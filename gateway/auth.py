@@ -25,7 +25,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         err = Unauthorized("a valid API key is required (Authorization: Bearer KEY or x-api-key)")
-        await error_response(err)(scope, receive, send)
+        await error_response(err, scope["path"])(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
         headers = dict(scope.get("headers") or [])

@@ -41,9 +41,13 @@ from shared.protocol import (
     Message,
     State,
     Step,
+    Tokenize,
+    Tokens,
+    WorkerState,
 )
 
 log = logging.getLogger("hearth.client")
+COUNT_TIMEOUT = 30.0  # seconds a token count may take, waiting for a ready worker included
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class EngineClient:
         self._streams: dict[str, RequestStream] = {}
         self.on_demand: Callable[[str], None] | None = None  # set by the supervisor
         self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
+        self._counts: dict[str, tuple[str, asyncio.Future[int]]] = {}  # tokenize id -> (worker, answer)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recv_task: asyncio.Task[None] | None = None
 
@@ -180,10 +185,17 @@ class EngineClient:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def submit(self, model: str, inp: dict[str, Any], params: dict[str, Any], stream: bool) -> RequestStream:
-        """Queue a generation for ``model`` and dispatch it to a worker; errors before any output."""
-        if model not in self.pool.models:
+    def resolve(self, model: str) -> str:
+        """The configured model a request's name (or alias) means; 404 if none."""
+        cfg = self.config.model(model)
+        if cfg is None or cfg.name not in self.pool.models:
             raise ModelNotFound(f"the model '{model}' does not exist", param="model")
+        return cfg.name
+
+    async def submit(self, model: str, inp: dict[str, Any], params: dict[str, Any], stream: bool) -> RequestStream:
+        """Queue a generation for ``model`` (a name or alias) and dispatch it to a worker; errors
+        before any output."""
+        model = self.resolve(model)
         msg = Generate(id=uuid.uuid4().hex, model=model, input=inp, params=params, stream=stream)
         rs = RequestStream(self, msg)
         await self._dispatch(rs)
@@ -237,6 +249,39 @@ class EngineClient:
             entry.queue.remove(ticket)
             self.pool.notify()  # the next in line may go now
 
+    async def count_tokens(self, model: str, inp: dict[str, Any]) -> int:
+        """How many prompt tokens ``inp`` (a ``Generate.input``) is for ``model``: asked of one of
+        its ready workers (busy or not: tokenizing doesn't take a batch slot). 503 if no answer
+        within ``COUNT_TIMEOUT`` (or ``request_wait``, if shorter), waiting for a worker included."""
+        model = self.resolve(model)
+        deadline = time.monotonic() + min(COUNT_TIMEOUT, self.config.server.request_wait)
+        if self.on_demand is not None:
+            self.on_demand(model)
+        while True:
+            ready = [w for w in self.pool.of_model(model) if w.connected and w.state is WorkerState.READY]
+            if ready:
+                break
+            entry = self.pool.models[model]
+            if entry.failed:
+                raise Unavailable(f"the model '{model}' failed to start: {entry.failed}", code="model_failed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    f"no worker for '{model}' is ready to count tokens; state: {self.pool.model_state(model)}"
+                )
+            await self.pool.wait_change(left)
+        worker = min(ready, key=lambda w: len(w.inflight))
+        rid = uuid.uuid4().hex
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._counts[rid] = (worker.worker_id, answer)
+        try:
+            self.send(worker.worker_id, Tokenize(rid, inp))
+            return await asyncio.wait_for(answer, max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            raise Unavailable(f"the worker for '{model}' did not count the tokens in time") from None
+        finally:
+            self._counts.pop(rid, None)
+
     def cancel(self, rs: RequestStream) -> None:
         log.debug("cancelling request %s on %s", rs.id, rs.worker_id)
         self._streams.pop(rs.id, None)
@@ -252,6 +297,9 @@ class EngineClient:
     def worker_exited(self, worker_id: str, why: str) -> None:
         """The supervisor saw a worker's process end: settle every request it held."""
         handle = self.pool.remove(worker_id)
+        for wid, answer in self._counts.values():
+            if wid == worker_id and not answer.done():
+                answer.set_exception(Unavailable(f"the model worker died while counting tokens ({why})"))
         if handle is None:
             return
         for rid in list(handle.inflight):
@@ -341,6 +389,13 @@ class EngineClient:
             self.pool.notify()
         elif isinstance(msg, Heartbeat):
             handle.heartbeat = msg
+        elif isinstance(msg, (Tokens, Error)) and msg.id in self._counts:
+            wid, answer = self._counts[msg.id]
+            if wid == worker_id and not answer.done():
+                if isinstance(msg, Tokens):
+                    answer.set_result(msg.count)
+                else:
+                    answer.set_exception(from_worker(msg.code, msg.message, msg.param or "messages"))
         elif isinstance(msg, (Delta, Done, Error)):
             rs = self._streams.get(msg.id)
             if rs is None:

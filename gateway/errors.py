@@ -13,10 +13,13 @@
     └── WorkerFailed            502  the worker died or failed mid-request
 
 Before the first byte of a response an error is a JSON body; after it, an SSE error event.
+The body's format follows the path: Anthropic's ``{"type": "error", "error": {"type", "message"}}``
+on ``/v1/messages*`` (its ``type`` from the status, ``ANTHROPIC_TYPES``), OpenAI's elsewhere.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -40,8 +43,41 @@ class HearthError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def anthropic_body(self) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
+        }
+
     def headers(self) -> dict[str, str]:
         return {}
+
+
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    """Paths of the Anthropic Messages API, whose errors take Anthropic's format."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def request_id() -> str:
+    """An id for Anthropic's ``request-id`` header (clients log it with errors)."""
+    return f"req_{uuid.uuid4().hex}"
 
 
 class InvalidRequest(HearthError):
@@ -114,7 +150,13 @@ def from_worker(code: str, message: str, param: str | None = None) -> HearthErro
     return WorkerFailed(message, code=code)
 
 
-def error_response(err: HearthError) -> Response:
+def error_response(err: HearthError, path: str = "") -> Response:
+    """The one mapping of an error to HTTP; ``path`` picks the API's error format."""
+    if is_anthropic(path):
+        headers = {**err.headers(), "request-id": request_id()}
+        return Response(
+            orjson.dumps(err.anthropic_body()), status_code=err.status, media_type="application/json", headers=headers
+        )
     return Response(
         orjson.dumps(err.body()), status_code=err.status, media_type="application/json", headers=err.headers()
     )

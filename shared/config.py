@@ -7,6 +7,7 @@ them in ``hello``, so the gateway can tell a stale worker from a current one.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import importlib.util
 import os
@@ -47,6 +48,10 @@ class ModelConfig:
     warm_cache_bytes: int = 256 << 20  # prompt cache saved at drain for the next worker; 0: off
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
     tool_parser: str | None = None  # an mlx_lm.tool_parsers module; None: what mlx-lm infers from the template
+    aliases: list[str] = field(default_factory=list)  # other names it answers to; fnmatch globs allowed
+    # drop Claude Code's per-request "x-anthropic-billing-header:" system block before templating:
+    # it changes on every request and would defeat the prompt cache
+    strip_billing_header: bool = True
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_SORT_KEYS)
@@ -73,7 +78,8 @@ class ServerConfig:
     restart_limit: int = 5  # crashes within restart_window before a model is marked failed
     restart_window: float = 60.0
     drain_timeout: float = 10.0
-    sse_keepalive: float = 5.0  # SSE comment this often while a stream waits for its first token; 0: off
+    # while a stream waits for its first token: an SSE comment (OpenAI) or a ping (Anthropic) this often
+    sse_keepalive: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,15 @@ class Config:
     models: tuple[ModelConfig, ...]
 
     def model(self, name: str) -> ModelConfig | None:
-        return next((m for m in self.models if m.name == name), None)
+        """The model a request's ``model`` names: its exact name first, then an exact alias, then
+        the first alias pattern (fnmatch, in config order) that matches. Both APIs resolve here."""
+        exact = next((m for m in self.models if m.name == name), None)
+        if exact is not None:
+            return exact
+        exact = next((m for m in self.models if name in m.aliases), None)
+        if exact is not None:
+            return exact
+        return next((m for m in self.models if any(fnmatch.fnmatchcase(name, a) for a in m.aliases)), None)
 
 
 def default_model_path() -> str:
@@ -153,6 +167,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
     if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
         raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
+    if not all(isinstance(a, str) and a.strip() for a in m.aliases):
+        raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
 
@@ -197,6 +213,13 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique: {names}")
+    claimed: dict[str, str] = {}
+    for m in models:
+        for alias in m.aliases:
+            if alias in names:
+                raise ConfigError(f"model {m.name}: alias {alias!r} is another model's name")
+            if claimed.setdefault(alias, m.name) != m.name:
+                raise ConfigError(f"alias {alias!r} is claimed by both {claimed[alias]} and {m.name}")
     for m in models:
         validate_model(m)
     return Config(server=server, models=tuple(models))

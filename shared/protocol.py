@@ -155,12 +155,15 @@ class Delta:
 @dataclass(frozen=True)
 class Done:
     """The request finished; exactly one ``done`` or ``error`` ends every request.
-    ``finish_reason``: stop, length, loop, or tool_calls (it ended after at least one tool call)."""
+    ``finish_reason``: stop, length, loop, or tool_calls (it ended after at least one tool call).
+    ``stop`` is the stop string that ended it (``finish_reason`` "stop"), None for an
+    end-of-sequence token."""
 
     id: str
     finish_reason: str
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    stop: str | None = None
     KIND = Kind.DONE
 
 

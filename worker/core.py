@@ -327,6 +327,7 @@ class EngineCore:
                 "total_s": round(now - live.t_start, 6),
                 "decode_tps": round((live.completion_tokens - 1) / decode_s, 3),
             },
+            stop=live.text.matched if finish == "stop" else None,
         )
 
     def _logprob_entry(self, token: int, logprobs: mx.array, top: int) -> dict[str, Any]:

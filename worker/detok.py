@@ -19,6 +19,7 @@ class TextStream:
         self._stop = [s for s in stop if s]
         self._sent = 0  # characters of detok.text already handed out
         self.stopped = False  # a stop string was reached
+        self.matched: str | None = None  # which one
 
     def push(self, token: int) -> str:
         """Add one generated token; return new text (possibly empty)."""
@@ -37,8 +38,9 @@ class TextStream:
     def _release(self, final: bool) -> str:
         text: str = self._detok.text
         if self._stop:
-            cut = min((i for s in self._stop if (i := text.find(s, self._sent)) >= 0), default=-1)
-            if cut >= 0:
+            found = [(i, s) for s in self._stop if (i := text.find(s, self._sent)) >= 0]
+            if found:
+                cut, self.matched = min(found, key=lambda f: f[0])
                 self.stopped = True
                 out = text[self._sent : cut]
                 self._sent = cut

@@ -81,7 +81,7 @@ async def _generate(
     request: Request, client: EngineClient, req: SamplingFields, inputs: list[dict[str, Any]], shape_cls: type[Shape]
 ) -> Response:
     cfg = client.config.model(req.model)
-    request.scope.setdefault("state", {})["model"] = req.model if cfg else "unknown"  # for metrics
+    request.scope.setdefault("state", {})["model"] = cfg.name if cfg else "unknown"  # for metrics
     params = params_for(req, cfg) if cfg else {}
     specs = expand(inputs, params, req.n)
     want_lp = "logprobs" in params

@@ -153,3 +153,22 @@ def test_smollm2_template_has_no_tools_so_tools_are_refused(two_models: Gateway)
         "/v1/chat/completions", json={"model": "smol", "messages": history, "max_tokens": 8, "temperature": 0}
     )
     assert r.status_code == 200, r.text
+
+
+def test_smol_answers_paris_through_the_messages_api(two_models: Gateway) -> None:
+    """The real model through the Anthropic Messages API (after the test above, SmolLM2 is loaded)."""
+    body = {
+        "model": "smol",
+        "max_tokens": 20,
+        "temperature": 0,
+        "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=1; cch=1;"}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is the capital of France? Answer briefly."}]}
+        ],
+    }
+    r = two_models.http.post("/v1/messages", json=body, timeout=180)
+    assert r.status_code == 200, r.text
+    msg = r.json()
+    assert msg["type"] == "message" and msg["content"][0]["type"] == "text"
+    assert "Paris" in msg["content"][0]["text"]
+    assert msg["stop_reason"] in ("end_turn", "max_tokens")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import zmq
 
 from shared.codec import decode, encode
-from shared.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Message, State, WorkerState
+from shared.protocol import PROTOCOL_VERSION, Delta, Done, Heartbeat, Hello, Message, State, WorkerState
 
 T = TypeVar("T")
 
@@ -87,6 +87,25 @@ class FakeWorker:
 
     def heartbeat(self, **fields: int) -> None:
         self.send(Heartbeat(**fields))
+
+    def reply(
+        self,
+        rid: str,
+        *texts: str,
+        tool_calls: list[dict[str, Any]] | None = None,
+        finish: str = "stop",
+        stop: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> None:
+        """Answer request ``rid``: a delta per text, one delta with ``tool_calls`` (complete, as
+        the worker sends them), then ``done``."""
+        n = 0
+        for n, text in enumerate(texts, 1):
+            self.send(Delta(rid, text, n))
+        if tool_calls:
+            self.send(Delta(rid, "", n + 1, tool_calls=tool_calls))
+        usage = usage or {"prompt_tokens": 5, "completion_tokens": n + bool(tool_calls), "cached_tokens": 0}
+        self.send(Done(rid, finish, usage, stop=stop))
 
     def recv(self, timeout: float = 5.0) -> Message:
         """The next message from the gateway; ``TimeoutError`` if none comes in time."""

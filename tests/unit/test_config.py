@@ -355,6 +355,8 @@ CHANGES: dict[str, Any] = {
     "warm_cache_bytes": 777,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
     "tool_parser": "qwen3_coder",
+    "aliases": ["claude-*"],
+    "strip_billing_header": False,
 }
 
 
@@ -367,3 +369,41 @@ def test_config_hash_changes_when_a_field_changes(field: str, value: Any) -> Non
     changed = dataclasses.replace(FULL_MODEL, **{field: value})
     assert changed != FULL_MODEL
     assert changed.config_hash() != FULL_MODEL.config_hash()
+
+
+# ---- model aliases --------------------------------------------------------------------------
+
+
+def _aliased(*models: tuple[str, list[str]]) -> Config:
+    return make_config(ServerConfig(), [ModelConfig(name=n, path="/x", aliases=a) for n, a in models])
+
+
+def test_aliases_resolve_exact_names_first_then_exact_aliases_then_patterns() -> None:
+    cfg = _aliased(("big", ["claude-*"]), ("small", ["claude-3-haiku", "claude-*-haiku-*"]), ("claude-x", []))
+    assert cfg.model("big").name == "big"  # type: ignore[union-attr]
+    assert cfg.model("claude-x").name == "claude-x"  # type: ignore[union-attr]  # a real name beats big's glob
+    assert cfg.model("claude-3-haiku").name == "small"  # type: ignore[union-attr]  # an exact alias beats a glob
+    assert cfg.model("claude-sonnet-4").name == "big"  # type: ignore[union-attr]  # first matching glob, in order
+    assert cfg.model("claude-haiku-4-5").name == "big"  # type: ignore[union-attr]
+    assert cfg.model("gpt-4") is None
+    assert cfg.model("Claude-sonnet") is None  # case matters
+
+
+def test_two_models_claiming_one_alias_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="claude-3.*both a and b"):
+        _aliased(("a", ["claude-3"]), ("b", ["claude-3"]))
+    with pytest.raises(ConfigError, match="another model's name"):
+        _aliased(("a", ["b"]), ("b", []))
+    with pytest.raises(ConfigError, match="aliases"):
+        _aliased(
+            ("a", [" "]),
+        )
+
+
+def test_aliases_and_strip_billing_header_from_toml(tmp_path: Path) -> None:
+    p = write(tmp_path, '[[models]]\nname = "m"\npath = "/m"\naliases = ["claude-*"]\nstrip_billing_header = false\n')
+    m = load_toml(p).models[0]
+    assert m.aliases == ["claude-*"] and m.strip_billing_header is False
+    assert ModelConfig(name="m", path="/m").strip_billing_header is True  # on by default
+    with pytest.raises(ConfigError, match="aliases"):
+        load_toml(write(tmp_path, '[[models]]\nname = "m"\npath = "/m"\naliases = "claude-*"\n'))

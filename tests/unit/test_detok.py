@@ -148,6 +148,7 @@ def test_earliest_of_several_stop_strings_wins(tok: Any) -> None:
         cut = min(SAMPLE.find(s) for s in stops if s in SAMPLE)
         assert "".join(chunks) == SAMPLE[:cut], stops
         assert ts.stopped
+        assert ts.matched is not None and SAMPLE.find(ts.matched) == cut  # which one, for stop_sequence
 
 
 def test_earliest_wins_when_both_complete_in_one_push(tok: Any) -> None:
@@ -233,7 +234,7 @@ def test_held_prefix_at_the_end_is_released_by_finish(tok: Any) -> None:
 def test_stop_string_that_never_appears_changes_nothing(tok: Any) -> None:
     chunks, ts = stream_all(tok, encode(tok, SAMPLE), ["zzz", "東京!"])
     assert "".join(chunks) == SAMPLE
-    assert not ts.stopped
+    assert not ts.stopped and ts.matched is None
 
 
 def test_empty_stop_strings_are_ignored(tok: Any) -> None:

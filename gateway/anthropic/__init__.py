@@ -1,0 +1,1 @@
+"""The Anthropic Messages API: schemas (validation), translate (to and from the wire), endpoints."""

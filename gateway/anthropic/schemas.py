@@ -1,0 +1,185 @@
+"""Anthropic Messages API request bodies, validated strictly at the edge.
+
+Types are strict, ranges follow Anthropic's, unknown fields are ignored (Claude Code sends many
+Hearth has no use for). Fields Hearth accepts but does not use (``thinking``, ``metadata``,
+``service_tier`` …) are still type-checked. Content blocks are told apart by ``type``; an image
+or document is refused by name, since the models are text-only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_validator,
+)
+
+MAX_INT = 2**31 - 1
+Float = StrictFloat | StrictInt
+Prob = Annotated[Float, Field(ge=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextBlock(_Strict):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ToolUseBlock(_Strict):
+    type: Literal["tool_use"]
+    id: StrictStr
+    name: StrictStr
+    input: dict[str, Any]
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: StrictStr
+    content: SystemPrompt | None = None  # a string or text blocks, like a system prompt
+    is_error: StrictBool | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n\n".join(b.text for b in self.content)
+        return self.content or ""
+
+
+class ThinkingBlock(_Strict):
+    """A thinking block a client sends back from an earlier turn: accepted and left out of the
+    prompt (Hearth never produces them itself)."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
+class _Unsupported(_Strict):
+    """Block types a text-only model can't take: a 400 that says so."""
+
+    type: StrictStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind in ("image", "document"):
+            raise ValueError(f"images are not supported by this text-only model (content block type {kind!r})")
+        known = "text, tool_use, tool_result"
+        raise ValueError(f"unsupported content block type {kind!r}; Hearth takes {known}")
+
+
+# Union members are told apart by the block's ``type`` (so an error speaks of that one member
+# only); the tags are capitalised so error locations leave them out (gateway.bodies._param).
+_TAGS = {"text": "Text", "tool_use": "ToolUse", "tool_result": "ToolResult"}
+
+
+def _block_tag(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    if kind in ("thinking", "redacted_thinking"):
+        return "Thinking"
+    return _TAGS.get(str(kind), "Unsupported")
+
+
+Block = Annotated[
+    Annotated[TextBlock, Tag("Text")]
+    | Annotated[ToolUseBlock, Tag("ToolUse")]
+    | Annotated[ToolResultBlock, Tag("ToolResult")]
+    | Annotated[ThinkingBlock, Tag("Thinking")]
+    | Annotated[_Unsupported, Tag("Unsupported")],
+    Discriminator(_block_tag),
+]
+
+
+def _str_or_list(v: Any) -> str:
+    return "Str" if isinstance(v, str) else "List"
+
+
+Content = Annotated[Annotated[StrictStr, Tag("Str")] | Annotated[list[Block], Tag("List")], Discriminator(_str_or_list)]
+SystemPrompt = Annotated[
+    Annotated[StrictStr, Tag("Str")] | Annotated[list[TextBlock], Tag("List")], Discriminator(_str_or_list)
+]
+
+
+class InputMessage(_Strict):
+    """A turn. ``system`` inside ``messages`` is Claude Code's mid-conversation system message
+    (beta ``mid-conversation-system``): it stays in its place as a system-role message."""
+
+    role: Literal["user", "assistant", "system"]
+    content: Content
+
+    @model_validator(mode="after")
+    def _blocks_fit_role(self) -> InputMessage:
+        if isinstance(self.content, list):
+            for i, b in enumerate(self.content):
+                if isinstance(b, ToolUseBlock) and self.role != "assistant":
+                    raise ValueError(f"content[{i}]: tool_use blocks belong in assistant messages")
+                if isinstance(b, ToolResultBlock) and self.role != "user":
+                    raise ValueError(f"content[{i}]: tool_result blocks belong in user messages")
+        return self
+
+
+class Tool(_Strict):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    description: StrictStr | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: StrictStr | None = None
+    disable_parallel_tool_use: StrictBool | None = None  # accepted; the worker decides how many calls
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("a tool_choice of type 'tool' needs the tool's name")
+        return self
+
+
+class PromptFields(_Strict):
+    """What becomes the prompt: shared by ``/v1/messages`` and ``/v1/messages/count_tokens``, so
+    both translate it the same way and count the same tokens."""
+
+    model: StrictStr
+    messages: Annotated[list[InputMessage], Field(min_length=1, max_length=100_000)]
+    system: SystemPrompt | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: dict[str, Any] | None = None  # accepted and ignored
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> PromptFields:
+        tc = self.tool_choice
+        if tc is not None and tc.type == "tool" and tc.name not in {t.name for t in self.tools or []}:
+            raise ValueError(f"tool_choice: it names the tool {tc.name!r}, which is not in tools")
+        return self
+
+
+class MessagesRequest(PromptFields):
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
+    stop_sequences: Annotated[list[StrictStr], Field(max_length=16)] | None = None
+    temperature: Annotated[Float, Field(ge=0, le=1)] | None = None
+    top_p: Prob | None = None
+    top_k: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
+    stream: StrictBool = False
+    # accepted and ignored (type-checked so a malformed one is still a clear 400)
+    metadata: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    service_tier: StrictStr | None = None
+    container: StrictStr | dict[str, Any] | None = None
+    mcp_servers: list[Any] | None = None
+
+
+class CountTokensRequest(PromptFields):
+    """``/v1/messages/count_tokens``: the prompt fields alone (no ``max_tokens``)."""
