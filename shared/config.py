@@ -19,9 +19,12 @@ from typing import Any
 
 import orjson
 
+from shared.units import FOREVER, parse_duration, parse_size
+
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
+ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,16 @@ class ModelConfig:
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
     prompt_cache_entries: int = 16  # cached sequences per worker
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
+    # idle unload after this long without requests: seconds or "30s"/"5m"/"1h"; -1/"forever": never;
+    # 0: as soon as idle. None: forever for a preloaded model, 5 minutes for an on-demand one.
+    keep_alive: float | str | None = None
+    pin: bool = False  # never unloaded for idleness nor evicted for another model (an admin still may)
+
+    def keep_alive_seconds(self) -> float:
+        """The configured idle time before unload, in seconds (``FOREVER``: never)."""
+        if self.keep_alive is None:
+            return FOREVER if self.preload else ON_DEMAND_KEEP_ALIVE
+        return parse_duration(self.keep_alive)
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_SORT_KEYS)
@@ -70,6 +83,11 @@ class ServerConfig:
     restart_limit: int = 5  # crashes within restart_window before a model is marked failed
     restart_window: float = 60.0
     drain_timeout: float = 10.0
+    max_loaded_models: int = 0  # models resident at once (0: no limit); the least recently used idle one goes
+    memory_budget: int | str = 0  # bytes or "16GiB": estimated memory of the resident models (0: no limit)
+
+    def memory_budget_bytes(self) -> int:
+        return parse_size(self.memory_budget)
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,19 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes and prompt_cache_entries must be >= 0")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
+    try:
+        m.keep_alive_seconds()
+    except ValueError as e:
+        raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
+
+
+def validate_server(s: ServerConfig) -> None:
+    if s.max_loaded_models < 0:
+        raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
+    try:
+        s.memory_budget_bytes()
+    except ValueError as e:
+        raise ConfigError(f"server: memory_budget: {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
@@ -189,6 +220,7 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique: {names}")
+    validate_server(server)
     for m in models:
         validate_model(m)
     return Config(server=server, models=tuple(models))
