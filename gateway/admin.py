@@ -122,7 +122,8 @@ async def load_model(request: Request) -> Response:
         raise InvalidRequest("wait must be true or false", param="wait")
     timeout = sup.config.server.request_wait
     if wait in ("false", "0"):
-        sup.spawn(_load_quietly(sup, name, timeout))
+        if sup.begin_load(name) is not None:  # no room yet: keep trying in the background
+            sup.spawn(_load_quietly(sup, name, timeout))
         return _json(describe(sup, name), status=202)
     deadline = time.monotonic() + timeout
     await sup.load(name, timeout)

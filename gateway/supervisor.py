@@ -273,21 +273,27 @@ class Supervisor:
         runner.start()
         return None
 
-    async def load(self, name: str, timeout: float) -> None:
-        """Load ``name`` (by admin), waiting up to ``timeout`` for room; a failed model gets a
-        fresh start. Does not wait for it to become ready."""
+    def begin_load(self, name: str) -> str | None:
+        """An admin's load: like a request's (``ensure_loaded``), but a failed model gets a fresh
+        start and a preloaded one counts for /ready again."""
         runner = self.runners[name]
         entry = runner.entry
         if not runner.running:
             entry.failed = None
-        entry.required = runner.cfg.preload  # an admin brought it back: /ready waits for it again
+        entry.required = runner.cfg.preload
         entry.last_used = time.monotonic()
+        return self.ensure_loaded(name)
+
+    async def load(self, name: str, timeout: float) -> None:
+        """``begin_load``, waiting up to ``timeout`` for room; does not wait for readiness."""
         deadline = time.monotonic() + timeout
-        while (blocked := self.ensure_loaded(name)) is not None:
+        blocked = self.begin_load(name)
+        while blocked is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unavailable(f"the model '{name}' could not be loaded in time: {blocked}")
             await self.client.pool.wait_change(min(left, 1.0))
+            blocked = self.ensure_loaded(name)
 
     async def unload(self, name: str, reason: str = "admin") -> None:
         """Unload ``name`` and wait until its workers have exited."""
