@@ -71,6 +71,7 @@ class ModelRunner:
         self.generations = [0] * cfg.replicas  # worker ids stay unique across restarts and reloads
         self.given_up = 0
         self.leaving = False  # being unloaded
+        self.unloads = 0  # how many times: an escalation belongs to one unload
         self.unloaded = asyncio.Event()  # set while no replica task runs
         self.unloaded.set()
 
@@ -103,6 +104,7 @@ class ModelRunner:
             return
         log.info("unloading %s (%s)", self.cfg.name, reason)
         self.leaving = True
+        self.unloads += 1
         entry = self.entry
         entry.unloading = True
         entry.required = False  # unloaded on purpose: /ready no longer waits for it
@@ -116,14 +118,14 @@ class ModelRunner:
             elif proc is not None and proc.returncode is None:
                 proc.terminate()  # not connected yet: a drain could not reach it
         pool.notify()
-        self.sup.spawn(self._escalate())
+        self.sup.spawn(self._escalate(self.unloads))
 
-    async def _escalate(self) -> None:
+    async def _escalate(self, unload: int) -> None:
         """Workers that don't exit after the drain timeout get SIGTERM, then SIGKILL."""
         for sig, wait in (("drain", self.sup.config.server.drain_timeout), ("terminate", 3.0), ("kill", 3.0)):
             alive = [p for p in self.procs.values() if p.returncode is None]
-            if not alive or not self.leaving:
-                return
+            if not alive or not self.leaving or self.unloads != unload:
+                return  # done, or the model was loaded (and maybe unloaded) again meanwhile
             if sig != "drain":
                 log.warning("%s: %d worker(s) did not exit after draining; %s", self.cfg.name, len(alive), sig)
                 for p in alive:

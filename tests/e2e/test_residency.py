@@ -95,8 +95,10 @@ def test_a_request_sets_the_keep_alive_from_then_on_like_ollama(gw: Gateway) -> 
     assert ask(gw, "ka", keep_alive=-1).status_code == 200
     m = model(gw, "ka")
     assert m["keep_alive_seconds"] is None and m["expires_at"] is None  # forever
-    time.sleep(2.5)  # longer than the configured 1.5 s
-    assert state(gw, "ka") == "ready"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:  # longer than the configured 1.5 s
+        assert state(gw, "ka") == "ready"
+        time.sleep(0.25)
 
     assert ask(gw, "ka", keep_alive="10m").status_code == 200
     m = model(gw, "ka")
@@ -173,6 +175,28 @@ def test_admin_load_and_unload(gw: Gateway) -> None:
     r = gw.http.post("/admin/models/ka/load?wait=maybe")
     assert r.status_code == 400 and r.json()["error"]["param"] == "wait"
     assert gw.http.get("/admin/models/ka/unload").status_code == 405
+
+
+def test_unloading_a_busy_model_lets_its_requests_finish_and_does_not_restart_it(gw: Gateway) -> None:
+    def restarts() -> str:
+        return [
+            x for x in gw.http.get("/metrics").text.splitlines() if x.startswith('hearth_worker_restarts{model="ka"')
+        ][0]
+
+    assert gw.http.post("/admin/models/ka/load").status_code == 200
+    before = restarts()
+    body = chat("ka", max_tokens=300, stream=True, loop_guard=False, logit_bias={str(i): -100 for i in range(3)})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with gw.http.stream("POST", CHAT, json=body) as s:
+            lines = s.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            unloading = pool.submit(lambda: gw.http.post("/admin/models/ka/unload"))
+            wait_for(lambda: state(gw, "ka") == "unloading", gw, timeout=10, why="unloading")
+            rest = [json.loads(x[6:]) if x != "data: [DONE]" else x for x in lines if x.startswith("data: ")]
+        r = unloading.result(timeout=60)
+    assert rest[-1] == "data: [DONE]" and rest[-2]["choices"][0]["finish_reason"] == "length"
+    assert r.status_code == 200 and r.json()["state"] == "unloaded"
+    assert restarts() == before and state(gw, "ka") == "unloaded"
 
 
 def test_ready_forgets_a_preloaded_model_unloaded_on_purpose_until_an_admin_loads_it(gw: Gateway) -> None:
