@@ -25,7 +25,6 @@ from gateway.pool import Pool, WorkerHandle
 from gateway.router import affinity_key
 from shared.codec import ProtocolError, decode, encode
 from shared.config import Config
-from shared.units import parse_duration
 from shared.protocol import (
     ERROR_NOT_READY,
     ERROR_WORKER_DIED,
@@ -42,6 +41,7 @@ from shared.protocol import (
     State,
     WorkerState,
 )
+from shared.units import parse_duration
 
 log = logging.getLogger("hearth.client")
 
