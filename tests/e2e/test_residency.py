@@ -331,11 +331,15 @@ def test_a_request_that_cannot_get_room_in_time_is_a_503_naming_the_limit(one_at
 
 @pytest.fixture(scope="module")
 def budget_gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    weights = sum(f.stat().st_size for f in tiny_model.glob("*.safetensors"))
+    small = {"path": str(tiny_model), "preload": False, "prompt_cache_bytes": 40 << 20}  # ~40 MiB each
     models = [
-        {"name": "small", "path": str(tiny_model), "preload": False, "prompt_cache_bytes": 0},
+        {"name": "small", **small},
+        {"name": "small2", **small},
         {"name": "big", "path": str(tiny_model), "preload": False},  # + 1 GiB of prompt cache
     ]
-    with serving(tmp_path_factory.mktemp("budget"), models, server={"memory_budget": "100MiB"}) as g:
+    assert 2 * (weights + (40 << 20)) > 60 << 20  # the budget holds one small model, not two
+    with serving(tmp_path_factory.mktemp("budget"), models, server={"memory_budget": "60MiB"}) as g:
         yield g
 
 
@@ -345,12 +349,21 @@ def test_a_model_over_the_memory_budget_is_a_503_at_once_naming_the_budget(budge
     assert r.status_code == 503 and time.monotonic() - t0 < 5
     err = r.json()["error"]
     assert (
-        err["code"] == "memory_budget_exceeded" and "memory_budget" in err["message"] and "100.0 MiB" in err["message"]
+        err["code"] == "memory_budget_exceeded" and "memory_budget" in err["message"] and "60.0 MiB" in err["message"]
     )
     r = budget_gw.http.post("/admin/models/big/load")
     assert r.status_code == 503 and r.json()["error"]["code"] == "memory_budget_exceeded"
     assert ask(budget_gw, "small").status_code == 200  # a model that fits loads
     assert state(budget_gw, "big") == "unloaded"
+
+
+def test_the_budget_evicts_the_least_recently_used_idle_model(budget_gw: Gateway) -> None:
+    assert ask(budget_gw, "small").status_code == 200
+    assert ask(budget_gw, "small2").status_code == 200
+    assert state(budget_gw, "small") == "unloaded" and state(budget_gw, "small2") == "ready"
+    assert unloads(budget_gw, "small", "evicted") == 1
+    data = admin(budget_gw)
+    assert data["memory_budget_bytes"] == 60 << 20 and data["memory_estimate_bytes"] <= 60 << 20
 
 
 def test_a_preloaded_model_over_the_budget_fails_the_start(tiny_model: Path, tmp_path: Path) -> None:
