@@ -16,10 +16,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.anthropic.endpoints import count_tokens, messages
+from gateway import admin, residency
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
+from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
@@ -66,16 +68,29 @@ def api_key(config: Config) -> str | None:
     return key
 
 
+def check_residency(config: Config) -> dict[str, Estimate]:
+    """Every model's memory estimate; a ConfigError if the preloaded and pinned models can't all
+    be resident together under ``max_loaded_models`` and ``memory_budget``."""
+    estimates = {m.name: estimate(m) for m in config.models}
+    limits = residency.Limits(config.server.max_loaded_models, config.server.memory_budget_bytes())
+    always = [(m.name, estimates[m.name].total) for m in config.models if m.replicas and (m.preload or m.pin)]
+    problem = residency.startup_problem(always, limits)
+    if problem:
+        raise ConfigError(problem)
+    return estimates
+
+
 def create_app(config: Config) -> Starlette:
     for m in config.models:
         check_defaults(m)
+    estimates = check_residency(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()
         client = EngineClient(config, config.server.endpoint or default_endpoint(runtime), metrics)
         await client.start()
-        supervisor = Supervisor(config, client)
+        supervisor = Supervisor(config, client, estimates)
         metrics.watch_pool(client.pool, supervisor.restarts)
         app.state.client = client
         app.state.supervisor = supervisor
@@ -101,6 +116,9 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/admin/models", admin.list_models, methods=["GET"]),
+        Route("/admin/models/{name:path}/load", admin.load_model, methods=["POST"]),
+        Route("/admin/models/{name:path}/unload", admin.unload_model, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

@@ -1,4 +1,4 @@
-"""The ``hearth`` command: ``serve``, ``import-gguf`` and ``bench``.
+"""The ``hearth`` command: ``serve``, ``import-gguf``, ``ps`` (gateway/ps.py) and ``bench``.
 
 ``serve`` builds the configuration once (flags or TOML; the embedded default model with
 neither) and runs the gateway on uvicorn. ``import-gguf`` converts a GGUF file into an MLX
@@ -94,12 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("out")
     g.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
     sub.add_parser("bench", help="load-test OpenAI-compatible servers (see hearth bench --help)", add_help=False)
+    sub.add_parser("ps", help="show what a running server has loaded (see hearth ps --help)", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["bench"]:
         from gateway.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["ps"]:
+        from gateway.ps import main as ps_main
+
+        return ps_main(argv[1:])
     args = p.parse_args(argv)
     os.environ["HEARTH_LOG_LEVEL"] = args.log_level.upper()  # workers inherit it
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

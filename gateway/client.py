@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from gateway.errors import HearthError, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
+from gateway.errors import HearthError, InvalidRequest, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
 from gateway.metrics import Metrics
 from gateway.pool import Pool, WorkerHandle
 from gateway.router import affinity_key
@@ -45,6 +45,7 @@ from shared.protocol import (
     Tokens,
     WorkerState,
 )
+from shared.units import parse_duration
 
 log = logging.getLogger("hearth.client")
 COUNT_TIMEOUT = 30.0  # seconds a token count may take, waiting for a ready worker included
@@ -162,7 +163,9 @@ class EngineClient:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._streams: dict[str, RequestStream] = {}
-        self.on_demand: Callable[[str], None] | None = None  # set by the supervisor
+        # set by the supervisor: load a model if need be; returns why it can't load yet (None: it is
+        # loaded or loading), raises Unavailable if it never can
+        self.on_demand: Callable[[str], str | None] | None = None
         self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
         self._counts: dict[str, tuple[str, asyncio.Future[int]]] = {}  # tokenize id -> (worker, answer)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -192,10 +195,27 @@ class EngineClient:
             raise ModelNotFound(f"the model '{model}' does not exist", param="model")
         return cfg.name
 
-    async def submit(self, model: str, inp: dict[str, Any], params: dict[str, Any], stream: bool) -> RequestStream:
+    async def submit(
+        self,
+        model: str,
+        inp: dict[str, Any],
+        params: dict[str, Any],
+        stream: bool,
+        keep_alive: float | str | None = None,
+    ) -> RequestStream:
         """Queue a generation for ``model`` (a name or alias) and dispatch it to a worker; errors
-        before any output."""
+        before any output.
+
+        ``keep_alive`` (seconds or "5m"; -1/"forever": never; 0: at once) is how long the model
+        stays loaded once idle after this request, as with Ollama: each request sets it, and a
+        request without it goes back to the model's configured ``keep_alive``."""
         model = self.resolve(model)
+        entry = self.pool.models[model]
+        try:
+            entry.keep_alive = None if keep_alive is None else parse_duration(keep_alive)
+        except ValueError as e:
+            raise InvalidRequest(str(e), param="keep_alive") from None
+        self.pool.touch(model)
         msg = Generate(id=uuid.uuid4().hex, model=model, input=inp, params=params, stream=stream)
         rs = RequestStream(self, msg)
         await self._dispatch(rs)
@@ -217,9 +237,8 @@ class EngineClient:
         """A worker with room, first come first served; bounded in number (429) and time (503).
         ``admitted``: a re-dispatched request, already past the queue bound once."""
         entry = self.pool.models[model]
-        if self.on_demand is not None:
-            self.on_demand(model)  # a model that is not preloaded starts on its first request
-        if not entry.queue:
+        blocked = self._load(model)  # a model that is not loaded starts on its first request
+        if not entry.queue and blocked is None:
             worker = self.pool.pick(model, affinity)
             if worker is not None:
                 return worker
@@ -235,12 +254,15 @@ class EngineClient:
             while True:
                 if entry.failed:
                     raise Unavailable(f"the model '{model}' failed to start: {entry.failed}", code="model_failed")
-                if entry.queue[0] is ticket:
+                blocked = self._load(model)
+                if entry.queue[0] is ticket and blocked is None:
                     worker = self.pool.pick(model, affinity)
                     if worker is not None:
                         return worker
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if blocked is not None:
+                        raise Unavailable(f"the model '{model}' could not be loaded in time: {blocked}")
                     raise Unavailable(
                         f"no worker for '{model}' became ready in time; state: {self.pool.model_state(model)}"
                     )
@@ -249,15 +271,17 @@ class EngineClient:
             entry.queue.remove(ticket)
             self.pool.notify()  # the next in line may go now
 
+    def _load(self, model: str) -> str | None:
+        return self.on_demand(model) if self.on_demand is not None else None
+
     async def count_tokens(self, model: str, inp: dict[str, Any]) -> int:
         """How many prompt tokens ``inp`` (a ``Generate.input``) is for ``model``: asked of one of
         its ready workers (busy or not: tokenizing doesn't take a batch slot). 503 if no answer
         within ``COUNT_TIMEOUT`` (or ``request_wait``, if shorter), waiting for a worker included."""
         model = self.resolve(model)
         deadline = time.monotonic() + min(COUNT_TIMEOUT, self.config.server.request_wait)
-        if self.on_demand is not None:
-            self.on_demand(model)
         while True:
+            self._load(model)  # an unloaded model loads (within the residency limits) to count
             ready = [w for w in self.pool.of_model(model) if w.connected and w.state is WorkerState.READY]
             if ready:
                 break
@@ -289,6 +313,7 @@ class EngineClient:
         if worker is not None:
             if rs.id in worker.inflight:
                 worker.inflight.discard(rs.id)
+                self.pool.touch(worker.model)
                 self.pool.notify()
             self.send(worker.worker_id, Cancel(rs.id))
 
@@ -302,6 +327,8 @@ class EngineClient:
                 answer.set_exception(Unavailable(f"the model worker died while counting tokens ({why})"))
         if handle is None:
             return
+        if handle.model in self.pool.models and handle.inflight:
+            self.pool.touch(handle.model)
         for rid in list(handle.inflight):
             rs = self._streams.get(rid)
             if rs is None:
@@ -385,6 +412,9 @@ class EngineClient:
             handle.state = msg.state
             handle.detail = msg.detail
             handle.context_length = msg.context_length or handle.context_length
+            entry = self.pool.models[handle.model]
+            if msg.state is WorkerState.READY and entry.ready_since is None:
+                entry.ready_since = time.monotonic()
             log.info("worker %s is %s %s", worker_id, msg.state, msg.detail)
             self.pool.notify()
         elif isinstance(msg, Heartbeat):
@@ -406,6 +436,7 @@ class EngineClient:
             if isinstance(msg, (Done, Error)):
                 del self._streams[msg.id]
                 handle.inflight.discard(msg.id)
+                self.pool.touch(handle.model)
                 self.pool.notify()
                 if isinstance(msg, Error) and msg.code == ERROR_NOT_READY and not rs.started and not rs.redispatched:
                     rs.redispatched = True  # a draining worker turned it away: another replica may take it
@@ -448,4 +479,6 @@ class EngineClient:
         handle.pid = msg.pid
         handle.last_seen = time.monotonic()
         log.info("worker %s (pid %s) joined for %s", worker_id, msg.pid, msg.model)
+        if self.pool.models[msg.model].unloading:
+            self.send(worker_id, Drain())  # its model is being unloaded: it exits rather than serve
         self.pool.notify()

@@ -39,6 +39,9 @@ class Metrics:
         self.cached_tokens = Counter(
             "hearth_prompt_cache_hit_tokens", "Prompt tokens served from the KV cache", ["model"], registry=r
         )
+        self.unloads = Counter(
+            "hearth_model_unloads", "Models unloaded, by reason (idle, evicted, admin)", ["model", "reason"], registry=r
+        )
 
     def observe_done(self, model: str, usage: dict[str, int]) -> None:
         self.prompt_tokens.labels(model).inc(usage.get("prompt_tokens", 0))
@@ -67,7 +70,16 @@ class _PoolCollector(Collector):
             "hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"]
         )
         cache = GaugeMetricFamily("hearth_prompt_cache_bytes", "KV prompt cache held by workers", labels=["model"])
+        models = GaugeMetricFamily(
+            "hearth_models", "Models by state (1 for the state each model is in)", labels=["model", "state"]
+        )
+        loaded = GaugeMetricFamily(
+            "hearth_loaded_models", "Models whose workers the supervisor runs (loading, ready or unloading)"
+        )
+        resident = 0
         for name, entry in self.pool.models.items():
+            models.add_metric([name, self.pool.model_state(name)], 1)
+            resident += entry.resident
             ws = self.pool.of_model(name)
             running.add_metric([name], sum(w.heartbeat.running for w in ws if w.heartbeat))
             waiting.add_metric([name], entry.waiting + sum(w.heartbeat.waiting for w in ws if w.heartbeat))
@@ -79,7 +91,8 @@ class _PoolCollector(Collector):
                 workers.add_metric([name, state], count)
             restarts.add_metric([name], self.restarts.get(name, 0))
             cache.add_metric([name], sum(w.heartbeat.cache_bytes for w in ws if w.heartbeat))
-        yield from (running, waiting, workers, restarts, cache)
+        loaded.add_metric([], resident)
+        yield from (running, waiting, workers, restarts, cache, models, loaded)
 
 
 class RequestMetricsMiddleware:

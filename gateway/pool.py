@@ -53,10 +53,22 @@ class ModelEntry:
     cfg: ModelConfig
     failed: str | None = None  # why the supervisor gave up on it
     queue: deque[object] = field(default_factory=deque)  # tickets of requests waiting, in order
+    resident: bool = False  # the supervisor runs worker processes for it (loading, ready or unloading)
+    unloading: bool = False  # its workers are draining on purpose: no new requests go to them
+    required: bool = False  # /ready waits for it: preloaded, and not unloaded on purpose since
+    last_used: float = 0.0  # monotonic: a request for it started or ended
+    ready_since: float | None = None  # monotonic: its first worker became ready (this load)
+    keep_alive: float | None = None  # the last request's keep_alive override (None: the config's)
+
+    def __post_init__(self) -> None:
+        self.required = self.cfg.preload
 
     @property
     def waiting(self) -> int:
         return len(self.queue)
+
+    def keep_alive_seconds(self) -> float:
+        return self.cfg.keep_alive_seconds() if self.keep_alive is None else self.keep_alive
 
 
 class Pool:
@@ -95,9 +107,23 @@ class Pool:
     def of_model(self, model: str) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.model == model]
 
+    def touch(self, model: str) -> None:
+        """A request for ``model`` started or ended: its keep-alive counts from now."""
+        self.models[model].last_used = time.monotonic()
+
+    def running(self, model: str) -> int:
+        """Requests of ``model`` dispatched to its workers and not finished."""
+        return sum(len(w.inflight) for w in self.of_model(model))
+
+    def is_idle(self, model: str) -> bool:
+        """No request for ``model`` is running or waiting."""
+        return not self.models[model].queue and self.running(model) == 0
+
     def pick(self, model: str, affinity: str | None = None) -> WorkerHandle | None:
         """A ready worker of ``model`` with room in its batch: the one that served this
         conversation before if it is about as free as the least loaded, else the least loaded."""
+        if self.models[model].unloading:
+            return None
         limit = self.models[model].cfg.max_batch
         views = [
             WorkerView(w.worker_id, w.state, len(w.inflight), limit)
@@ -121,6 +147,10 @@ class Pool:
         entry = self.models[model]
         if entry.failed:
             return "failed"
+        if entry.unloading:
+            return "unloading"
+        if entry.cfg.replicas and not entry.resident and not self.of_model(model):
+            return "unloaded"
         states = {w.state for w in self.of_model(model) if w.connected}
         # a worker in `failed` is about to exit and be restarted: the model is not failed (yet)
         for s in (WorkerState.READY, WorkerState.LOADING, WorkerState.DRAINING):
@@ -129,14 +159,15 @@ class Pool:
         return "starting"
 
     def is_ready(self) -> bool:
-        """Every preloaded model has a ready worker."""
-        return all(self.model_state(n) == "ready" for n, e in self.models.items() if e.cfg.preload)
+        """Every required model (preloaded, and not unloaded on purpose since) has a ready worker."""
+        return all(self.model_state(n) == "ready" for n, e in self.models.items() if e.required)
 
     def describe(self, model: str) -> dict[str, Any]:
         entry = self.models[model]
         return {
             "state": self.model_state(model),
             "preload": entry.cfg.preload,
+            "pinned": entry.cfg.pin,
             "detail": entry.failed,
             "waiting": entry.waiting,
             "workers": [w.describe() for w in self.of_model(model)],

@@ -1,11 +1,16 @@
-"""Spawning, watching and restarting worker processes.
+"""Spawning, watching, restarting and unloading worker processes.
 
-One task per model replica runs the spawn -> wait -> restart cycle. Workers are started by
-exec (``python -m worker``), never fork, with OpenBLAS preloaded on Linux; they exit when the
-gateway goes. A crash restarts the replica with exponential back-off; ``restart_limit`` crashes
-within ``restart_window`` seconds mark the model ``failed`` (with the reason) in /ready and
-/v1/models. A worker whose heartbeats stop is killed and counted as a crash. Shutdown
-escalates: drain, then SIGTERM, then SIGKILL.
+Each model has a ``ModelRunner``: loading it starts one task per replica running the spawn ->
+wait -> restart cycle; unloading it drains its workers (they finish in-flight work and exit)
+and ends those tasks, without counting the exits as crashes. Workers are started by exec
+(``python -m worker``), never fork, with OpenBLAS preloaded on Linux; they exit when the
+gateway goes. A crash restarts the replica with exponential back-off; ``restart_limit``
+crashes within ``restart_window`` seconds mark the model ``failed`` (with the reason) in /ready
+and /v1/models. A worker whose heartbeats stop is killed and counted as a crash.
+
+The ``Supervisor`` loads models on demand (a request for an unloaded model) or by admin, and
+unloads them when their keep-alive runs out, when another model needs their room, or by admin;
+the decisions are gateway/residency.py's. Shutdown escalates: drain, then SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,16 +22,25 @@ import re
 import sys
 import time
 from collections import deque
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+from gateway import residency
 from gateway.client import EngineClient
+from gateway.errors import Unavailable
+from gateway.memory import Estimate, estimate
+from gateway.pool import ModelEntry
 from shared.blas import with_openblas
 from shared.config import Config, ModelConfig
+from shared.protocol import Drain, WorkerState
 
 log = logging.getLogger("hearth.supervisor")
 ROOT = Path(__file__).resolve().parent.parent
 WATCH_EVERY = 1.0
+RESIDENCY_EVERY = 0.25  # how often keep-alive expiry is checked
 MAX_BACKOFF = 30.0
+UNLOAD_REASONS = ("idle", "evicted", "admin")
 
 
 def worker_command(endpoint: str, worker_id: str, model: ModelConfig) -> list[str]:
@@ -45,80 +59,261 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-class Supervisor:
-    def __init__(self, config: Config, client: EngineClient) -> None:
-        self.config = config
-        self.client = client
+class ModelRunner:
+    """One model's worker processes: started together by ``start``, drained together by ``unload``."""
+
+    def __init__(self, sup: Supervisor, cfg: ModelConfig) -> None:
+        self.sup = sup
+        self.cfg = cfg
+        self.slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.name)
+        self.tasks: list[asyncio.Task[None]] = []
         self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.restarts: dict[str, int] = {}
-        self.started: set[str] = set()  # models whose replicas are running
-        self.given_up: dict[str, int] = {}  # replicas that used up their restart budget
-        self.stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self.generations = [0] * cfg.replicas  # worker ids stay unique across restarts and reloads
+        self.given_up = 0
+        self.leaving = False  # being unloaded
+        self.unloads = 0  # how many times: an escalation belongs to one unload
+        self.unloaded = asyncio.Event()  # set while no replica task runs
+        self.unloaded.set()
 
-    async def start(self) -> None:
-        """Start the preloaded models' workers now; the others on their first request."""
-        self.client.on_demand = self.ensure_started
-        for m in self.config.models:
-            if m.preload:
-                self.ensure_started(m.name)
-        self._tasks.append(asyncio.create_task(self._watchdog()))
+    @property
+    def entry(self) -> ModelEntry:
+        return self.sup.client.pool.models[self.cfg.name]
 
-    def ensure_started(self, name: str) -> None:
-        if name in self.started or self.stopping:
+    @property
+    def running(self) -> bool:
+        """Its replica tasks run (loading, ready or draining)."""
+        return any(not t.done() for t in self.tasks)
+
+    def start(self) -> None:
+        entry = self.entry
+        entry.failed = None
+        entry.resident = True
+        entry.unloading = False
+        entry.ready_since = None
+        entry.last_used = time.monotonic()
+        self.leaving = False
+        self.given_up = 0
+        self.unloaded.clear()
+        self.tasks = [asyncio.create_task(self._run_replica(r)) for r in range(self.cfg.replicas)]
+        log.info("loading %s (%d replica(s))", self.cfg.name, self.cfg.replicas)
+        self.sup.client.pool.notify()
+
+    def unload(self, reason: str) -> None:
+        """Drain this model's workers (in-flight requests finish), then let them exit for good."""
+        if not self.running or self.leaving:
             return
-        self.started.add(name)
-        m = next(m for m in self.config.models if m.name == name)
-        for replica in range(m.replicas):
-            self._tasks.append(asyncio.create_task(self._run_replica(m, replica)))
+        log.info("unloading %s (%s)", self.cfg.name, reason)
+        self.leaving = True
+        self.unloads += 1
+        entry = self.entry
+        entry.unloading = True
+        entry.required = False  # unloaded on purpose: /ready no longer waits for it
+        if self.sup.client.metrics is not None:
+            self.sup.client.metrics.unloads.labels(self.cfg.name, reason).inc()
+        pool = self.sup.client.pool
+        for w in pool.of_model(self.cfg.name):
+            proc = self.procs.get(w.worker_id)
+            if w.connected:
+                self.sup.client.send(w.worker_id, Drain())
+            elif proc is not None and proc.returncode is None:
+                proc.terminate()  # not connected yet: a drain could not reach it
+        pool.notify()
+        self.sup.spawn(self._escalate(self.unloads))
 
-    async def _run_replica(self, model: ModelConfig, replica: int) -> None:
+    async def _escalate(self, unload: int) -> None:
+        """Workers that don't exit after the drain timeout get SIGTERM, then SIGKILL."""
+        for sig, wait in (("drain", self.sup.config.server.drain_timeout), ("terminate", 3.0), ("kill", 3.0)):
+            alive = [p for p in self.procs.values() if p.returncode is None]
+            if not alive or not self.leaving or self.unloads != unload:
+                return  # done, or the model was loaded (and maybe unloaded) again meanwhile
+            if sig != "drain":
+                log.warning("%s: %d worker(s) did not exit after draining; %s", self.cfg.name, len(alive), sig)
+                for p in alive:
+                    getattr(p, sig)()
+            await asyncio.wait([asyncio.create_task(p.wait()) for p in alive], timeout=wait)
+
+    async def _run_replica(self, replica: int) -> None:
+        try:
+            await self._replica_cycle(replica)
+        finally:
+            if all(t is asyncio.current_task() or t.done() for t in self.tasks):
+                self._all_ended()  # the last replica task of this load
+
+    def _all_ended(self) -> None:
+        entry = self.entry
+        entry.resident = False
+        entry.unloading = False
+        entry.ready_since = None
+        if self.leaving:
+            log.info("unloaded %s", self.cfg.name)
+        self.leaving = False
+        self.unloaded.set()
+        self.sup.client.pool.notify()
+
+    async def _replica_cycle(self, replica: int) -> None:
+        model, sup, client = self.cfg, self.sup, self.sup.client
         crashes: deque[float] = deque()
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name)
-        generation = 0
-        while not self.stopping:
-            worker_id = f"{slug}-r{replica}-g{generation}"
-            generation += 1
-            handle = self.client.pool.add(worker_id, model.name)
+        while not (sup.stopping or self.leaving):
+            worker_id = f"{self.slug}-r{replica}-g{self.generations[replica]}"
+            self.generations[replica] += 1
+            handle = client.pool.add(worker_id, model.name)
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *worker_command(self.client.endpoint, worker_id, model), env=worker_env()
+                    *worker_command(client.endpoint, worker_id, model), env=worker_env()
                 )
             except OSError as e:
-                self.client.pool.remove(worker_id)
-                self._give_up(model, f"cannot start a worker: {e}")
+                client.pool.remove(worker_id)
+                self._give_up(f"cannot start a worker: {e}")
                 return
             handle.pid = proc.pid
             self.procs[worker_id] = proc
+            sup.procs[worker_id] = proc
+            if self.leaving:
+                proc.terminate()  # unloaded while it was being spawned
             log.info("spawned worker %s (pid %s) for %s", worker_id, proc.pid, model.name)
             rc = await proc.wait()
             self.procs.pop(worker_id, None)
+            sup.procs.pop(worker_id, None)
             detail = handle.detail
             why = f"exit code {rc}" + (f": {detail}" if detail else "")
-            self.client.worker_exited(worker_id, why)
-            if self.stopping:
+            client.worker_exited(worker_id, why)
+            if sup.stopping or self.leaving:
                 return
             log.warning("worker %s of %s ended (%s)", worker_id, model.name, why)
-            self.restarts[model.name] = self.restarts.get(model.name, 0) + 1
+            sup.restarts[model.name] = sup.restarts.get(model.name, 0) + 1
             now = time.monotonic()
             crashes.append(now)
-            while crashes and now - crashes[0] > self.config.server.restart_window:
+            while crashes and now - crashes[0] > sup.config.server.restart_window:
                 crashes.popleft()
-            if len(crashes) >= self.config.server.restart_limit:
-                self._give_up(
-                    model, f"{len(crashes)} worker exits within {self.config.server.restart_window:.0f}s; last: {why}"
-                )
+            if len(crashes) >= sup.config.server.restart_limit:
+                window = sup.config.server.restart_window
+                self._give_up(f"{len(crashes)} worker exits within {window:.0f}s; last: {why}")
                 return
             await asyncio.sleep(min(0.5 * 2 ** (len(crashes) - 1), MAX_BACKOFF))
 
-    def _give_up(self, model: ModelConfig, why: str) -> None:
+    def _give_up(self, why: str) -> None:
         """One replica stops restarting; the model is failed once all of them have."""
-        self.given_up[model.name] = self.given_up.get(model.name, 0) + 1
-        log.error("a replica of %s stopped restarting: %s", model.name, why)
-        if self.given_up[model.name] >= model.replicas:
-            log.error("model %s failed: %s", model.name, why)
-            self.client.pool.models[model.name].failed = why
-        self.client.pool.notify()
+        self.given_up += 1
+        log.error("a replica of %s stopped restarting: %s", self.cfg.name, why)
+        if self.given_up >= self.cfg.replicas:
+            log.error("model %s failed: %s", self.cfg.name, why)
+            self.entry.failed = why
+        self.sup.client.pool.notify()
+
+
+class Supervisor:
+    def __init__(self, config: Config, client: EngineClient, estimates: dict[str, Estimate] | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.estimates = estimates or {m.name: estimate(m) for m in config.models}
+        self.limits = residency.Limits(config.server.max_loaded_models, config.server.memory_budget_bytes())
+        self.runners = {m.name: ModelRunner(self, m) for m in config.models}
+        self.procs: dict[str, asyncio.subprocess.Process] = {}  # every worker process, by worker id
+        self.restarts: dict[str, int] = {}
+        self.stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Start the preloaded models' workers now; the others on their first request."""
+        self.client.on_demand = self.ensure_loaded
+        for m in self.config.models:
+            if m.preload and m.replicas:
+                self.runners[m.name].start()
+        self.spawn(self._watchdog())
+        self.spawn(self._expire_idle())
+
+    # -- residency ------------------------------------------------------------------------------
+
+    def resident(self, name: str) -> residency.Resident:
+        pool, runner = self.client.pool, self.runners[name]
+        entry = pool.models[name]
+        return residency.Resident(
+            name=name,
+            estimate=self.estimates[name].total,
+            last_used=entry.last_used,
+            idle=pool.is_idle(name),
+            ready=pool.model_state(name) == WorkerState.READY.value,
+            pinned=runner.cfg.pin,
+            leaving=runner.leaving,
+        )
+
+    def residents(self) -> list[residency.Resident]:
+        return [self.resident(n) for n, r in self.runners.items() if r.running]
+
+    def expires_at(self, name: str) -> float | None:
+        """When the model unloads if it stays idle (monotonic; None: never or not loaded yet)."""
+        entry = self.client.pool.models[name]
+        runner = self.runners[name]
+        if runner.cfg.pin or not runner.running or runner.leaving or entry.ready_since is None:
+            return None
+        at = residency.expires_at(entry.last_used, entry.ready_since, entry.keep_alive_seconds())
+        return None if at == residency.FOREVER else at
+
+    def ensure_loaded(self, name: str) -> str | None:
+        """Load ``name`` if it isn't, evicting idle models to make room; why it can't start yet, if
+        so (None: it is loaded or loading). Raises ``Unavailable`` when it can never fit."""
+        runner = self.runners[name]
+        entry = runner.entry
+        if self.stopping or not runner.cfg.replicas or entry.failed:
+            return None  # shutting down, external workers only, or failed (the caller says so)
+        if runner.running and not runner.leaving:
+            return None
+        if runner.leaving:
+            return f"'{name}' is still unloading"
+        plan = residency.plan_load(name, self.estimates[name].total, self.residents(), self.limits)
+        if plan.never:
+            raise Unavailable(plan.never, code="memory_budget_exceeded")
+        for victim in plan.victims:
+            self.runners[victim].unload("evicted")
+        if plan.wait:
+            return plan.wait
+        runner.start()
+        return None
+
+    def begin_load(self, name: str) -> str | None:
+        """An admin's load: like a request's (``ensure_loaded``), but a failed model gets a fresh
+        start and a preloaded one counts for /ready again."""
+        runner = self.runners[name]
+        entry = runner.entry
+        if not runner.running:
+            entry.failed = None
+        entry.required = runner.cfg.preload
+        entry.last_used = time.monotonic()
+        return self.ensure_loaded(name)
+
+    async def load(self, name: str, timeout: float) -> None:
+        """``begin_load``, waiting up to ``timeout`` for room; does not wait for readiness."""
+        deadline = time.monotonic() + timeout
+        blocked = self.begin_load(name)
+        while blocked is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"the model '{name}' could not be loaded in time: {blocked}")
+            await self.client.pool.wait_change(min(left, 1.0))
+            blocked = self.ensure_loaded(name)
+
+    async def unload(self, name: str, reason: str = "admin") -> None:
+        """Unload ``name`` and wait until its workers have exited."""
+        runner = self.runners[name]
+        runner.unload(reason)
+        self.client.pool.models[name].required = False
+        await runner.unloaded.wait()
+
+    async def _expire_idle(self) -> None:
+        """Unload idle models whose keep-alive ran out."""
+        while not self.stopping:
+            await asyncio.sleep(RESIDENCY_EVERY)
+            now = time.monotonic()
+            timed = [(self.resident(n), self.expires_at(n)) for n, r in self.runners.items() if r.running]
+            for name in residency.due([(m, at) for m, at in timed if at is not None], now):
+                self.runners[name].unload("idle")
+
+    # -- liveness and shutdown ------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
         """Kill workers whose heartbeats stopped; forget silent external workers."""
@@ -151,6 +346,7 @@ class Supervisor:
                 for p in alive:
                     getattr(p, sig)()
             await asyncio.wait([asyncio.create_task(p.wait()) for p in alive], timeout=wait)
-        for t in self._tasks:
+        tasks = [t for r in self.runners.values() for t in r.tasks] + list(self._tasks)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

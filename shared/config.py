@@ -21,9 +21,12 @@ from typing import Any
 
 import orjson
 
+from shared.units import FOREVER, parse_duration, parse_size
+
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
+ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,16 @@ class ModelConfig:
     # drop Claude Code's per-request "x-anthropic-billing-header:" system block before templating:
     # it changes on every request and would defeat the prompt cache
     strip_billing_header: bool = True
+    # idle unload after this long without requests: seconds or "30s"/"5m"/"1h"; -1/"forever": never;
+    # 0: as soon as idle. None: forever for a preloaded model, 5 minutes for an on-demand one.
+    keep_alive: float | str | None = None
+    pin: bool = False  # never unloaded for idleness nor evicted for another model (an admin still may)
+
+    def keep_alive_seconds(self) -> float:
+        """The configured idle time before unload, in seconds (``FOREVER``: never)."""
+        if self.keep_alive is None:
+            return FOREVER if self.preload else ON_DEMAND_KEEP_ALIVE
+        return parse_duration(self.keep_alive)
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_SORT_KEYS)
@@ -80,6 +93,11 @@ class ServerConfig:
     drain_timeout: float = 10.0
     # while a stream waits for its first token: an SSE comment (OpenAI) or a ping (Anthropic) this often
     sse_keepalive: float = 5.0
+    max_loaded_models: int = 0  # models resident at once (0: no limit); the least recently used idle one goes
+    memory_budget: int | str = 0  # bytes or "16GiB": estimated memory of the resident models (0: no limit)
+
+    def memory_budget_bytes(self) -> int:
+        return parse_size(self.memory_budget)
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,21 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
+    try:
+        m.keep_alive_seconds()
+    except ValueError as e:
+        raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
+
+
+def validate_server(s: ServerConfig) -> None:
+    if s.sse_keepalive < 0:
+        raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
+    if s.max_loaded_models < 0:
+        raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
+    try:
+        s.memory_budget_bytes()
+    except ValueError as e:
+        raise ConfigError(f"server: memory_budget: {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
@@ -208,8 +241,6 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
     """Check a configuration as a whole; with no model given, serve the embedded default."""
     if not models:
         models = [default_model()]
-    if server.sse_keepalive < 0:
-        raise ConfigError(f"sse_keepalive = {server.sse_keepalive} must be >= 0 (0 turns it off)")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique: {names}")
@@ -220,6 +251,7 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
                 raise ConfigError(f"model {m.name}: alias {alias!r} is another model's name")
             if claimed.setdefault(alias, m.name) != m.name:
                 raise ConfigError(f"alias {alias!r} is claimed by both {claimed[alias]} and {m.name}")
+    validate_server(server)
     for m in models:
         validate_model(m)
     return Config(server=server, models=tuple(models))

@@ -168,7 +168,9 @@ async def _open(client: EngineClient, req: SamplingFields, specs: list[ChoiceSpe
     streams: list[RequestStream] = []
     try:
         for spec in specs:
-            streams.append(await client.submit(req.model, spec.input, spec.params, req.stream))
+            streams.append(
+                await client.submit(req.model, spec.input, spec.params, req.stream, keep_alive=req.keep_alive)
+            )
     except BaseException:
         for rs in streams:
             rs.close()

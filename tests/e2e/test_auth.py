@@ -101,6 +101,31 @@ def test_every_api_path_needs_the_key(gw: Gateway) -> None:
     assert r.status_code == 200, r.text
 
 
+def test_admin_needs_the_key_and_hearth_ps_sends_it(gw: Gateway) -> None:
+    assert_unauthorized(gw.http.get("/admin/models"))
+    assert_unauthorized(gw.http.get("/admin/models", headers={"Authorization": "Bearer wrong"}))
+    assert_unauthorized(gw.http.post("/admin/models/tiny/unload"))
+    assert_unauthorized(gw.http.post("/admin/models/nope/load"))  # no probing model names either
+    r = gw.http.get("/admin/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200 and [m["name"] for m in r.json()["models"]] == ["tiny"]
+    assert gw.http.get("/ready").json()["models"]["tiny"]["state"] == "ready"  # nothing was unloaded
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HEARTH_TEST_KEY": KEY}
+    env.pop("HEARTH_API_KEY", None)
+    ps = [sys.executable, "-m", "gateway", "ps", "--url", gw.url]
+    without = subprocess.run(ps, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert without.returncode == 1 and "401" in without.stderr and KEY not in without.stderr
+    with_key = subprocess.run(
+        [*ps, "--api-key-env", KEY_ENV], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert with_key.returncode == 0, with_key.stderr
+    assert with_key.stdout.splitlines()[1].split()[:2] == ["tiny", "ready"]
+    from_default_env = subprocess.run(
+        ps, cwd=ROOT, env={**env, "HEARTH_API_KEY": KEY}, capture_output=True, text=True, timeout=30
+    )
+    assert from_default_env.returncode == 0 and "tiny" in from_default_env.stdout
+
+
 def test_probes_are_open(gw: Gateway) -> None:
     assert gw.http.get("/health").status_code == 200
     r = gw.http.get("/ready")

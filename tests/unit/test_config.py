@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from shared.config import (
     DEFAULT_MODEL_NAME,
     DTYPES,
+    ON_DEMAND_KEEP_ALIVE,
     Config,
     ConfigError,
     ModelConfig,
@@ -357,6 +359,8 @@ CHANGES: dict[str, Any] = {
     "tool_parser": "qwen3_coder",
     "aliases": ["claude-*"],
     "strip_billing_header": False,
+    "keep_alive": "10m",
+    "pin": True,
 }
 
 
@@ -407,3 +411,49 @@ def test_aliases_and_strip_billing_header_from_toml(tmp_path: Path) -> None:
     assert ModelConfig(name="m", path="/m").strip_billing_header is True  # on by default
     with pytest.raises(ConfigError, match="aliases"):
         load_toml(write(tmp_path, '[[models]]\nname = "m"\npath = "/m"\naliases = "claude-*"\n'))
+
+
+# ---- residency settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "seconds"),
+    [("keep_alive = 30", 30.0), ('keep_alive = "5m"', 300.0), ("keep_alive = 0", 0.0), ("keep_alive = 1.5", 1.5)]
+    + [("keep_alive = -1", math.inf), ('keep_alive = "forever"', math.inf), ('keep_alive = "1h30m"', 5400.0)],
+)
+def test_keep_alive_spellings(tmp_path: Path, line: str, seconds: float) -> None:
+    cfg = load_toml(write(tmp_path, f'[[models]]\nname = "a"\npath = "x"\n{line}\n'))
+    assert cfg.models[0].keep_alive_seconds() == seconds
+
+
+def test_keep_alive_default_is_forever_when_preloaded_and_five_minutes_on_demand() -> None:
+    assert ModelConfig(name="a", path="/x").keep_alive_seconds() == math.inf
+    assert ModelConfig(name="a", path="/x", preload=False).keep_alive_seconds() == ON_DEMAND_KEEP_ALIVE == 300
+
+
+@pytest.mark.parametrize("value", ['"soon"', '"5 parsecs"', "true", '"5m3"', '""'])
+def test_bad_keep_alive_is_a_config_error_naming_it(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="keep_alive"):
+        load_toml(write(tmp_path, f'[[models]]\nname = "a"\npath = "x"\nkeep_alive = {value}\n'))
+
+
+def test_pin_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pin"):
+        load_toml(write(tmp_path, '[[models]]\nname = "a"\npath = "x"\npin = "yes"\n'))
+
+
+@pytest.mark.parametrize(("value", "size"), [("0", 0), ("1024", 1024), ('"16GiB"', 16 * 2**30), ('"8GB"', 8 * 10**9)])
+def test_memory_budget_spellings(tmp_path: Path, value: str, size: int) -> None:
+    text = f'[server]\nmemory_budget = {value}\nmax_loaded_models = 2\n[[models]]\nname = "a"\npath = "x"\n'
+    cfg = load_toml(write(tmp_path, text))
+    assert cfg.server.memory_budget_bytes() == size and cfg.server.max_loaded_models == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "word"),
+    [('memory_budget = "lots"', "memory_budget"), ("memory_budget = -5", "memory_budget")]
+    + [("max_loaded_models = -1", "max_loaded_models"), ("max_loaded_models = 1.5", "max_loaded_models")],
+)
+def test_bad_residency_limits_are_config_errors_naming_them(tmp_path: Path, line: str, word: str) -> None:
+    with pytest.raises(ConfigError, match=word):
+        load_toml(write(tmp_path, f'[server]\n{line}\n[[models]]\nname = "a"\npath = "x"\n'))

@@ -1,0 +1,152 @@
+"""The admin API: what is loaded, and loading or unloading a model by hand.
+
+    GET  /admin/models                    every configured model: state, replicas, memory, use
+    POST /admin/models/{name}/load        load it; waits until ready (?wait=false: 202 at once)
+    POST /admin/models/{name}/unload      drain and stop its workers; waits until they exited
+
+The API key protects these paths like every API path (gateway/auth.py). Errors are in the
+OpenAI error format. Times are given both absolute (UTC, ISO 8601) and relative (seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import InvalidRequest, ModelNotFound, Unavailable
+from gateway.supervisor import Supervisor
+from shared.units import FOREVER
+
+log = logging.getLogger("hearth.admin")
+
+
+def _iso(mono: float | None) -> str | None:
+    """A monotonic time as UTC wall-clock time."""
+    if mono is None:
+        return None
+    wall = time.time() - (time.monotonic() - mono)
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def describe(sup: Supervisor, name: str) -> dict[str, Any]:
+    pool = sup.client.pool
+    entry = pool.models[name]
+    cfg = entry.cfg
+    est = sup.estimates[name]
+    now = time.monotonic()
+    workers = pool.of_model(name)
+    reported = [w.heartbeat.memory_bytes for w in workers if w.heartbeat]
+    keep_alive = entry.keep_alive_seconds()
+    expiry = sup.expires_at(name)
+    return {
+        "name": name,
+        "state": pool.model_state(name),
+        "detail": entry.failed,
+        "path": cfg.path,
+        "preload": cfg.preload,
+        "pinned": cfg.pin,
+        "replicas": cfg.replicas,
+        "workers": [
+            {
+                "id": w.worker_id,
+                "pid": w.pid,
+                "state": w.describe()["state"],
+                "running": len(w.inflight),
+                "memory_bytes": w.heartbeat.memory_bytes if w.heartbeat else None,
+            }
+            for w in workers
+        ],
+        "memory_estimate_bytes": est.total,
+        "memory_estimate": {
+            "weights_bytes": est.weights,
+            "per_replica_bytes": est.per_replica,
+            "weights_from": est.how,
+        },
+        "memory_bytes": sum(reported) if reported else None,
+        "ready_since": _iso(entry.ready_since),
+        "uptime_seconds": round(now - entry.ready_since, 1) if entry.ready_since is not None else None,
+        "running": pool.running(name),
+        "waiting": entry.waiting,
+        "keep_alive_seconds": None if keep_alive == FOREVER else keep_alive,
+        "expires_at": _iso(expiry),
+        "expires_in_seconds": round(max(0.0, expiry - now), 1) if expiry is not None else None,
+        "last_used": _iso(entry.last_used) if entry.last_used else None,
+    }
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _supervisor(request: Request) -> Supervisor:
+    return request.app.state.supervisor
+
+
+def _model(request: Request) -> tuple[Supervisor, str]:
+    sup = _supervisor(request)
+    name = request.path_params["name"]
+    if name not in sup.runners:
+        raise ModelNotFound(f"the model '{name}' does not exist", param="name")
+    if not sup.runners[name].cfg.replicas:
+        raise InvalidRequest(
+            f"the model '{name}' has replicas = 0: its workers are started on their own, not by Hearth", param="name"
+        )
+    return sup, name
+
+
+async def list_models(request: Request) -> Response:
+    sup = _supervisor(request)
+    models = [describe(sup, n) for n in sup.runners]
+    resident = [m for m in models if sup.client.pool.models[m["name"]].resident]
+    return _json(
+        {
+            "models": models,
+            "loaded": len(resident),
+            "memory_estimate_bytes": sum(m["memory_estimate_bytes"] for m in resident),
+            "max_loaded_models": sup.limits.max_loaded,
+            "memory_budget_bytes": sup.limits.budget,
+        }
+    )
+
+
+async def load_model(request: Request) -> Response:
+    sup, name = _model(request)
+    wait = request.query_params.get("wait", "true").lower()
+    if wait not in ("true", "false", "1", "0"):
+        raise InvalidRequest("wait must be true or false", param="wait")
+    timeout = sup.config.server.request_wait
+    if wait in ("false", "0"):
+        if sup.begin_load(name) is not None:  # no room yet: keep trying in the background
+            sup.spawn(_load_quietly(sup, name, timeout))
+        return _json(describe(sup, name), status=202)
+    deadline = time.monotonic() + timeout
+    await sup.load(name, timeout)
+    pool = sup.client.pool
+    while (state := pool.model_state(name)) != "ready":
+        entry = pool.models[name]
+        if entry.failed:
+            raise Unavailable(f"the model '{name}' failed to start: {entry.failed}", code="model_failed")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable(f"the model '{name}' did not become ready in time; state: {state}")
+        await pool.wait_change(left)
+    return _json(describe(sup, name))
+
+
+async def _load_quietly(sup: Supervisor, name: str, timeout: float) -> None:
+    try:
+        await sup.load(name, timeout)
+    except Unavailable as e:  # the caller asked not to wait: the log and the model's state say it
+        log.warning("admin load of %s: %s", name, e.message)
+
+
+async def unload_model(request: Request) -> Response:
+    sup, name = _model(request)
+    await sup.unload(name, "admin")
+    return _json(describe(sup, name))

@@ -1,0 +1,123 @@
+"""How much memory a model will take once loaded, estimated before it is loaded.
+
+The residency limits (``max_loaded_models``, ``memory_budget``) need a number per model
+before any worker runs, and the gateway never imports MLX, so the estimate comes from files:
+
+- an MLX folder: the size of its ``*.safetensors`` files (MLX maps them as they are);
+- a GGUF file: its parameter count from the tensor shapes in its header, times the bytes per
+  parameter of the dtype the worker will import it to (float32: 4, float16/bfloat16: 2);
+  ``keep`` (and ``auto`` on Apple Silicon, where workers keep the GGUF's quantized weights):
+  the file's size;
+
+plus the model's ``prompt_cache_bytes`` (the KV cache it may keep), all times ``replicas``.
+Activations and the running batch's KV are not counted: the budget is a planning number, and
+``GET /admin/models`` shows it beside the memory each worker reports.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.config import ModelConfig
+
+BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2}
+# GGUF metadata value types: fixed sizes; 8 is a string, 9 an array
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+class GGUFHeaderError(ValueError):
+    """Not a GGUF file Hearth can read the tensor shapes of."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int  # bytes of weights per replica (0 when unknown)
+    per_replica: int  # weights + prompt cache budget
+    total: int  # per_replica * replicas
+    how: str  # where the weights number comes from, for admin output
+
+
+def import_dtype_guess(dtype: str) -> str:
+    """The dtype a worker on this machine imports a GGUF to (see worker/model.py import_dtype):
+    ``auto`` keeps the quantized weights on Apple Silicon (Metal) and is float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "keep" if platform.system() == "Darwin" and platform.machine() == "arm64" else "float32"
+
+
+def _read(f: BinaryIO, fmt: str) -> int:
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise GGUFHeaderError("the file ends inside its header")
+    return int(struct.unpack(fmt, data)[0])
+
+
+def _skip_string(f: BinaryIO) -> None:
+    f.seek(_read(f, "<Q"), 1)
+
+
+def _skip_value(f: BinaryIO, kind: int) -> None:
+    if kind in _GGUF_SCALAR:
+        f.seek(_GGUF_SCALAR[kind], 1)
+    elif kind == 8:
+        _skip_string(f)
+    elif kind == 9:
+        item, count = _read(f, "<I"), _read(f, "<Q")
+        if item in _GGUF_SCALAR:
+            f.seek(_GGUF_SCALAR[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(f, item)
+    else:
+        raise GGUFHeaderError(f"unknown metadata value type {kind}")
+
+
+def gguf_parameters(path: str | Path) -> int:
+    """The number of parameters in a GGUF file (v2/v3), from its tensor infos; reads only the header."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GGUFHeaderError(f"{path} is not a GGUF file")
+        if _read(f, "<I") < 2:
+            raise GGUFHeaderError(f"{path}: GGUF version 1 is not supported")
+        tensors, kvs = _read(f, "<Q"), _read(f, "<Q")
+        for _ in range(kvs):
+            _skip_string(f)
+            _skip_value(f, _read(f, "<I"))
+        total = 0
+        for _ in range(tensors):
+            _skip_string(f)
+            count = 1
+            for _ in range(_read(f, "<I")):
+                count *= _read(f, "<Q")
+            f.seek(4 + 8, 1)  # ggml type, data offset
+            total += count
+        return total
+
+
+def weights_bytes(cfg: ModelConfig) -> tuple[int, str]:
+    """Bytes of weights one loaded replica holds, and how that was worked out."""
+    path = Path(cfg.path).expanduser()
+    if path.is_file():
+        dtype = import_dtype_guess(cfg.dtype)
+        if dtype in BYTES_PER_PARAM:
+            try:
+                params = gguf_parameters(path)
+            except (OSError, GGUFHeaderError) as e:
+                return path.stat().st_size, f"file size ({e})"
+            return params * BYTES_PER_PARAM[dtype], f"{params:,} parameters as {dtype}"
+        return path.stat().st_size, "GGUF file size (quantized weights kept)"
+    if path.is_dir():
+        files = list(path.glob("*.safetensors"))
+        return sum(f.stat().st_size for f in files), f"{len(files)} safetensors file(s)"
+    return 0, "unknown (no local weight files)"
+
+
+def estimate(cfg: ModelConfig) -> Estimate:
+    weights, how = weights_bytes(cfg)
+    per_replica = weights + cfg.prompt_cache_bytes
+    return Estimate(weights, per_replica, per_replica * cfg.replicas, how)
