@@ -13,12 +13,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
+from gateway.curve import CurveServer, start_authenticator
 from gateway.errors import HearthError, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
 from gateway.metrics import Metrics
 from gateway.pool import Pool, WorkerHandle
@@ -39,9 +41,11 @@ from shared.protocol import (
     Hello,
     Message,
     State,
+    WorkerState,
 )
 
 log = logging.getLogger("hearth.client")
+FORGET_AT_MOST = 10_000  # ids of gone workers kept to tell a returning one from a new one
 
 
 class RequestStream:
@@ -57,15 +61,24 @@ class RequestStream:
         self.redispatched = False
         self.finished = False
         self.t_submit = time.monotonic()
+        self.t_first = 0.0  # when the first delta arrived
+        self.done: Done | None = None  # the final message, for the access log
+        self.error: str | None = None  # the error code it ended with instead
         self._t_last = 0.0  # when the last delta arrived, for inter-token latency
         self._tokens = 0
 
     def _observe(self, item: Message) -> None:
+        now = time.monotonic()
+        if isinstance(item, Delta) and not self.t_first:
+            self.t_first = now
+        elif isinstance(item, Done):
+            self.done = item
+        elif isinstance(item, Error):
+            self.error = item.code
         metrics = self.client.metrics
         if metrics is None:
             return
         model = self.msg.model
-        now = time.monotonic()
         if isinstance(item, Delta):
             if not self._t_last:
                 metrics.ttft.labels(model).observe(now - self.t_submit)
@@ -125,10 +138,18 @@ class RequestStream:
 
 
 class EngineClient:
-    def __init__(self, config: Config, endpoint: str, metrics: Metrics | None = None) -> None:
+    """``endpoint`` is the private socket of the workers the supervisor spawns; the configured
+    ``[server] endpoint`` (if any) is bound on the same ROUTER for workers started on their own,
+    with CURVE when ``curve`` is given."""
+
+    def __init__(
+        self, config: Config, endpoint: str, metrics: Metrics | None = None, curve: CurveServer | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.endpoint = endpoint
+        self.curve = curve
+        self._auth: AsyncioAuthenticator | None = None
         self.pool = Pool(config)
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -136,11 +157,23 @@ class EngineClient:
         self._streams: dict[str, RequestStream] = {}
         self.on_demand: Callable[[str], None] | None = None  # set by the supervisor
         self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
+        self._forgotten: set[str] = set()  # workers whose process ended or that went silent
+        self._unknown: set[str] = set()  # sent something before their hello (logged once)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recv_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.sock.bind(self.endpoint)
+        external = self.config.server.endpoint
+        if external:
+            if self.curve is not None:
+                # socket options apply to the binds after them: the ipc:// bind above stays plain
+                self._auth = start_authenticator(self.ctx, self.curve)
+                self.sock.curve_secretkey = self.curve.secret
+                self.sock.curve_publickey = self.curve.public
+                self.sock.curve_server = True
+            self.sock.bind(external)
+            log.info("workers started on their own connect to %s%s", external, " (CURVE)" if self.curve else "")
         self._recv_task = asyncio.create_task(self._receive(), name="hearth-receive")
 
     async def stop(self) -> None:
@@ -149,6 +182,8 @@ class EngineClient:
         for t in list(self._tasks):
             t.cancel()
         self.sock.close()
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
 
     def send(self, worker_id: str, msg: Message) -> None:
@@ -230,6 +265,9 @@ class EngineClient:
         handle = self.pool.remove(worker_id)
         if handle is None:
             return
+        if len(self._forgotten) > FORGET_AT_MOST:
+            self._forgotten.clear()
+        self._forgotten.add(worker_id)
         for rid in list(handle.inflight):
             rs = self._streams.get(rid)
             if rs is None:
@@ -260,8 +298,8 @@ class EngineClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def drain_all(self) -> None:
-        for wid in list(self.pool.workers):
+    def drain(self, worker_ids: Iterable[str]) -> None:
+        for wid in worker_ids:
             self.send(wid, Drain())
 
     def _refuse(self, worker_id: str) -> None:
@@ -298,14 +336,25 @@ class EngineClient:
             self._on_hello(worker_id, msg, handle)
             return
         if handle is None or not handle.connected:
-            if worker_id not in self._refused:
-                # e.g. a worker the watchdog gave up on, or one from before a gateway restart: it
-                # drains and exits, and its own supervisor (launchd, systemd) starts it afresh.
-                log.warning("%s from unknown worker %s (no hello): asking it to drain", msg.KIND, worker_id)
+            if worker_id in self._forgotten and worker_id not in self._refused:
+                # a worker that went silent and was given up on, now back: it drains and exits,
+                # and its own supervisor (launchd, systemd) starts it afresh
+                log.warning("%s from worker %s, given up on: asking it to drain", msg.KIND, worker_id)
                 self._refuse(worker_id)
+            elif worker_id not in self._refused and worker_id not in self._unknown:
+                # e.g. a worker on its own whose messages were queued while this gateway
+                # restarted: it says hello again once its connection is back
+                self._unknown.add(worker_id)
+                log.warning("%s from unknown worker %s: ignored until it says hello", msg.KIND, worker_id)
             return
         handle.last_seen = time.monotonic()
         if isinstance(msg, State):
+            if msg.state == WorkerState.LOADING:
+                handle.loading_since = handle.last_seen
+            elif msg.state == WorkerState.READY and handle.loading_since and self.metrics is not None:
+                self.metrics.load_seconds.labels(handle.model).observe(handle.last_seen - handle.loading_since)
+            if msg.state != WorkerState.LOADING:
+                handle.loading_since = 0.0
             handle.state = msg.state
             handle.detail = msg.detail
             handle.context_length = msg.context_length or handle.context_length
@@ -316,7 +365,9 @@ class EngineClient:
         elif isinstance(msg, (Delta, Done, Error)):
             rs = self._streams.get(msg.id)
             if rs is None:
-                return  # cancelled or settled already
+                if isinstance(msg, Delta):  # cancelled, or from before a gateway restart: stop it
+                    self.send(worker_id, Cancel(msg.id))
+                return
             if rs.worker_id != worker_id:
                 log.warning("dropping %s for request %s from %s, which does not hold it", msg.KIND, msg.id, worker_id)
                 return
@@ -359,6 +410,8 @@ class EngineClient:
                 expected,
             )
         self._refused.discard(worker_id)
+        self._forgotten.discard(worker_id)
+        self._unknown.discard(worker_id)
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)
         handle.connected = True

@@ -319,6 +319,7 @@ def test_garbage_from_a_worker_does_not_kill_the_receive_loop(
     w.send(Delta("no-such-request", "boo", 1))
     w.send(Done("no-such-request", "stop", USAGE))
     w.send(Error("no-such-request", "generation_failed", "nobody asked"))
+    assert w.expect(Cancel).id == "no-such-request"  # output nobody reads is stopped
 
     fut = pool.submit(post, gw, chat("ext", "still there?"))
     gen = w.expect(Generate)
@@ -403,11 +404,26 @@ def test_a_worker_with_another_protocol_is_refused(gw: Gateway, fakes: Callable[
     assert "protocol" in lines[0] and "999" in lines[0]
 
 
-def test_a_worker_that_never_said_hello_is_asked_to_drain(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:
-    """E.g. one the watchdog gave up on, or one from before a gateway restart: it exits, and
-    whatever started it starts it afresh, with a hello."""
+def test_a_worker_that_has_not_said_hello_is_ignored_until_it_does(
+    gw: Gateway, fakes: Callable[..., FakeWorker]
+) -> None:
+    """E.g. a worker on its own whose heartbeats were queued while the gateway restarted: it says
+    hello again when its connection is back, so it is not told to drain meanwhile."""
     w = fakes(ready=False)
     w.silent = True
+    w.heartbeat()
+    assert not [m for m in w.pending(0.5) if isinstance(m, Drain)]
+    w.hello()
+    w.state("ready")
+    wait_until(lambda: worker_states(gw, "ext").get(w.worker_id) == "ready", what=f"{w.worker_id} ready")
+
+
+def test_a_worker_given_up_on_that_comes_back_is_asked_to_drain(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:
+    """Silent past heartbeat_timeout: the gateway forgets it. If it was only stuck and speaks
+    again, it is told to drain (its own supervisor starts it afresh, with a hello)."""
+    w = fakes()
+    w.silent = True
+    wait_until(lambda: w.worker_id not in worker_states(gw, "ext"), timeout=HEARTBEAT_TIMEOUT + 5, what="forgotten")
     w.heartbeat()
     w.expect(Drain, 5)
     w.heartbeat()
