@@ -193,7 +193,8 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
     return make_config(server, models)
 
 
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "[::1]", "::1")
 
 
 def validate_server(s: ServerConfig) -> None:
@@ -213,7 +214,7 @@ def validate_server(s: ServerConfig) -> None:
     if s.curve_secret_key is not None and not s.endpoint.startswith("tcp://"):
         raise ConfigError("[server] CURVE keys need a tcp:// endpoint")
     host = s.endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
-    if s.endpoint.startswith("tcp://") and not host.startswith(LOOPBACK_HOSTS):
+    if s.endpoint.startswith("tcp://") and not is_loopback(host):
         if s.curve_secret_key is None and not s.insecure_tcp:
             raise ConfigError(
                 f"[server] endpoint = {s.endpoint!r} accepts workers from other machines: set "
