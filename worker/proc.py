@@ -292,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         proc.stop_signal = True
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the gateway, which drains us
+    if args.parent_pid is None:  # on its own (hearth worker): Ctrl-C drains it too
+        signal.signal(signal.SIGINT, on_term)
+    else:  # spawned: Ctrl-C reaches the gateway too, which drains us in its own time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return proc.run()
     finally:
