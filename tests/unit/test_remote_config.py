@@ -75,3 +75,23 @@ def test_load_curve_reads_the_keys_and_checks_the_files(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=words):
             load_curve(ServerConfig(curve_secret_key=str(key), curve_authorized_keys=str(folder)))
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "m"], "needs the model's settings: --config FILE or --path PATH"),
+        (["--model", "m", "--config", "CFG"], "has no model named 'm'"),
+        (["--model", "m", "--config", "CFG", "--path", "/x"], "don't go together"),
+    ],
+)
+def test_hearth_worker_says_what_is_missing(
+    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text('[[models]]\nname = "other"\npath = "/models/other"\n')
+    argv = ["worker", "--connect", "tcp://127.0.0.1:1", *[str(cfg) if a == "CFG" else a for a in args]]
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
