@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.openai.translate import usage
+
 if TYPE_CHECKING:
     from gateway.client import RequestStream
     from gateway.openai.translate import ChoiceSpec
@@ -42,8 +44,6 @@ def logfmt(fields: dict[str, Any]) -> str:
 
 def request_fields(generations: list[tuple[ChoiceSpec, RequestStream]]) -> dict[str, Any]:
     """What the generations of one request add to its line."""
-    from gateway.openai.translate import usage
-
     if not generations:
         return {}
     streams = [rs for _, rs in generations]

@@ -81,9 +81,12 @@ class HearthServer(uvicorn.Server):
             self.gate.close()
         else:
             super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal after serving, which would end the process with it; a
-        # graceful stop is a success (exit 0), as systemd and launchd expect.
-        self._captured_signals.clear()
+        # uvicorn (0.29+) re-raises the signals it caught after serving, which would end the
+        # process by that signal; a graceful stop is a success (exit 0), as systemd and launchd
+        # expect. The test of SIGTERM checks the exit status, so a uvicorn change shows there.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
     async def on_tick(self, counter: int) -> bool:
         if self.gate.draining and not self.should_exit:

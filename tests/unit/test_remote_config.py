@@ -95,3 +95,14 @@ def test_hearth_worker_says_what_is_missing(
     argv = ["worker", "--connect", "tcp://127.0.0.1:1", *[str(cfg) if a == "CFG" else a for a in args]]
     assert main(argv) == 2
     assert words in capsys.readouterr().err
+
+
+def test_hearth_serve_refuses_an_open_tcp_endpoint_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text('[server]\nendpoint = "tcp://0.0.0.0:5555"\n[[models]]\nname = "m"\npath = "/models/m"\n')
+    assert main(["serve", "--config", str(cfg)]) == 2
+    assert "accepts workers from other machines" in capsys.readouterr().err
