@@ -52,12 +52,30 @@ def load_curve(server: ServerConfig) -> CurveServer | None:
     return CurveServer(public, secret, folder)
 
 
+class AuthorizedKeys:
+    """pyzmq's CURVE credentials provider: a worker's key is allowed when its ``NAME.key`` is in
+    the folder. The folder is read at every handshake (they are rare: one per connection), so
+    adding or removing a key takes effect for the next connection without a restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            allowed = key in zmq.auth.load_certificates(self.folder)
+        except (OSError, ValueError) as e:
+            log.error("cannot read the authorized worker keys in %s: %s", self.folder, e)
+            return False
+        if not allowed:
+            log.warning("refused a worker: its CURVE key %s is not in %s", key.decode(errors="replace"), self.folder)
+        return allowed
+
+
 def start_authenticator(ctx: zmq.asyncio.Context, curve: CurveServer) -> AsyncioAuthenticator:
-    """Check every CURVE handshake on ``ctx`` against the authorized keys (read now: adding a
-    worker's key takes a gateway restart)."""
+    """Check every CURVE handshake on ``ctx`` against the authorized keys."""
     auth = AsyncioAuthenticator(ctx, log=logging.getLogger("hearth.curve.zap"))
     auth.start()
-    auth.configure_curve(domain="*", location=str(curve.authorized))
+    auth.configure_curve_callback(domain="*", credentials_provider=AuthorizedKeys(curve.authorized))
     return auth
 
 

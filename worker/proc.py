@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hearth.worker")
 HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
-EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key
+EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key, or no handshake can succeed
+HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) before giving up
 
 
 class _Loader(threading.Thread):
@@ -107,10 +108,16 @@ class WorkerProcess:
         self.monitor: zmq.Socket[bytes] | None = None
         if parent_pid is None:
             self.monitor = self.sock.get_monitor_socket(
-                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_DISCONNECTED
             )
             self.poller.register(self.monitor, zmq.POLLIN)
         self.connections = 0  # handshakes that succeeded
+        self.connected = False
+        self.failed_handshakes = 0  # in a row
         self.sock.connect(endpoint)
         self.endpoint = endpoint
         self.loader = _Loader(cfg)
@@ -166,16 +173,31 @@ class WorkerProcess:
                 return 0
 
     def _connection_events(self) -> bool:
-        """Rejoin after a reconnect; True when the gateway refused our key (no use retrying)."""
+        """Rejoin after a reconnect; True when the handshake can't succeed (no use retrying): the
+        gateway refused our key, or it keeps failing (a wrong --server-key, CURVE on one side
+        only). Lost connections are retried by ZeroMQ."""
         assert self.monitor is not None
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 log.error("the gateway at %s refused this worker's CURVE key; exiting", self.endpoint)
                 return True
-            if event == zmq.EVENT_DISCONNECTED:
+            if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self.failed_handshakes += 1
+                if self.failed_handshakes >= HANDSHAKE_TRIES:
+                    log.error(
+                        "no handshake with the gateway at %s succeeded in %d tries: is --server-key its public "
+                        "key, and do both sides use CURVE? exiting",
+                        self.endpoint,
+                        self.failed_handshakes,
+                    )
+                    return True
+            elif event == zmq.EVENT_DISCONNECTED and self.connected:
+                self.connected = False
                 log.warning("lost the gateway at %s; reconnecting", self.endpoint)
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
+                self.failed_handshakes = 0
                 self.connections += 1
                 if self.connections > 1:
                     log.warning("reconnected to the gateway at %s; saying hello again", self.endpoint)

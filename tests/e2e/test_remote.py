@@ -119,9 +119,23 @@ def test_a_worker_with_an_unauthorized_key_is_refused(setup: tuple[Gateway, str]
         rc = rw.proc.wait(30)  # it gives up instead of retrying forever
         assert rc == 5, rw.log()
         assert "refused this worker's CURVE key" in rw.log()
+        assert "refused a worker: its CURVE key" in gw.log()
         assert gw.workers("other") == []
         r = gw.http.post("/v1/chat/completions", json=chat("other", max_tokens=3))
         assert r.status_code == 503, r.text
+    finally:
+        rw.stop()
+
+
+def test_a_worker_with_the_wrong_server_key_gives_up(setup: tuple[Gateway, str], keys: Path) -> None:
+    gw, endpoint = setup
+    args = worker_args(endpoint, gw.log_path.parent / "hearth.toml", "other", keys, "good")
+    args[args.index("--server-key") + 1] = str(keys / "bad.key")  # not the gateway's public key
+    rw = RemoteWorker(gw.log_path.parent, "lost", *args)
+    try:
+        assert rw.proc.wait(30) == 5, rw.log()
+        assert "is --server-key its public key" in rw.log()
+        assert gw.workers("other") == []
     finally:
         rw.stop()
 

@@ -106,3 +106,20 @@ def test_hearth_serve_refuses_an_open_tcp_endpoint_before_starting(
     cfg.write_text('[server]\nendpoint = "tcp://0.0.0.0:5555"\n[[models]]\nname = "m"\npath = "/models/m"\n')
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "accepts workers from other machines" in capsys.readouterr().err
+
+
+def test_authorized_keys_are_read_at_each_handshake(tmp_path: Path) -> None:
+    import zmq.auth
+
+    from gateway.curve import AuthorizedKeys
+
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    public, _ = make_keys(tmp_path, "w1")
+    key = zmq.auth.load_certificate(public)[0]
+    keys = AuthorizedKeys(workers)
+    assert not keys.callback("*", key)
+    (workers / "w1.key").write_bytes(public.read_bytes())
+    assert keys.callback("*", key)
+    (workers / "w1.key").unlink()
+    assert not keys.callback("*", key)
