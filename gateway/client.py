@@ -268,7 +268,13 @@ class EngineClient:
         if len(self._forgotten) > FORGET_AT_MOST:
             self._forgotten.clear()
         self._forgotten.add(worker_id)
-        for rid in list(handle.inflight):
+        self._settle(handle, why)
+
+    def _settle(self, handle: WorkerHandle, why: str) -> None:
+        """Every request ``handle`` held is lost: one without output moves, the others fail."""
+        worker_id = handle.worker_id
+        held, handle.inflight = handle.inflight, set()
+        for rid in list(held):
             rs = self._streams.get(rid)
             if rs is None:
                 continue
@@ -412,6 +418,10 @@ class EngineClient:
         self._refused.discard(worker_id)
         self._forgotten.discard(worker_id)
         self._unknown.discard(worker_id)
+        if handle is not None and handle.connected and handle.inflight:
+            # its connection broke and came back: it dropped what it was running, and output in
+            # flight may have been lost, so its requests are settled as if it had died
+            self._settle(handle, "its connection was lost")
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)
         handle.connected = True

@@ -200,7 +200,15 @@ class WorkerProcess:
                 self.failed_handshakes = 0
                 self.connections += 1
                 if self.connections > 1:
-                    log.warning("reconnected to the gateway at %s; saying hello again", self.endpoint)
+                    # the gateway settles what we were running (it may have missed output)
+                    running = self.core.running + self.core.waiting if self.core else 0
+                    log.warning(
+                        "reconnected to the gateway at %s; saying hello again, dropping %d request(s)",
+                        self.endpoint,
+                        running,
+                    )
+                    if self.core is not None:
+                        self.core.cancel_all()
                     self.hello()
                     self.send(self._state())
         return False

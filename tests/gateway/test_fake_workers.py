@@ -430,6 +430,31 @@ def test_a_worker_given_up_on_that_comes_back_is_asked_to_drain(gw: Gateway, fak
     assert not [m for m in w.pending(0.3) if isinstance(m, Drain)]  # asked once, then ignored
 
 
+def test_a_worker_that_says_hello_again_has_its_requests_settled(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
+    """A hello from a connected worker means its connection broke and came back (output may have
+    been lost): a request with output ends in worker_died, one without is sent again."""
+    w = fakes()
+    started = pool.submit(post, gw, chat("ext", "one"))
+    gen = w.expect(Generate)
+    w.send(Delta(gen.id, "par", 1))  # one connection keeps the order: it arrives before the hello
+    w.hello()
+    w.state("ready")
+    r = started.result(10)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "worker_died", r.text
+
+    unstarted = pool.submit(post, gw, chat("ext", "two"))
+    gen = w.expect(Generate)
+    w.hello()
+    w.state("ready")
+    again = w.expect(Generate)
+    assert again.id == gen.id
+    answer(w, again, "whole")
+    r = unstarted.result(10)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "whole", r.text
+
+
 # -- 5. the queue bound -----------------------------------------------------------------------
 
 
