@@ -17,14 +17,17 @@ from starlette.routing import Route
 
 from gateway.anthropic.endpoints import count_tokens, messages
 from gateway import admin, residency
+from gateway.access import AccessLogMiddleware
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
+from gateway.curve import load_curve
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
 from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
+from gateway.shutdown import Gate, GateMiddleware
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
 from gateway.supervisor import Supervisor
 from shared.config import Config, ConfigError
@@ -88,7 +91,7 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()
-        client = EngineClient(config, config.server.endpoint or default_endpoint(runtime), metrics)
+        client = EngineClient(config, default_endpoint(runtime), metrics, curve)
         await client.start()
         supervisor = Supervisor(config, client, estimates)
         metrics.watch_pool(client.pool, supervisor.restarts)
@@ -103,8 +106,15 @@ def create_app(config: Config) -> Starlette:
             remove_runtime_dir(runtime)
 
     key = api_key(config)
+    curve = load_curve(config.server)
     metrics = Metrics()
-    middleware = [Middleware(RequestMetricsMiddleware, metrics=metrics)]
+    gate = Gate()
+    metrics.watch_gate(gate)
+    middleware = [
+        Middleware(AccessLogMiddleware),
+        Middleware(RequestMetricsMiddleware, metrics=metrics),
+        Middleware(GateMiddleware, gate=gate),
+    ]
     if key:
         middleware.append(Middleware(ApiKeyMiddleware, key=key))
     routes = [
@@ -120,9 +130,11 @@ def create_app(config: Config) -> Starlette:
         Route("/admin/models/{name:path}/load", admin.load_model, methods=["POST"]),
         Route("/admin/models/{name:path}/unload", admin.unload_model, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HearthError: _hearth_error, HTTPException: _http_error, Exception: _server_error},
     )
+    app.state.gate = gate  # flipped by gateway.shutdown.HearthServer on SIGTERM/SIGINT
+    return app

@@ -1,9 +1,12 @@
-"""The ``hearth`` command: ``serve``, ``import-gguf``, ``ps`` (gateway/ps.py) and ``bench``.
+"""The ``hearth`` command: ``serve``, ``worker``, ``keys``, ``import-gguf``, ``ps`` and ``bench``.
 
 ``serve`` builds the configuration once (flags or TOML; the embedded default model with
-neither) and runs the gateway on uvicorn. ``import-gguf`` converts a GGUF file into an MLX
-model folder in a child process, since the gateway side never imports MLX. ``bench`` hands its
-arguments to ``gateway.bench`` (the load generator; docs/benchmarks.md).
+neither) and runs the gateway on uvicorn (with ``gateway.shutdown``'s graceful stop).
+``worker`` runs a worker that joins a gateway on its own (over tcp:// with CURVE), ``keys``
+makes a CURVE key pair. ``import-gguf`` converts a GGUF file into an MLX model folder in a
+child process, since the gateway side never imports MLX. ``ps`` (gateway/ps.py) shows what a
+running server has loaded; ``bench`` hands its arguments to ``gateway.bench`` (the load
+generator; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from gateway.shutdown import HearthServer
 from shared.blas import with_openblas
 from shared.config import DTYPES, ConfigError, ModelConfig, ServerConfig, load_toml, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
+GRACE_AFTER_DRAIN = 5  # seconds uvicorn still gives open responses once shutdown_grace is over
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -52,14 +58,58 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     names = ", ".join(m.name for m in config.models)
     logging.getLogger("hearth").info("serving %s on http://%s:%s", names, config.server.host, config.server.port)
-    uvicorn.run(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        log_level=args.log_level.lower(),
-        timeout_graceful_shutdown=15,
+    uv = HearthServer(
+        uvicorn.Config(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            log_level=args.log_level.lower(),
+            timeout_graceful_shutdown=GRACE_AFTER_DRAIN,
+        ),
+        app.state.gate,
+        config.server.shutdown_grace,
     )
+    uv.run()
+    return 0 if uv.started else 3  # as uvicorn.run: the app could not start
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.curve import make_keys
+
+    public, secret = make_keys(args.folder, args.name)
+    print(f"public key (share it; a worker's goes into the gateway's curve_authorized_keys): {public}")
+    print(f"secret key (keep it; give it to the one that owns it only):                    {secret}")
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Run a worker that joins a gateway on its own: the model's settings from the same TOML as
+    the gateway's (so they hash the same) or from --path; exec'd, so signals reach it."""
+    if args.config:
+        if args.path:
+            raise ConfigError("--config and --path don't go together")
+        model = load_toml(args.config).model(args.model)
+        if model is None:
+            raise ConfigError(f"{args.config} has no model named {args.model!r}")
+    elif args.path:
+        model = ModelConfig(name=args.model, path=str(Path(args.path).expanduser().resolve()), dtype=args.dtype)
+    else:
+        raise ConfigError("hearth worker needs the model's settings: --config FILE or --path PATH")
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    cmd = [
+        sys.executable, "-m", "worker",
+        "--endpoint", args.connect,
+        "--worker-id", worker_id,
+        "--model-json", model.to_json().decode(),
+    ]  # fmt: skip
+    for flag, value in (("--server-key", args.server_key), ("--key", args.key)):
+        if value:
+            cmd += [flag, str(Path(value).expanduser().resolve())]
+    env = with_openblas(os.environ) or dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 def _import_gguf(args: argparse.Namespace) -> int:
@@ -93,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("file")
     g.add_argument("out")
     g.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
+    w = sub.add_parser("worker", help="run a model worker that joins a gateway over tcp:// (CURVE)")
+    w.add_argument("--connect", required=True, help="the gateway's worker endpoint, e.g. tcp://gpu-box:5555")
+    w.add_argument("--model", required=True, help="the model's name (as the gateway serves it)")
+    w.add_argument("--config", help="the gateway's hearth.toml, for the model's settings")
+    w.add_argument("--path", help="the model's folder or GGUF file (without --config)")
+    w.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype for a GGUF import (with --path)")
+    w.add_argument("--server-key", help="the gateway's public certificate (NAME.key) for CURVE")
+    w.add_argument("--key", help="this worker's secret certificate (NAME.key_secret) for CURVE")
+    w.add_argument("--worker-id", help="unique worker id (default: HOSTNAME-PID)")
+    k = sub.add_parser("keys", help="make a CURVE key pair (NAME.key, NAME.key_secret) in a folder")
+    k.add_argument("folder")
+    k.add_argument("--name", default="gateway", help="file name stem (default: gateway)")
     sub.add_parser("bench", help="load-test OpenAI-compatible servers (see hearth bench --help)", add_help=False)
     sub.add_parser("ps", help="show what a running server has loaded (see hearth ps --help)", add_help=False)
     if argv is None:
@@ -113,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.config and args.model:
                 p.error("--config and --model don't go together")
             return _serve(args)
+        if args.command == "worker":
+            if bool(args.server_key) != bool(args.key):
+                p.error("--server-key and --key go together")
+            return _worker(args)
+        if args.command == "keys":
+            return _keys(args)
         return _import_gguf(args)
     except ConfigError as e:
         print(f"hearth: {e}", file=sys.stderr)

@@ -13,13 +13,15 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
+from gateway.curve import CurveServer, start_authenticator
 from gateway.errors import HearthError, InvalidRequest, ModelNotFound, QueueFull, Unavailable, WorkerFailed, from_worker
 from gateway.metrics import Metrics
 from gateway.pool import Pool, WorkerHandle
@@ -49,6 +51,7 @@ from shared.units import parse_duration
 
 log = logging.getLogger("hearth.client")
 COUNT_TIMEOUT = 30.0  # seconds a token count may take, waiting for a ready worker included
+FORGET_AT_MOST = 10_000  # ids of gone workers kept to tell a returning one from a new one
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,24 @@ class RequestStream:
         self.redispatched = False
         self.finished = False
         self.t_submit = time.monotonic()
+        self.t_first = 0.0  # when the first delta arrived
+        self.done: Done | None = None  # the final message, for the access log
+        self.error: str | None = None  # the error code it ended with instead
         self._t_last = 0.0  # when the last delta arrived, for inter-token latency
         self._tokens = 0
 
     def _observe(self, item: Message) -> None:
+        now = time.monotonic()
+        if isinstance(item, Delta) and not self.t_first:
+            self.t_first = now
+        elif isinstance(item, Done):
+            self.done = item
+        elif isinstance(item, Error):
+            self.error = item.code
         metrics = self.client.metrics
         if metrics is None:
             return
         model = self.msg.model
-        now = time.monotonic()
         if isinstance(item, Delta):
             if not self._t_last:
                 metrics.ttft.labels(model).observe(now - self.t_submit)
@@ -154,10 +166,18 @@ class RequestStream:
 
 
 class EngineClient:
-    def __init__(self, config: Config, endpoint: str, metrics: Metrics | None = None) -> None:
+    """``endpoint`` is the private socket of the workers the supervisor spawns; the configured
+    ``[server] endpoint`` (if any) is bound on the same ROUTER for workers started on their own,
+    with CURVE when ``curve`` is given."""
+
+    def __init__(
+        self, config: Config, endpoint: str, metrics: Metrics | None = None, curve: CurveServer | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.endpoint = endpoint
+        self.curve = curve
+        self._auth: AsyncioAuthenticator | None = None
         self.pool = Pool(config)
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -168,11 +188,23 @@ class EngineClient:
         self.on_demand: Callable[[str], str | None] | None = None
         self._refused: set[str] = set()  # refused at hello: their later messages are dropped quietly
         self._counts: dict[str, tuple[str, asyncio.Future[int]]] = {}  # tokenize id -> (worker, answer)
+        self._forgotten: set[str] = set()  # workers whose process ended or that went silent
+        self._unknown: set[str] = set()  # sent something before their hello (logged once)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recv_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.sock.bind(self.endpoint)
+        external = self.config.server.endpoint
+        if external:
+            if self.curve is not None:
+                # socket options apply to the binds after them: the ipc:// bind above stays plain
+                self._auth = start_authenticator(self.ctx, self.curve)
+                self.sock.curve_secretkey = self.curve.secret
+                self.sock.curve_publickey = self.curve.public
+                self.sock.curve_server = True
+            self.sock.bind(external)
+            log.info("workers started on their own connect to %s%s", external, " (CURVE)" if self.curve else "")
         self._recv_task = asyncio.create_task(self._receive(), name="hearth-receive")
 
     async def stop(self) -> None:
@@ -181,6 +213,8 @@ class EngineClient:
         for t in list(self._tasks):
             t.cancel()
         self.sock.close()
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
 
     def send(self, worker_id: str, msg: Message) -> None:
@@ -327,9 +361,18 @@ class EngineClient:
                 answer.set_exception(Unavailable(f"the model worker died while counting tokens ({why})"))
         if handle is None:
             return
-        if handle.model in self.pool.models and handle.inflight:
+        if len(self._forgotten) > FORGET_AT_MOST:
+            self._forgotten.clear()
+        self._forgotten.add(worker_id)
+        self._settle(handle, why)
+
+    def _settle(self, handle: WorkerHandle, why: str) -> None:
+        """Every request ``handle`` held is lost: one without output moves, the others fail."""
+        worker_id = handle.worker_id
+        held, handle.inflight = handle.inflight, set()
+        if handle.model in self.pool.models and held:
             self.pool.touch(handle.model)
-        for rid in list(handle.inflight):
+        for rid in list(held):
             rs = self._streams.get(rid)
             if rs is None:
                 continue
@@ -359,8 +402,8 @@ class EngineClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def drain_all(self) -> None:
-        for wid in list(self.pool.workers):
+    def drain(self, worker_ids: Iterable[str]) -> None:
+        for wid in worker_ids:
             self.send(wid, Drain())
 
     def _refuse(self, worker_id: str) -> None:
@@ -401,14 +444,25 @@ class EngineClient:
             self._on_hello(worker_id, msg, handle)
             return
         if handle is None or not handle.connected:
-            if worker_id not in self._refused:
-                # e.g. a worker the watchdog gave up on, or one from before a gateway restart: it
-                # drains and exits, and its own supervisor (launchd, systemd) starts it afresh.
-                log.warning("%s from unknown worker %s (no hello): asking it to drain", msg.KIND, worker_id)
+            if worker_id in self._forgotten and worker_id not in self._refused:
+                # a worker that went silent and was given up on, now back: it drains and exits,
+                # and its own supervisor (launchd, systemd) starts it afresh
+                log.warning("%s from worker %s, given up on: asking it to drain", msg.KIND, worker_id)
                 self._refuse(worker_id)
+            elif worker_id not in self._refused and worker_id not in self._unknown:
+                # e.g. a worker on its own whose messages were queued while this gateway
+                # restarted: it says hello again once its connection is back
+                self._unknown.add(worker_id)
+                log.warning("%s from unknown worker %s: ignored until it says hello", msg.KIND, worker_id)
             return
         handle.last_seen = time.monotonic()
         if isinstance(msg, State):
+            if msg.state == WorkerState.LOADING:
+                handle.loading_since = handle.last_seen
+            elif msg.state == WorkerState.READY and handle.loading_since and self.metrics is not None:
+                self.metrics.load_seconds.labels(handle.model).observe(handle.last_seen - handle.loading_since)
+            if msg.state != WorkerState.LOADING:
+                handle.loading_since = 0.0
             handle.state = msg.state
             handle.detail = msg.detail
             handle.context_length = msg.context_length or handle.context_length
@@ -429,7 +483,9 @@ class EngineClient:
         elif isinstance(msg, (Delta, Done, Error)):
             rs = self._streams.get(msg.id)
             if rs is None:
-                return  # cancelled or settled already
+                if isinstance(msg, Delta):  # cancelled, or from before a gateway restart: stop it
+                    self.send(worker_id, Cancel(msg.id))
+                return
             if rs.worker_id != worker_id:
                 log.warning("dropping %s for request %s from %s, which does not hold it", msg.KIND, msg.id, worker_id)
                 return
@@ -473,6 +529,12 @@ class EngineClient:
                 expected,
             )
         self._refused.discard(worker_id)
+        self._forgotten.discard(worker_id)
+        self._unknown.discard(worker_id)
+        if handle is not None and handle.connected and handle.inflight:
+            # its connection broke and came back: it dropped what it was running, and output in
+            # flight may have been lost, so its requests are settled as if it had died
+            self._settle(handle, "its connection was lost")
         if handle is None:  # a worker started on its own (launchd, systemd, another machine)
             handle = self.pool.add(worker_id, msg.model)
         handle.connected = True

@@ -1,5 +1,6 @@
 """Probes: /health is the gateway's own liveness (no worker round trip); /ready says whether
-every preloaded model has a ready worker, with every model's workers and states either way."""
+every preloaded model has a ready worker, with every model's workers and states either way.
+/ready turns 503 as soon as a shutdown starts, so a load balancer stops sending traffic."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     pool = request.app.state.client.pool
-    ok = pool.is_ready()
+    shutting_down = request.app.state.gate.draining
+    ok = pool.is_ready() and not shutting_down
     body = {"ready": ok, "models": {name: pool.describe(name) for name in pool.models}}
+    if shutting_down:
+        body["status"] = "shutting down"
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

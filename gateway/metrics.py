@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from gateway.pool import Pool
+    from gateway.shutdown import Gate
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
 class Metrics:
@@ -42,6 +44,15 @@ class Metrics:
         self.unloads = Counter(
             "hearth_model_unloads", "Models unloaded, by reason (idle, evicted, admin)", ["model", "reason"], registry=r
         )
+        self.load_seconds = Histogram(
+            "hearth_model_load_seconds",
+            "From a worker's hello to ready (loading weights and the self-check), as the gateway saw it",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
+        self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 
     def observe_done(self, model: str, usage: dict[str, int]) -> None:
         self.prompt_tokens.labels(model).inc(usage.get("prompt_tokens", 0))
@@ -50,6 +61,10 @@ class Metrics:
 
     def watch_pool(self, pool: Pool, restarts: dict[str, int]) -> None:
         self.registry.register(_PoolCollector(pool, restarts))
+
+    def watch_gate(self, gate: Gate) -> None:
+        self.in_flight.set_function(lambda: gate.inflight)
+        self.shutting_down.set_function(lambda: float(gate.draining))
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -31,6 +31,7 @@ class WorkerHandle:
     context_length: int = 0
     inflight: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
+    loading_since: float = 0.0  # when it said it was loading, for the model load time
     heartbeat: Heartbeat | None = None
 
     def describe(self) -> dict[str, Any]:

@@ -334,9 +334,10 @@ class Supervisor:
                     self.client.worker_exited(w.worker_id, "heartbeat timeout")
 
     async def stop(self) -> None:
-        """Drain every worker, then SIGTERM, then SIGKILL what is left."""
+        """Drain the workers we spawned, then SIGTERM, then SIGKILL what is left. Workers started
+        on their own keep running: they say hello again to the next gateway on this endpoint."""
         self.stopping = True
-        self.client.drain_all()
+        self.client.drain(list(self.procs))
         procs = list(self.procs.values())
         for sig, wait in (("drain", self.config.server.drain_timeout), ("terminate", 3.0), ("kill", 3.0)):
             alive = [p for p in procs if p.returncode is None]

@@ -85,7 +85,10 @@ class ServerConfig:
     port: int = 8080
     api_key_env: str | None = None  # name of the environment variable holding the API key
     body_limit: int = 8 * 1024 * 1024
-    endpoint: str | None = None  # worker endpoint; default ipc:// in a private 0700 runtime folder
+    endpoint: str | None = None  # an extra endpoint for workers started on their own (tcp://HOST:PORT)
+    curve_secret_key: str | None = None  # the gateway's CURVE secret certificate (hearth keys)
+    curve_authorized_keys: str | None = None  # folder of the public certificates of allowed workers
+    insecure_tcp: bool = False  # allow a tcp:// endpoint off loopback without CURVE
     heartbeat_timeout: float = 30.0  # a worker silent this long counts as dead
     request_wait: float = 300.0  # how long a request waits for a ready worker before 503
     restart_limit: int = 5  # crashes within restart_window before a model is marked failed
@@ -98,6 +101,8 @@ class ServerConfig:
 
     def memory_budget_bytes(self) -> int:
         return parse_size(self.memory_budget)
+
+    shutdown_grace: float = 30.0  # on SIGTERM/SIGINT: how long in-flight requests may take to finish
 
 
 @dataclass(frozen=True)
@@ -195,17 +200,6 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
 
 
-def validate_server(s: ServerConfig) -> None:
-    if s.sse_keepalive < 0:
-        raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
-    if s.max_loaded_models < 0:
-        raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
-    try:
-        s.memory_budget_bytes()
-    except ValueError as e:
-        raise ConfigError(f"server: memory_budget: {e}") from None
-
-
 def load_toml(path: str | os.PathLike[str]) -> Config:
     """Read ``hearth.toml``: a ``[server]`` table and one ``[[models]]`` table per model."""
     p = Path(path)
@@ -234,11 +228,57 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
         models.append(_build(ModelConfig, raw, where))
+    keys = {
+        k: str((p.parent / os.path.expanduser(v)).resolve())
+        for k in ("curve_secret_key", "curve_authorized_keys")
+        if isinstance(v := server_table.get(k), str)
+    }
+    if keys:
+        server = dataclasses.replace(server, **keys)
     return make_config(server, models)
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "[::1]", "::1")
+
+
+def validate_server(s: ServerConfig) -> None:
+    """Server settings that must hold together; a worker endpoint reachable from other machines
+    needs CURVE (or an explicit opt-out)."""
+    if s.sse_keepalive < 0:
+        raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
+    if s.max_loaded_models < 0:
+        raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
+    try:
+        s.memory_budget_bytes()
+    except ValueError as e:
+        raise ConfigError(f"server: memory_budget: {e}") from None
+    if (s.curve_secret_key is None) != (s.curve_authorized_keys is None):
+        raise ConfigError("[server] curve_secret_key and curve_authorized_keys go together")
+    if s.shutdown_grace < 0 or s.drain_timeout < 0:
+        raise ConfigError("[server] shutdown_grace and drain_timeout must be >= 0")
+    if s.heartbeat_timeout <= 0 or s.request_wait <= 0:
+        raise ConfigError("[server] heartbeat_timeout and request_wait must be positive")
+    if s.endpoint is None:
+        if s.curve_secret_key is not None:
+            raise ConfigError("[server] CURVE keys are set but there is no tcp:// endpoint for them")
+        return
+    if not s.endpoint.startswith(("tcp://", "ipc://")):
+        raise ConfigError(f"[server] endpoint = {s.endpoint!r} should be tcp://HOST:PORT or ipc://PATH")
+    if s.curve_secret_key is not None and not s.endpoint.startswith("tcp://"):
+        raise ConfigError("[server] CURVE keys need a tcp:// endpoint")
+    host = s.endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+    if s.endpoint.startswith("tcp://") and not is_loopback(host):
+        if s.curve_secret_key is None and not s.insecure_tcp:
+            raise ConfigError(
+                f"[server] endpoint = {s.endpoint!r} accepts workers from other machines: set "
+                "curve_secret_key and curve_authorized_keys (see `hearth keys`), or insecure_tcp = true"
+            )
 
 
 def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
     """Check a configuration as a whole; with no model given, serve the embedded default."""
+    validate_server(server)
     if not models:
         models = [default_model()]
     names = [m.name for m in models]
@@ -251,7 +291,6 @@ def make_config(server: ServerConfig, models: list[ModelConfig]) -> Config:
                 raise ConfigError(f"model {m.name}: alias {alias!r} is another model's name")
             if claimed.setdefault(alias, m.name) != m.name:
                 raise ConfigError(f"alias {alias!r} is claimed by both {claimed[alias]} and {m.name}")
-    validate_server(server)
     for m in models:
         validate_model(m)
     return Config(server=server, models=tuple(models))

@@ -195,6 +195,10 @@ class EngineCore:
         if live is not None:
             self._drop(live)
 
+    def cancel_all(self) -> None:
+        for live in list(self._live.values()):
+            self._drop(live)
+
     def _drop(self, live: _Live) -> None:
         self._system_pending.discard(live.id)
         self._remove(live.uid)

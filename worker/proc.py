@@ -4,6 +4,11 @@ One thread owns the DEALER socket and the engine core: it reads every waiting me
 one batch step, sends what the step produced, and repeats; with no work it blocks on the
 socket. Loading runs in a side thread so heartbeats go on while weights load. Signals only
 set flags. The worker exits when its parent (the gateway) is gone.
+
+Heartbeats are sent from that same loop, between batch steps, never from a side thread: a
+heartbeat proves the loop makes progress, so a step that hangs stops them and the gateway's
+watchdog kills the worker after ``heartbeat_timeout``. One step is at most ``prefill_step``
+prompt tokens (or one decode token per sequence), which must stay well under that timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import time
 from typing import TYPE_CHECKING
 
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from shared.codec import ProtocolError, decode, encode
 from shared.config import ModelConfig
@@ -46,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hearth.worker")
 HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
+EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key, or no handshake can succeed
+HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) before giving up
 
 
 class _Loader(threading.Thread):
@@ -93,7 +102,20 @@ def _save_warm(core: EngineCore) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, endpoint: str, worker_id: str, cfg: ModelConfig, parent_pid: int | None):
+    """``parent_pid``: a worker the gateway spawned, which exits with it. Without it the worker
+    was started on its own (``hearth worker``): it watches its connection instead, says
+    ``hello`` again whenever it reconnects (a restarted gateway knows nothing of it), and exits
+    with ``EXIT_REFUSED`` if the gateway refuses its CURVE key. ``curve``: (this worker's
+    public key, its secret key, the gateway's public key)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        worker_id: str,
+        cfg: ModelConfig,
+        parent_pid: int | None,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+    ):
         self.worker_id = worker_id
         self.cfg = cfg
         self.parent_pid = parent_pid
@@ -101,7 +123,25 @@ class WorkerProcess:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
+        if curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.monitor: zmq.Socket[bytes] | None = None
+        if parent_pid is None:
+            self.monitor = self.sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_DISCONNECTED
+            )
+            self.poller.register(self.monitor, zmq.POLLIN)
+        self.connections = 0  # handshakes that succeeded
+        self.connected = False
+        self.failed_handshakes = 0  # in a row
         self.sock.connect(endpoint)
+        self.endpoint = endpoint
         self.loader = _Loader(cfg)
         self.core: EngineCore | None = None
         self.draining = False
@@ -110,15 +150,21 @@ class WorkerProcess:
     def send(self, msg: Message) -> None:
         self.sock.send_multipart(encode(msg))
 
-    def run(self) -> int:
+    def hello(self) -> None:
         self.send(Hello(self.worker_id, self.cfg.name, os.getpid(), PROTOCOL_VERSION, self.cfg.config_hash()))
+
+    def run(self) -> int:
+        self.hello()
         self.send(State(WorkerState.LOADING))
         self.loader.start()
         next_beat = 0.0
         while True:
             busy = self.core is not None and self.core.has_work
-            if self.sock.poll(0 if busy else IDLE_POLL_MS):
+            ready = dict(self.poller.poll(0 if busy else IDLE_POLL_MS))
+            if self.sock in ready:
                 self._read_all()
+            if self.monitor is not None and self.monitor in ready and self._connection_events():
+                return EXIT_REFUSED
             if self.core is None and not self.loader.is_alive():
                 if self.loader.error is not None:
                     self.send(State(WorkerState.FAILED, self.loader.error))
@@ -152,6 +198,55 @@ class WorkerProcess:
                 if self.core is not None:
                     _save_warm(self.core)
                 return 0
+
+    def _connection_events(self) -> bool:
+        """Rejoin after a reconnect; True when the handshake can't succeed (no use retrying): the
+        gateway refused our key, or it keeps failing (a wrong --server-key, CURVE on one side
+        only). Lost connections are retried by ZeroMQ."""
+        assert self.monitor is not None
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log.error("the gateway at %s refused this worker's CURVE key; exiting", self.endpoint)
+                return True
+            if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self.failed_handshakes += 1
+                if self.failed_handshakes >= HANDSHAKE_TRIES:
+                    log.error(
+                        "no handshake with the gateway at %s succeeded in %d tries: is --server-key its public "
+                        "key, and do both sides use CURVE? exiting",
+                        self.endpoint,
+                        self.failed_handshakes,
+                    )
+                    return True
+            elif event == zmq.EVENT_DISCONNECTED and self.connected:
+                self.connected = False
+                log.warning("lost the gateway at %s; reconnecting", self.endpoint)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
+                self.failed_handshakes = 0
+                self.connections += 1
+                if self.connections > 1:
+                    # the gateway settles what we were running (it may have missed output)
+                    running = self.core.running + self.core.waiting if self.core else 0
+                    log.warning(
+                        "reconnected to the gateway at %s; saying hello again, dropping %d request(s)",
+                        self.endpoint,
+                        running,
+                    )
+                    if self.core is not None:
+                        self.core.cancel_all()
+                    self.hello()
+                    self.send(self._state())
+        return False
+
+    def _state(self) -> State:
+        """The current lifecycle state, for a hello after a reconnect."""
+        if self.draining:
+            return State(WorkerState.DRAINING)
+        if self.core is not None:
+            return State(WorkerState.READY, context_length=self.core.m.context_length)
+        return State(WorkerState.LOADING)
 
     def _read_all(self) -> None:
         while True:
@@ -218,6 +313,9 @@ class WorkerProcess:
         )
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close()
         self.sock.close()
         self.ctx.term()
 
@@ -228,19 +326,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-id", required=True)
     p.add_argument("--model-json", required=True, help="the model's settings as JSON")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--server-key", help="CURVE: the gateway's public certificate file (NAME.key)")
+    p.add_argument("--key", help="CURVE: this worker's secret certificate file (NAME.key_secret)")
     args = p.parse_args(argv)
+    if bool(args.server_key) != bool(args.key):
+        p.error("--server-key and --key go together")
     logging.basicConfig(
         level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s worker[{args.worker_id}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    proc = WorkerProcess(args.endpoint, args.worker_id, ModelConfig.from_json(args.model_json), args.parent_pid)
+    curve = None
+    if args.key:
+        public, secret = zmq.auth.load_certificate(args.key)
+        server_public, _ = zmq.auth.load_certificate(args.server_key)
+        if secret is None:
+            p.error(f"--key {args.key} holds no secret key (use the NAME.key_secret file)")
+        curve = (public, secret, server_public)
+    cfg = ModelConfig.from_json(args.model_json)
+    proc = WorkerProcess(args.endpoint, args.worker_id, cfg, args.parent_pid, curve)
 
     def on_term(signum: int, frame: object) -> None:
         proc.stop_signal = True
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the gateway, which drains us
+    if args.parent_pid is None:  # on its own (hearth worker): Ctrl-C drains it too
+        signal.signal(signal.SIGINT, on_term)
+    else:  # spawned: Ctrl-C reaches the gateway too, which drains us in its own time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return proc.run()
     finally:

@@ -81,7 +81,9 @@ async def _generate(
     request: Request, client: EngineClient, req: SamplingFields, inputs: list[dict[str, Any]], shape_cls: type[Shape]
 ) -> Response:
     cfg = client.config.model(req.model)
-    request.scope.setdefault("state", {})["model"] = cfg.name if cfg else "unknown"  # for metrics
+    state = request.scope.setdefault("state", {})  # for metrics and the access log
+    state["model"] = cfg.name if cfg else "unknown"
+    generations: list[tuple[ChoiceSpec, RequestStream]] = state.setdefault("generations", [])
     params = params_for(req, cfg) if cfg else {}
     specs = expand(inputs, params, req.n)
     want_lp = "logprobs" in params
@@ -89,7 +91,7 @@ async def _generate(
     if not req.stream:
 
         async def whole() -> tuple[str, list[Result]]:
-            streams = await _open(client, req, specs)
+            streams = await _open(client, req, specs, generations)
             try:
                 return streams[0].id, list(await asyncio.gather(*(rs.collect() for rs in streams)))
             finally:
@@ -108,7 +110,7 @@ async def _generate(
         return _json(shape.response(choices, usage([(spec, r.done) for spec, r in zip(specs, results, strict=True)])))
 
     async def opening() -> tuple[str, AsyncGenerator[tuple[ChoiceSpec, Delta | Done]], tuple[ChoiceSpec, Delta | Done]]:
-        streams = await _open(client, req, specs)
+        streams = await _open(client, req, specs, generations)
         merged = _merge(specs, streams)
         try:  # an error before the first token is still a plain JSON error response
             return streams[0].id, merged, await anext(merged)
@@ -163,14 +165,18 @@ async def _sse_once_open(
             await opening.result()[1].aclose()  # closes (and cancels) the streams if unfinished
 
 
-async def _open(client: EngineClient, req: SamplingFields, specs: list[ChoiceSpec]) -> list[RequestStream]:
-    """Submit every choice; if one can't be queued, the others are cancelled."""
+async def _open(
+    client: EngineClient, req: SamplingFields, specs: list[ChoiceSpec], opened: list[tuple[ChoiceSpec, RequestStream]]
+) -> list[RequestStream]:
+    """Submit every choice (each also goes into ``opened``); if one can't be queued, the others
+    are cancelled."""
     streams: list[RequestStream] = []
     try:
         for spec in specs:
             streams.append(
                 await client.submit(req.model, spec.input, spec.params, req.stream, keep_alive=req.keep_alive)
             )
+            opened.append((spec, streams[-1]))
     except BaseException:
         for rs in streams:
             rs.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Gateway, chat, serving
+from tests.servers import Gateway, alive, chat, serving
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +80,6 @@ def test_workers_exit_when_the_gateway_is_killed(tiny_model: Path, tmp_path_fact
         g.proc.kill()
         g.proc.wait()
         deadline = time.monotonic() + 10
-        while _alive(pid):
+        while alive(pid):
             assert time.monotonic() < deadline, "the worker outlived its gateway"
             time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by init) counts as gone
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")

@@ -319,6 +319,7 @@ def test_garbage_from_a_worker_does_not_kill_the_receive_loop(
     w.send(Delta("no-such-request", "boo", 1))
     w.send(Done("no-such-request", "stop", USAGE))
     w.send(Error("no-such-request", "generation_failed", "nobody asked"))
+    assert w.expect(Cancel).id == "no-such-request"  # output nobody reads is stopped
 
     fut = pool.submit(post, gw, chat("ext", "still there?"))
     gen = w.expect(Generate)
@@ -403,15 +404,55 @@ def test_a_worker_with_another_protocol_is_refused(gw: Gateway, fakes: Callable[
     assert "protocol" in lines[0] and "999" in lines[0]
 
 
-def test_a_worker_that_never_said_hello_is_asked_to_drain(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:
-    """E.g. one the watchdog gave up on, or one from before a gateway restart: it exits, and
-    whatever started it starts it afresh, with a hello."""
+def test_a_worker_that_has_not_said_hello_is_ignored_until_it_does(
+    gw: Gateway, fakes: Callable[..., FakeWorker]
+) -> None:
+    """E.g. a worker on its own whose heartbeats were queued while the gateway restarted: it says
+    hello again when its connection is back, so it is not told to drain meanwhile."""
     w = fakes(ready=False)
     w.silent = True
+    w.heartbeat()
+    assert not [m for m in w.pending(0.5) if isinstance(m, Drain)]
+    w.hello()
+    w.state("ready")
+    wait_until(lambda: worker_states(gw, "ext").get(w.worker_id) == "ready", what=f"{w.worker_id} ready")
+
+
+def test_a_worker_given_up_on_that_comes_back_is_asked_to_drain(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:
+    """Silent past heartbeat_timeout: the gateway forgets it. If it was only stuck and speaks
+    again, it is told to drain (its own supervisor starts it afresh, with a hello)."""
+    w = fakes()
+    w.silent = True
+    wait_until(lambda: w.worker_id not in worker_states(gw, "ext"), timeout=HEARTBEAT_TIMEOUT + 5, what="forgotten")
     w.heartbeat()
     w.expect(Drain, 5)
     w.heartbeat()
     assert not [m for m in w.pending(0.3) if isinstance(m, Drain)]  # asked once, then ignored
+
+
+def test_a_worker_that_says_hello_again_has_its_requests_settled(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
+    """A hello from a connected worker means its connection broke and came back (output may have
+    been lost): a request with output ends in worker_died, one without is sent again."""
+    w = fakes()
+    started = pool.submit(post, gw, chat("ext", "one"))
+    gen = w.expect(Generate)
+    w.send(Delta(gen.id, "par", 1))  # one connection keeps the order: it arrives before the hello
+    w.hello()
+    w.state("ready")
+    r = started.result(10)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "worker_died", r.text
+
+    unstarted = pool.submit(post, gw, chat("ext", "two"))
+    gen = w.expect(Generate)
+    w.hello()
+    w.state("ready")
+    again = w.expect(Generate)
+    assert again.id == gen.id
+    answer(w, again, "whole")
+    r = unstarted.result(10)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "whole", r.text
 
 
 # -- 5. the queue bound -----------------------------------------------------------------------
