@@ -15,7 +15,7 @@ MODEL_DIR=$("$PY" -c "from shared.config import default_model; from worker.model
 PRELOAD=""
 for lib in /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3; do [ -e "$lib" ] && PRELOAD=$lib; done
 
-"$PY" -m gateway serve --port "$HEARTH_PORT" --log-level WARNING &
+"$PY" -m gateway --log-level WARNING serve --port "$HEARTH_PORT" &
 HEARTH_PID=$!
 LD_PRELOAD=$PRELOAD "$PY" -m mlx_lm.server --model "$MODEL_DIR" --port "$MLX_PORT" --log-level WARNING &
 MLX_PID=$!

@@ -56,8 +56,26 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool = False) -> Path:
-    """The model in ``out``; ``tools``: the tool-calling variant (CHATML_TOOLS, <tool_call> tokens)."""
+def english_corpus() -> list[str]:
+    """Prose and JSON for a tokenizer that packs an agent's prompt (instructions, JSON Schema
+    tools) into few tokens: the standard library's docstrings and some schemas. Long prompts
+    then cost a test seconds, not minutes, of prefill."""
+    import importlib
+    import inspect
+
+    texts = []
+    for name in ("argparse", "asyncio", "collections", "dataclasses", "email", "http.client", "inspect",
+                 "json", "logging", "os", "pathlib", "re", "subprocess", "typing", "unittest", "zipfile"):  # fmt: skip
+        mod = importlib.import_module(name)
+        texts += [inspect.getdoc(o) or "" for _, o in inspect.getmembers(mod) if inspect.isclass(o) or callable(o)]
+    schema = {"type": "object", "properties": {"file_path": {"type": "string", "description": "The path"}}}
+    texts += [json.dumps({"name": "Read", "description": "Reads a file", "input_schema": schema})] * 50
+    return [t for t in texts if t]
+
+
+def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool = False, vocab: int = 600) -> Path:
+    """The model in ``out``; ``tools``: the tool-calling variant (CHATML_TOOLS, <tool_call> tokens);
+    ``vocab`` above 600: a tokenizer trained on English and JSON too (``english_corpus``)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -68,12 +86,12 @@ def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab,
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + (english_corpus() if vocab > 600 else []), trainer)
     if tools:
         tok.add_special_tokens(TOOL_SPECIALS)
         tok.add_tokens([EMPTY_ARGS])

@@ -24,6 +24,7 @@ from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
 from gateway.errors import HearthError, InvalidRequest, ModelNotFound, WorkerFailed, request_id
 from gateway.openai.endpoints import GONE, _unless_gone
+from gateway.openai.translate import ChoiceSpec
 from shared.config import ModelConfig
 from shared.protocol import ERROR_CONTEXT_LENGTH, Delta, Done
 
@@ -54,15 +55,17 @@ async def messages(request: Request) -> Response:
     cfg = _model(request, client, req)
     inp, params = prompt_input(req, cfg), params_for(req, cfg)
     headers = {"request-id": request_id()}
+    # the generations, for the access log (gateway/access.py)
+    generations: list[tuple[ChoiceSpec, RequestStream]] = request.scope["state"].setdefault("generations", [])
     try:
         if not req.stream:
-            out = await _unless_gone(request, _whole(client, cfg.name, inp, params))
+            out = await _unless_gone(request, _whole(client, cfg.name, inp, params, req.keep_alive, generations))
             if out is GONE:
                 return Response(status_code=499)
             rid, blocks, done = out
             body = MessageShape(rid, req.model).message(blocks.content, done)
             return Response(orjson.dumps(body), media_type="application/json", headers=headers)
-        opened = await _unless_gone(request, _open(client, cfg.name, inp, params))
+        opened = await _unless_gone(request, _open(client, cfg.name, inp, params, req.keep_alive, generations))
     except HearthError as e:
         raise _anthropic(e) from None
     if opened is GONE:
@@ -85,9 +88,15 @@ async def count_tokens(request: Request) -> Response:
 
 
 async def _whole(
-    client: EngineClient, model: str, inp: dict[str, Any], params: dict[str, Any]
+    client: EngineClient,
+    model: str,
+    inp: dict[str, Any],
+    params: dict[str, Any],
+    keep_alive: float | str | None,
+    opened: list[tuple[ChoiceSpec, RequestStream]],
 ) -> tuple[str, Blocks, Done]:
-    rs = await client.submit(model, inp, params, stream=False)
+    rs = await client.submit(model, inp, params, stream=False, keep_alive=keep_alive)
+    opened.append((ChoiceSpec(0, 0, inp, params), rs))
     blocks = Blocks()
     try:
         async for ev in rs:
@@ -113,11 +122,17 @@ def _next(events: AsyncIterator[Delta | Done]) -> Next:
 
 
 async def _open(
-    client: EngineClient, model: str, inp: dict[str, Any], params: dict[str, Any]
+    client: EngineClient,
+    model: str,
+    inp: dict[str, Any],
+    params: dict[str, Any],
+    keep_alive: float | str | None,
+    opened: list[tuple[ChoiceSpec, RequestStream]],
 ) -> tuple[RequestStream, AsyncIterator[Delta | Done], Next]:
     """Submit, and wait a little for the first output: an error that comes at once is still a
     JSON error response. The first output's task is handed on, done or not."""
-    rs = await client.submit(model, inp, params, stream=True)
+    rs = await client.submit(model, inp, params, stream=True, keep_alive=keep_alive)
+    opened.append((ChoiceSpec(0, 0, inp, params), rs))
     events = aiter(rs)
     first = _next(events)
     try:

@@ -297,6 +297,7 @@ BAD = [
         "'g'",
     ),  # fmt: skip
     ("body-a-list", [1, 2], "object"),
+    ("keep_alive-not-a-duration", body(keep_alive="soon"), "keep_alive"),
 ]
 
 
@@ -428,3 +429,17 @@ def test_billing_header_is_stripped_for_the_prompt_cache(client: anthropic.Anthr
     )
     assert stripped > system_tokens.input_tokens // 2  # the whole system prompt came from the cache
     assert kept < stripped // 4  # only the template's head before the header matched
+
+
+def test_keep_alive_and_the_access_log(gw: Gateway) -> None:
+    """The Ollama-style ``keep_alive`` works on /v1/messages as on the OpenAI endpoints, and the
+    request gets its access-log line with the model and its token counts."""
+    r = gw.http.post("/v1/messages", json=body(keep_alive="10m"), headers=H)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    admin = {m["name"]: m for m in gw.http.get("/admin/models", headers=H).json()["models"]}
+    assert admin["tiny"]["keep_alive_seconds"] == 600
+    line = next(x for x in reversed(gw.log().splitlines()) if "hearth.access" in x and "/v1/messages" in x)
+    assert "model=tiny" in line and "status=200" in line, line
+    assert f"completion_tokens={usage['output_tokens']}" in line, line
+    gw.http.post("/v1/messages", json=body(keep_alive=-1), headers=H)  # back to forever for the others

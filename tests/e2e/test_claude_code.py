@@ -54,8 +54,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from tokenizers import Tokenizer
 
     tmp = tmp_path_factory.mktemp("claude-code")
-    long = build_tiny_model(tmp / "long", context=262144, tools=True)  # Claude Code always offers tools
-    short = build_tiny_model(tmp / "short", context=2048, tools=True)
+    # Claude Code always offers tools; an English/JSON tokenizer keeps its ~70 kB prompt short
+    long = build_tiny_model(tmp / "long", context=65536, tools=True, vocab=8000)
+    short = build_tiny_model(tmp / "short", context=2048, tools=True, vocab=8000)
     word = Tokenizer.from_file(str(long / "tokenizer.json")).encode("Hello").ids[0]
     short_answer = {
         "temperature": 0,
