@@ -60,17 +60,26 @@ def english_corpus() -> list[str]:
     """Prose and JSON for a tokenizer that packs an agent's prompt (instructions, JSON Schema
     tools) into few tokens: the standard library's docstrings and some schemas. Long prompts
     then cost a test seconds, not minutes, of prefill."""
+    import warnings
+
+    with warnings.catch_warnings():  # getmembers touches deprecated attributes (typing.io, ...)
+        warnings.simplefilter("ignore")
+        texts = _docstrings()
+    schema = {"type": "object", "properties": {"file_path": {"type": "string", "description": "The path"}}}
+    texts += [json.dumps({"name": "Read", "description": "Reads a file", "input_schema": schema})] * 50
+    return [t for t in texts if t]
+
+
+def _docstrings() -> list[str]:
     import importlib
     import inspect
 
-    texts = []
+    texts: list[str] = []
     for name in ("argparse", "asyncio", "collections", "dataclasses", "email", "http.client", "inspect",
                  "json", "logging", "os", "pathlib", "re", "subprocess", "typing", "unittest", "zipfile"):  # fmt: skip
         mod = importlib.import_module(name)
         texts += [inspect.getdoc(o) or "" for _, o in inspect.getmembers(mod) if inspect.isclass(o) or callable(o)]
-    schema = {"type": "object", "properties": {"file_path": {"type": "string", "description": "The path"}}}
-    texts += [json.dumps({"name": "Read", "description": "Reads a file", "input_schema": schema})] * 50
-    return [t for t in texts if t]
+    return texts
 
 
 def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool = False, vocab: int = 600) -> Path:
