@@ -19,8 +19,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.asgi import StatusRecorder, is_api
 from gateway.openai.translate import usage
 
 if TYPE_CHECKING:
@@ -68,25 +69,19 @@ class AccessLogMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if not is_api(scope):
             await self.app(scope, receive, send)
             return
         t0 = time.monotonic()
-        status = [0]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, recorder)
         finally:
             state = scope.get("state", {})
             fields: dict[str, Any] = {
                 "method": scope["method"],
                 "path": scope["path"],
-                "status": status[0] or 500,
+                "status": recorder.status or 500,
                 "model": state.get("model"),
             }
             fields.update(request_fields(state.get("generations", [])))

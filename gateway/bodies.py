@@ -6,15 +6,25 @@ reaches a worker.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from shared.units import parse_duration
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _duration(v: float | str) -> float | str:
+    parse_duration(v)  # its ValueError names the problem
+    return v
+
+
+# The Ollama-style ``keep_alive`` request field (both APIs): seconds, "5m", -1/"forever", 0.
+KeepAlive = Annotated[StrictInt | StrictFloat | StrictStr, AfterValidator(_duration)]
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -15,7 +15,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.asgi import StatusRecorder, is_api
 
 if TYPE_CHECKING:
     from gateway.pool import Pool
@@ -118,18 +120,12 @@ class RequestMetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if not is_api(scope):
             await self.app(scope, receive, send)
             return
-        status = [500]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, recorder)
         finally:
             model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(model, scope["path"], str(status[0])).inc()
+            self.metrics.requests.labels(model, scope["path"], str(recorder.status or 500)).inc()

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.asgi import is_api
 from gateway.errors import Unavailable, error_response
 
 log = logging.getLogger("hearth.shutdown")
@@ -48,7 +49,7 @@ class GateMiddleware:
         self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if not is_api(scope):
             await self.app(scope, receive, send)
             return
         if self.gate.draining:

@@ -74,31 +74,24 @@ class _Loader(threading.Thread):
 
             core = EngineCore(load_model(self.cfg), self.cfg)
             self_check(core)
-            _load_warm(core)
+            _warm(core, save=False)
             self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail
             log.exception("loading %s failed", self.cfg.name)
             self.error = f"{type(e).__name__}: {e}"
 
 
-def _load_warm(core: EngineCore) -> None:
+def _warm(core: EngineCore, save: bool) -> None:
+    """Load (at start) or save (at drain) the prompt caches that make a restart warm. Only an
+    optimisation: a failure is logged, never a reason not to serve or not to exit."""
     try:
         t = time.perf_counter()
-        n = core.load_warm()
+        n = core.save_warm() if save else core.load_warm()
         if n:
-            log.info("warm start: %d prompt cache entries loaded in %.2fs", n, time.perf_counter() - t)
-    except Exception:  # a warm cache is an optimisation: never a reason not to serve
-        log.exception("could not load the saved prompt cache")
-
-
-def _save_warm(core: EngineCore) -> None:
-    try:
-        t = time.perf_counter()
-        n = core.save_warm()
-        if n:
-            log.info("saved %d prompt cache entries for the next worker in %.2fs", n, time.perf_counter() - t)
+            done = "saved for the next worker" if save else "loaded (warm start)"
+            log.info("%d prompt cache entries %s in %.2fs", n, done, time.perf_counter() - t)
     except Exception:
-        log.exception("could not save the prompt cache")
+        log.exception("could not %s the prompt cache", "save" if save else "load")
 
 
 class WorkerProcess:
@@ -196,7 +189,7 @@ class WorkerProcess:
                 self._start_drain()
             if self.draining and (self.core is None or not self.core.has_work):
                 if self.core is not None:
-                    _save_warm(self.core)
+                    _warm(self.core, save=True)
                 return 0
 
     def _connection_events(self) -> bool:

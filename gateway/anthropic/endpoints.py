@@ -23,7 +23,7 @@ from gateway.anthropic.translate import Blocks, MessageShape, params_for, prompt
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
 from gateway.errors import HearthError, InvalidRequest, ModelNotFound, WorkerFailed, request_id
-from gateway.openai.endpoints import GONE, _unless_gone
+from gateway.disconnect import GONE, unless_gone
 from gateway.openai.translate import ChoiceSpec
 from shared.config import ModelConfig
 from shared.protocol import ERROR_CONTEXT_LENGTH, Delta, Done
@@ -59,13 +59,13 @@ async def messages(request: Request) -> Response:
     generations: list[tuple[ChoiceSpec, RequestStream]] = request.scope["state"].setdefault("generations", [])
     try:
         if not req.stream:
-            out = await _unless_gone(request, _whole(client, cfg.name, inp, params, req.keep_alive, generations))
+            out = await unless_gone(request, _whole(client, cfg.name, inp, params, req.keep_alive, generations))
             if out is GONE:
                 return Response(status_code=499)
             rid, blocks, done = out
             body = MessageShape(rid, req.model).message(blocks.content, done)
             return Response(orjson.dumps(body), media_type="application/json", headers=headers)
-        opened = await _unless_gone(request, _open(client, cfg.name, inp, params, req.keep_alive, generations))
+        opened = await unless_gone(request, _open(client, cfg.name, inp, params, req.keep_alive, generations))
     except HearthError as e:
         raise _anthropic(e) from None
     if opened is GONE:
@@ -87,6 +87,21 @@ async def count_tokens(request: Request) -> Response:
     )
 
 
+async def _submit(
+    client: EngineClient,
+    model: str,
+    inp: dict[str, Any],
+    params: dict[str, Any],
+    stream: bool,
+    keep_alive: float | str | None,
+    opened: list[tuple[ChoiceSpec, RequestStream]],
+) -> RequestStream:
+    """Queue the generation; ``opened`` (the access log's list) gets it too."""
+    rs = await client.submit(model, inp, params, stream=stream, keep_alive=keep_alive)
+    opened.append((ChoiceSpec(0, 0, inp, params), rs))
+    return rs
+
+
 async def _whole(
     client: EngineClient,
     model: str,
@@ -95,8 +110,7 @@ async def _whole(
     keep_alive: float | str | None,
     opened: list[tuple[ChoiceSpec, RequestStream]],
 ) -> tuple[str, Blocks, Done]:
-    rs = await client.submit(model, inp, params, stream=False, keep_alive=keep_alive)
-    opened.append((ChoiceSpec(0, 0, inp, params), rs))
+    rs = await _submit(client, model, inp, params, False, keep_alive, opened)
     blocks = Blocks()
     try:
         async for ev in rs:
@@ -131,8 +145,7 @@ async def _open(
 ) -> tuple[RequestStream, AsyncIterator[Delta | Done], Next]:
     """Submit, and wait a little for the first output: an error that comes at once is still a
     JSON error response. The first output's task is handed on, done or not."""
-    rs = await client.submit(model, inp, params, stream=True, keep_alive=keep_alive)
-    opened.append((ChoiceSpec(0, 0, inp, params), rs))
+    rs = await _submit(client, model, inp, params, True, keep_alive, opened)
     events = aiter(rs)
     first = _next(events)
     try:

@@ -20,11 +20,10 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
-    field_validator,
     model_validator,
 )
 
-from shared.units import parse_duration
+from gateway.bodies import KeepAlive
 
 MAX_INT = 2**31 - 1
 Float = StrictFloat | StrictInt
@@ -176,7 +175,7 @@ class MessagesRequest(PromptFields):
     top_k: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
     stream: StrictBool = False
     # Hearth/Ollama extension, as on the OpenAI endpoints: how long the model stays loaded once idle
-    keep_alive: StrictInt | StrictFloat | StrictStr | None = None
+    keep_alive: KeepAlive | None = None
     # accepted and ignored (type-checked so a malformed one is still a clear 400)
     metadata: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None
@@ -184,13 +183,6 @@ class MessagesRequest(PromptFields):
     service_tier: StrictStr | None = None
     container: StrictStr | dict[str, Any] | None = None
     mcp_servers: list[Any] | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, v: float | str | None) -> float | str | None:
-        if v is not None:
-            parse_duration(v)  # its ValueError names the problem
-        return v
 
 
 class CountTokensRequest(PromptFields):

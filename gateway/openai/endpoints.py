@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway import sse
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream, Result
+from gateway.disconnect import GONE, unless_gone
 from gateway.errors import HearthError, WorkerFailed
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.openai.translate import (
@@ -33,8 +34,6 @@ from gateway.openai.translate import (
     usage,
 )
 from shared.protocol import Delta, Done
-
-DISCONNECT_POLL = 0.5
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -98,7 +97,7 @@ async def _generate(
                 for rs in streams:
                     rs.close()
 
-        out = await _unless_gone(request, whole())
+        out = await unless_gone(request, whole())
         if out is GONE:
             return Response(status_code=499)
         rid, results = out
@@ -119,7 +118,7 @@ async def _generate(
             raise
 
     keepalive = client.config.server.sse_keepalive
-    opened = await _unless_gone(request, opening(), patience=keepalive or None)
+    opened = await unless_gone(request, opening(), patience=keepalive or None)
     if opened is GONE:
         return Response(status_code=499)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -182,36 +181,6 @@ async def _open(
             rs.close()
         raise
     return streams
-
-
-GONE = object()
-
-
-async def _unless_gone(request: Request, coro: Any, patience: float | None = None) -> Any:
-    """Run ``coro`` (queueing, generating) but cancel it if the client disconnects meanwhile.
-    With ``patience``: after that many seconds, hand back the still-running task instead."""
-    task = asyncio.ensure_future(coro)
-    deadline = None if patience is None else asyncio.get_running_loop().time() + patience
-    handed_over = False
-    try:
-        while True:
-            timeout = DISCONNECT_POLL
-            if deadline is not None:
-                timeout = max(0.0, min(timeout, deadline - asyncio.get_running_loop().time()))
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                return GONE
-            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                handed_over = True
-                return task
-    finally:
-        if not task.done() and not handed_over:
-            task.cancel()
 
 
 async def _merge(

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.units import parse_duration
+from gateway.bodies import KeepAlive
 
 MAX_INT = 2**31 - 1
 MAX_N = 16  # choices per request (each is one sequence in the batch)
@@ -153,14 +153,7 @@ class SamplingFields(_Strict):
     user: StrictStr | None = None
     loop_guard: StrictBool | LoopGuard | None = None
     # Hearth/Ollama extension: how long the model stays loaded once idle after this request
-    keep_alive: StrictInt | StrictFloat | StrictStr | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, v: float | str | None) -> float | str | None:
-        if v is not None:
-            parse_duration(v)  # its ValueError names the problem
-        return v
+    keep_alive: KeepAlive | None = None
 
     @field_validator("logit_bias")
     @classmethod
