@@ -43,6 +43,27 @@ def write_config(path: Path, models: list[dict[str, Any]], server: dict[str, Any
     return path
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    """Send ``sig`` to ``proc`` if it still runs and wait ``timeout`` seconds for it to exit, then
+    kill it; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def broken_model(folder: Path) -> Path:
+    """A model folder under ``folder`` that no worker can load: a config.json and no weights."""
+    path = folder / "broken-model"
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    return path
+
+
 class Gateway:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -84,13 +105,7 @@ class Gateway:
         return self.http.get("/ready").json()["models"][model]["workers"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT, 30)
         self.http.close()
         self._log.close()
 
@@ -129,6 +144,20 @@ def sse_events(response: httpx.Response) -> list[Any]:
             data = line[6:]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+# OpenAI tool definitions for the tool-calling tests: one with a required argument, one without.
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+]
 
 
 def alive(pid: int) -> bool:

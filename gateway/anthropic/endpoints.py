@@ -10,6 +10,7 @@ in-band ``error`` event.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,15 +58,16 @@ async def messages(request: Request) -> Response:
     headers = {"request-id": request_id()}
     # the generations, for the access log (gateway/access.py)
     generations: list[tuple[ChoiceSpec, RequestStream]] = request.scope["state"].setdefault("generations", [])
+    job = _Job(client, cfg.name, inp, params, req.keep_alive, generations)
     try:
         if not req.stream:
-            out = await unless_gone(request, _whole(client, cfg.name, inp, params, req.keep_alive, generations))
+            out = await unless_gone(request, _whole(job))
             if out is GONE:
                 return Response(status_code=499)
             rid, blocks, done = out
             body = MessageShape(rid, req.model).message(blocks.content, done)
             return Response(orjson.dumps(body), media_type="application/json", headers=headers)
-        opened = await unless_gone(request, _open(client, cfg.name, inp, params, req.keep_alive, generations))
+        opened = await unless_gone(request, _open(job))
     except HearthError as e:
         raise _anthropic(e) from None
     if opened is GONE:
@@ -87,30 +89,25 @@ async def count_tokens(request: Request) -> Response:
     )
 
 
-async def _submit(
-    client: EngineClient,
-    model: str,
-    inp: dict[str, Any],
-    params: dict[str, Any],
-    stream: bool,
-    keep_alive: float | str | None,
-    opened: list[tuple[ChoiceSpec, RequestStream]],
-) -> RequestStream:
-    """Queue the generation; ``opened`` (the access log's list) gets it too."""
-    rs = await client.submit(model, inp, params, stream=stream, keep_alive=keep_alive)
-    opened.append((ChoiceSpec(0, 0, inp, params), rs))
-    return rs
+@dataclass
+class _Job:
+    """One /v1/messages generation to start: where, what, and the access log's list."""
+
+    client: EngineClient
+    model: str
+    inp: dict[str, Any]
+    params: dict[str, Any]
+    keep_alive: float | str | None
+    opened: list[tuple[ChoiceSpec, RequestStream]]
+
+    async def submit(self, stream: bool) -> RequestStream:
+        rs = await self.client.submit(self.model, self.inp, self.params, stream=stream, keep_alive=self.keep_alive)
+        self.opened.append((ChoiceSpec(0, 0, self.inp, self.params), rs))
+        return rs
 
 
-async def _whole(
-    client: EngineClient,
-    model: str,
-    inp: dict[str, Any],
-    params: dict[str, Any],
-    keep_alive: float | str | None,
-    opened: list[tuple[ChoiceSpec, RequestStream]],
-) -> tuple[str, Blocks, Done]:
-    rs = await _submit(client, model, inp, params, False, keep_alive, opened)
+async def _whole(job: _Job) -> tuple[str, Blocks, Done]:
+    rs = await job.submit(stream=False)
     blocks = Blocks()
     try:
         async for ev in rs:
@@ -135,21 +132,14 @@ def _next(events: AsyncIterator[Delta | Done]) -> Next:
     return asyncio.ensure_future(one())
 
 
-async def _open(
-    client: EngineClient,
-    model: str,
-    inp: dict[str, Any],
-    params: dict[str, Any],
-    keep_alive: float | str | None,
-    opened: list[tuple[ChoiceSpec, RequestStream]],
-) -> tuple[RequestStream, AsyncIterator[Delta | Done], Next]:
+async def _open(job: _Job) -> tuple[RequestStream, AsyncIterator[Delta | Done], Next]:
     """Submit, and wait a little for the first output: an error that comes at once is still a
     JSON error response. The first output's task is handed on, done or not."""
-    rs = await _submit(client, model, inp, params, True, keep_alive, opened)
+    rs = await job.submit(stream=True)
     events = aiter(rs)
     first = _next(events)
     try:
-        await asyncio.wait({first}, timeout=client.config.server.sse_keepalive)
+        await asyncio.wait({first}, timeout=job.client.config.server.sse_keepalive)
         if first.done():
             first.result()  # raises the error, if that is what came
         return rs, events, first

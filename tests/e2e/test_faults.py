@@ -10,18 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Gateway, alive, chat, serving
+from tests.servers import Gateway, alive, broken_model, chat, serving
 
 
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("faults")
-    broken = tmp / "broken-model"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama"}')  # and no weights
     models = [
         {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
-        {"name": "broken", "path": str(broken), "preload": False},
+        {"name": "broken", "path": str(broken_model(tmp)), "preload": False},
     ]
     with serving(tmp, models, server={"restart_limit": 2, "restart_window": 120.0}) as g:
         yield g

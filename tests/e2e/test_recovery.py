@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Gateway, alive, chat, serving
+from tests.servers import Gateway, alive, broken_model, chat, serving
 
 HEARTBEAT_TIMEOUT = 3.0
 
@@ -23,12 +23,9 @@ HEARTBEAT_TIMEOUT = 3.0
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("recovery")
-    broken = tmp / "broken-model"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama"}')  # and no weights
     models = [
         {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
-        {"name": "broken", "path": str(broken)},  # preloaded: /ready stays 503 once it has failed
+        {"name": "broken", "path": str(broken_model(tmp))},  # preloaded: /ready stays 503 once it has failed
     ]
     server = {"heartbeat_timeout": HEARTBEAT_TIMEOUT, "restart_limit": 3, "restart_window": 120.0}
     with serving(tmp, models, server=server, ready=False) as g:

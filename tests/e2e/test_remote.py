@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ROOT, Gateway, chat, free_port, serving, write_config
+from tests.servers import ROOT, Gateway, chat, free_port, serving, stop_process, write_config
 
 REQUEST_WAIT = 3.0
 
@@ -45,15 +45,9 @@ class RemoteWorker:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # drains and exits
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_process(self.proc, signal.SIGTERM, 20)  # drains and exits
         self._log.close()
-        return self.proc.returncode
+        return rc
 
 
 @pytest.fixture(scope="module")

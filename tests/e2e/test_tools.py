@@ -17,21 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Gateway, serving, sse_events
+from tests.servers import TOOLS, Gateway, serving, sse_events
 from tests.tinymodel import EMPTY_ARGS, build_tiny_model
 
 CHAT = "/v1/chat/completions"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
-    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
-]
 QUESTION = [{"role": "user", "content": "What is the weather in Köln?"}]
 HISTORY = [
     *QUESTION,

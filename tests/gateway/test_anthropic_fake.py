@@ -19,8 +19,8 @@ import pytest
 from shared.protocol import Cancel, Delta, Error, Generate, Tokenize, Tokens
 from tests.e2e.test_anthropic import EVENT_ORDER
 from tests.gateway.fakes import FakeWorker
-from tests.gateway.test_fake_workers import wait_until, worker_states
-from tests.servers import Gateway, free_port, serving
+from tests.gateway.gateways import fake_gateway
+from tests.servers import Gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,38 +37,11 @@ CALL = {"index": 0, "id": "call_abc", "name": "get_weather", "arguments": '{"cit
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture(scope="module")
 def gw(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("anthropic-fake")
-    models = [{"name": "ext", "path": str(tmp), "replicas": 0, "aliases": ["claude-*"], "defaults": {"top_k": 7}}]
-    server = {"endpoint": endpoint, "request_wait": 2.0, "sse_keepalive": PING, "heartbeat_timeout": 5.0}
-    with serving(tmp, models, server=server, ready=False) as g:
+    models = [{"name": "ext", "aliases": ["claude-*"], "defaults": {"top_k": 7}}]
+    server = {"request_wait": 2.0, "sse_keepalive": PING, "heartbeat_timeout": 5.0}
+    with fake_gateway(tmp_path_factory, "anthropic-fake", endpoint, models, **server) as g:
         yield g
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=4, thread_name_prefix="http")
-    try:
-        yield ex
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
-
-
-@pytest.fixture
-def worker(gw: Gateway, endpoint: str) -> Iterator[FakeWorker]:
-    w = FakeWorker(endpoint, "ext")
-    w.hello()
-    w.state("ready")
-    wait_until(lambda: worker_states(gw, "ext").get(w.worker_id) == "ready", what="fake ready")
-    try:
-        yield w
-    finally:
-        w.close()  # draining: the gateway sends it nothing more
 
 
 def post(

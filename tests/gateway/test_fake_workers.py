@@ -22,7 +22,8 @@ import pytest
 
 from shared.protocol import Cancel, Delta, Done, Drain, Error, Generate
 from tests.gateway.fakes import FakeWorker
-from tests.servers import Gateway, chat, free_port, serving
+from tests.gateway.gateways import fake_gateway, ready_body, wait_until, worker_states
+from tests.servers import Gateway, chat
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,75 +36,17 @@ USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "cached_tokens": 0}
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture(scope="module")
 def gw(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("fake-workers")
     models = [
-        {
-            "name": "ext", "path": str(tmp), "replicas": 0, "preload": True,
-            "max_batch": 1, "max_queue": 1, "defaults": {"repetition_penalty": 1.05},
-        },
-        {"name": "lonely", "path": str(tmp), "replicas": 0, "preload": False},
-    ]  # fmt: skip
-    server = {"endpoint": endpoint, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "request_wait": REQUEST_WAIT}
-    with serving(tmp, models, server=server, ready=False) as g:
+        {"name": "ext", "preload": True, "max_batch": 1, "max_queue": 1, "defaults": {"repetition_penalty": 1.05}},
+        {"name": "lonely", "preload": False},
+    ]
+    server = {"heartbeat_timeout": HEARTBEAT_TIMEOUT, "request_wait": REQUEST_WAIT}
+    with fake_gateway(tmp_path_factory, "fake-workers", endpoint, models, **server) as g:
         yield g
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=8, thread_name_prefix="http")
-    try:
-        yield ex
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
-
-
-@pytest.fixture
-def fakes(gw: Gateway, endpoint: str) -> Iterator[Callable[..., FakeWorker]]:
-    """Make fake workers (by default: hello + ready, and seen ready by the gateway); all closed after."""
-    made: list[FakeWorker] = []
-
-    def make(model: str = "ext", ready: bool = True) -> FakeWorker:
-        w = FakeWorker(endpoint, model)
-        made.append(w)
-        if ready:
-            w.hello()
-            w.state("ready")
-            wait_until(lambda: worker_states(gw, model).get(w.worker_id) == "ready", what=f"{w.worker_id} ready")
-        return w
-
-    try:
-        yield make
-    finally:
-        for w in made:
-            w.close()
-
-
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def ready_body(gw: Gateway) -> dict[str, Any]:
-    return gw.http.get("/ready").json()
-
-
-def worker_states(gw: Gateway, model: str) -> dict[str, str]:
-    return {w["id"]: w["state"] for w in ready_body(gw)["models"][model]["workers"]}
 
 
 def post(gw: Gateway, body: dict[str, Any]) -> httpx.Response:

@@ -15,36 +15,18 @@ import pytest
 
 from shared.protocol import ERROR_GENERATION, Delta, Done, Error, Generate
 from tests.gateway.fakes import FakeWorker
-from tests.gateway.test_fake_workers import USAGE, wait_until, worker_states
-from tests.servers import Gateway, chat, free_port, serving
+from tests.gateway.gateways import fake_gateway
+from tests.gateway.test_fake_workers import USAGE
+from tests.servers import Gateway, chat
 
 pytestmark = pytest.mark.timeout(60)
 KEEPALIVE = 0.3
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture(scope="module")
 def gw(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("keepalive")
-    models = [{"name": "ext", "path": str(tmp), "replicas": 0}]
-    with serving(tmp, models, server={"endpoint": endpoint, "sse_keepalive": KEEPALIVE}, ready=False) as g:
+    with fake_gateway(tmp_path_factory, "keepalive", endpoint, [{"name": "ext"}], sse_keepalive=KEEPALIVE) as g:
         yield g
-
-
-@pytest.fixture
-def worker(gw: Gateway, endpoint: str) -> Iterator[FakeWorker]:
-    w = FakeWorker(endpoint, "ext")
-    w.hello()
-    w.state("ready")
-    wait_until(lambda: worker_states(gw, "ext").get(w.worker_id) == "ready", what="fake worker ready")
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 def read_lines(url: str, body: dict[str, Any]) -> tuple[int, list[str]]:

@@ -6,7 +6,6 @@ the OpenAI response shapes, streaming and not, also as the official ``openai`` c
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -17,58 +16,29 @@ import pytest
 
 from shared.protocol import Delta, Done, Generate
 from tests.gateway.fakes import FakeWorker
-from tests.servers import Gateway, free_port, serving, sse_events
+from tests.gateway.gateways import fake_gateway, ready_fake
+from tests.servers import TOOLS, Gateway, sse_events
 
 pytestmark = pytest.mark.timeout(60)
 
 MODEL = "toolie"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
-    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
-]
 CALL_A = {"index": 0, "id": "call_0a1b2c", "name": "get_weather", "arguments": '{"city": "Köln"}'}
 CALL_B = {"index": 1, "id": "call_3d4e5f", "name": "get_time", "arguments": "{}"}
 USAGE = {"prompt_tokens": 50, "completion_tokens": 20, "cached_tokens": 0}
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture(scope="module")
 def gw(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("tool-calls")
-    models = [{"name": MODEL, "path": str(tmp), "replicas": 0, "preload": True, "max_batch": 4}]
-    with serving(tmp, models, server={"endpoint": endpoint, "request_wait": 10.0}, ready=False) as g:
+    models = [{"name": MODEL, "preload": True, "max_batch": 4}]
+    with fake_gateway(tmp_path_factory, "tool-calls", endpoint, models, request_wait=10.0) as g:
         yield g
 
 
 @pytest.fixture(scope="module")
 def worker(gw: Gateway, endpoint: str) -> Iterator[FakeWorker]:
-    with FakeWorker(endpoint, MODEL) as w:
-        w.hello()
-        w.state("ready")
-        deadline = time.monotonic() + 10
-        while gw.http.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+    """One fake worker for the whole module (it answers each test's requests in turn)."""
+    with ready_fake(gw, endpoint, MODEL) as w:
         yield w
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=4, thread_name_prefix="http")
-    try:
-        yield ex
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
 
 
 def body(**extra: Any) -> dict[str, Any]:
