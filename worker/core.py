@@ -33,7 +33,8 @@ from worker.detok import TextStream
 from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
-from worker.sampling import ParamError, make_request_processors, make_request_sampler
+from worker.first_token import first_token, takes_direct_path
+from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
@@ -56,6 +57,18 @@ class _Live:
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
     tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
+
+
+@dataclass
+class _Token:
+    """A generated token in the shape of mlx-lm's batch response (for the direct first token)."""
+
+    uid: int
+    token: int
+    logprobs: mx.array
+    finish_reason: str | None
+    all_tokens: list[int]
+    prompt_cache: list[Any]
 
 
 class EngineCore:
@@ -164,18 +177,10 @@ class EngineCore:
             self._system_pending.add(req.id)
         else:
             segments = [tokens[cached:]]
-        (uid,) = self._gen.insert_segments(
-            [segments],
-            max_tokens=[max_tokens],
-            caches=[cache],  # type: ignore[list-item]  # None: a fresh cache
-            all_tokens=[tokens[:cached]],
-            samplers=[sampler],
-            logits_processors=[processors],
-        )
         stop = params.get("stop") or []
         live = _Live(
             id=req.id,
-            uid=uid,
+            uid=-1,
             text=TextStream(self.m.tokenizer.detokenizer, [stop] if isinstance(stop, str) else stop),
             prompt_tokens=len(tokens),
             top_logprobs=params.get("logprobs"),
@@ -187,8 +192,47 @@ class EngineCore:
             parallel = params.get("parallel_tool_calls", True) is not False
             live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
         self._live[req.id] = live
-        self._by_uid[uid] = live
+        if cache is not None and len(segments) == 1 and takes_direct_path(cached, len(tokens)):
+            return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
+        (live.uid,) = self._gen.insert_segments(
+            [segments],
+            max_tokens=[max_tokens],
+            caches=[cache],  # type: ignore[list-item]  # None: a fresh cache
+            all_tokens=[tokens[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
+        self._by_uid[live.uid] = live
         return []
+
+    def _start_direct(
+        self,
+        live: _Live,
+        tokens: list[int],
+        cached: int,
+        cache: list[Any],
+        sampler: Sampler,
+        processors: list[LogitsProcessor],
+        max_tokens: int,
+    ) -> list[Message]:
+        """A warm prompt: its first token at once (``worker.first_token``), then the batch."""
+        try:
+            token, logprobs = first_token(self.m.model, tokens, cached, cache, sampler, processors)
+        except Exception as e:  # as a failed batch step: MLX state can't be trusted any more
+            return self.fail_all(ERROR_GENERATION, f"generation failed: {type(e).__name__}: {e}")
+        finish = "stop" if token in self.m.tokenizer.eos_token_ids else "length" if max_tokens == 1 else None
+        if finish is None:
+            (live.uid,) = self._gen.insert(
+                [[token]],
+                max_tokens=[max_tokens - 1],
+                caches=[cache],
+                all_tokens=[list(tokens)],
+                samplers=[sampler],
+                logits_processors=[processors],
+            )
+            self._by_uid[live.uid] = live
+        first = _Token(live.uid, token, logprobs, finish, list(tokens), cache)
+        return self._respond(live, first, time.perf_counter())
 
     def cancel(self, rid: str) -> None:
         live = self._live.get(rid)
@@ -241,46 +285,52 @@ class EngineCore:
         now = time.perf_counter()
         for r in responses:
             live = self._by_uid.get(r.uid)
-            if live is None:
-                continue
-            live.completion_tokens += 1
-            live.t_first = live.t_first or now
-            if r.finish_reason == "stop":  # an end-of-sequence token: not part of the text
-                text = live.text.finish()
-            else:
-                text = live.text.push(r.token)
-                if r.finish_reason == "length":
-                    text += live.text.finish()
-            if live.top_logprobs is not None and r.finish_reason != "stop":
-                live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
-            finish = r.finish_reason
-            if live.text.stopped:
-                finish = "stop"
-            elif live.guard is not None and finish is None:
-                live.generated.append(r.token)
-                live.loop = live.guard.check(live.generated)
-                if live.loop is not None:
-                    finish = "loop"
-                    text += live.text.finish()
-            events: list[str | ToolCall] = [text]
-            if live.tools is not None:
-                events = live.tools.push(text)
-                if live.tools.closed and finish is None:
-                    finish = "stop"  # parallel_tool_calls is off and the one call is complete
-                if finish is not None:
-                    events += live.tools.finish()
-                    if finish == "stop" and live.tools.calls:
-                        finish = "tool_calls"
-            if finish is not None and r.finish_reason is None:
-                self._remove(r.uid)
-            elif finish is not None:
-                self._keep(r.all_tokens, r.prompt_cache)
-            out.extend(self._deltas(live, events))
+            if live is not None:
+                out.extend(self._respond(live, r, now))
+        return out
+
+    def _respond(self, live: _Live, r: Any, now: float) -> list[Message]:
+        """One generated token of ``live`` (a batch response, or the direct first token): its
+        text, logprobs, tool calls, and the ``done`` if it ended the request."""
+        out: list[Message] = []
+        live.completion_tokens += 1
+        live.t_first = live.t_first or now
+        if r.finish_reason == "stop":  # an end-of-sequence token: not part of the text
+            text = live.text.finish()
+        else:
+            text = live.text.push(r.token)
+            if r.finish_reason == "length":
+                text += live.text.finish()
+        if live.top_logprobs is not None and r.finish_reason != "stop":
+            live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
+        finish = r.finish_reason
+        if live.text.stopped:
+            finish = "stop"
+        elif live.guard is not None and finish is None:
+            live.generated.append(r.token)
+            live.loop = live.guard.check(live.generated)
+            if live.loop is not None:
+                finish = "loop"
+                text += live.text.finish()
+        events: list[str | ToolCall] = [text]
+        if live.tools is not None:
+            events = live.tools.push(text)
+            if live.tools.closed and finish is None:
+                finish = "stop"  # parallel_tool_calls is off and the one call is complete
             if finish is not None:
-                out.append(self._done(live, finish, now))
-                self._system_pending.discard(live.id)
-                self._live.pop(live.id, None)
-                self._by_uid.pop(live.uid, None)
+                events += live.tools.finish()
+                if finish == "stop" and live.tools.calls:
+                    finish = "tool_calls"
+        if finish is not None and r.finish_reason is None:
+            self._remove(r.uid)
+        elif finish is not None:
+            self._keep(r.all_tokens, r.prompt_cache)
+        out.extend(self._deltas(live, events))
+        if finish is not None:
+            out.append(self._done(live, finish, now))
+            self._system_pending.discard(live.id)
+            self._live.pop(live.id, None)
+            self._by_uid.pop(live.uid, None)
         return out
 
     def _keep_system_prompts(self, prompt_responses: list[Any]) -> None:

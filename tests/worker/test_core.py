@@ -255,3 +255,41 @@ def test_warm_saves_stay_within_their_budget(tiny_model: Path, tmp_path: Path, m
     files = list(core.warm_folder().glob("*.safetensors"))
     assert 1 <= len(files) < 6
     assert sum(f.stat().st_size for f in files) <= budget * 1.1  # file headers on top of KV bytes
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 0, "logprobs": 3},
+        {"temperature": 0.9, "seed": 7, "repetition_penalty": 1.3, "presence_penalty": 0.5},
+        {"temperature": 0, "max_tokens": 1},
+        {"temperature": 0, "stop": ["e"]},
+    ],
+    ids=["greedy-logprobs", "seeded-penalties", "one-token", "stop-string"],
+)
+def test_a_warm_request_takes_the_direct_first_token_and_answers_as_uncached(core, params) -> None:  # type: ignore[no-untyped-def]
+    """A short new tail over a cached prefix: the first token comes out of ``add`` itself, and
+    the whole answer (text, logprobs, sampling with a seed and penalties) is the uncached one."""
+    base = [{"role": "user", "content": "Warm me up, a prompt about Köln and Paris. " * 8}]
+    run(core, chat_req("dw0", base, max_tokens=3))
+    turn = base + [{"role": "assistant", "content": "Fine."}, {"role": "user", "content": "And now?"}]
+    params = {"max_tokens": 12, **params}
+    first = core.add(chat_req("dw1", turn, **params))
+    assert first and isinstance(first[0], (Delta, Done)), "the first token should come at once"
+    events = first + run(core)
+    done = events[-1]
+    assert isinstance(done, Done) and done.usage["cached_tokens"] > 50
+    cold = run(core, chat_req("dw2", turn, **params))  # the same, from the cache as well: compare to uncached
+    saved, core.prompt_cache = core.prompt_cache, None
+    try:
+        uncached = run(core, chat_req("dw3", turn, **params))
+    finally:
+        core.prompt_cache = saved
+    assert _text(events, "dw1") == _text(cold, "dw2") == _text(uncached, "dw3")
+    assert done.usage["completion_tokens"] == uncached[-1].usage["completion_tokens"]
+    assert done.finish_reason == uncached[-1].finish_reason
+    if "logprobs" in params:
+        lp = [e for ev in events if isinstance(ev, Delta) for e in ev.logprobs or []]
+        lp_cold = [e for ev in uncached if isinstance(ev, Delta) for e in ev.logprobs or []]
+        assert [e["token"] for e in lp] == [e["token"] for e in lp_cold]
+        assert all(abs(a["logprob"] - b["logprob"]) < 1e-3 for a, b in zip(lp, lp_cold, strict=True))
