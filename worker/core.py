@@ -191,8 +191,9 @@ class EngineCore:
         if prompt.tools and self.tool_syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
             live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
+        idle = not self._live  # with others in the batch, their steps share the prefill anyway
         self._live[req.id] = live
-        if cache is not None and len(segments) == 1 and takes_direct_path(cached, len(tokens)):
+        if idle and cache is not None and len(segments) == 1 and takes_direct_path(cached, len(tokens)):
             return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
         (live.uid,) = self._gen.insert_segments(
             [segments],

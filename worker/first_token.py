@@ -24,7 +24,10 @@ MAX_NEW_TOKENS = 64
 
 
 def takes_direct_path(cached: int, total: int) -> bool:
-    """A warm prompt with a short remainder (and at least one cached token)."""
+    """A warm prompt with a short remainder (and at least one cached token). The engine takes
+    it only when its batch is idle: with other sequences decoding, a direct forward pass per
+    arriving request would stall them, while the batch prefills arrivals together between
+    their steps."""
     return cached > 0 and 0 < total - cached <= MAX_NEW_TOKENS
 
 

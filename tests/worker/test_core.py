@@ -293,3 +293,17 @@ def test_a_warm_request_takes_the_direct_first_token_and_answers_as_uncached(cor
         lp_cold = [e for ev in uncached if isinstance(ev, Delta) for e in ev.logprobs or []]
         assert [e["token"] for e in lp] == [e["token"] for e in lp_cold]
         assert all(abs(a["logprob"] - b["logprob"]) < 1e-3 for a, b in zip(lp, lp_cold, strict=True))
+
+
+def test_a_warm_request_joins_a_busy_batch_the_usual_way(core) -> None:  # type: ignore[no-untyped-def]
+    """With other sequences decoding, a warm request is prefilled by the batch between their
+    steps (no forward pass of its own that would stall them), and still answers the same."""
+    base = [{"role": "user", "content": "Busy batch, warm prompt, about Tokyo. " * 8}]
+    run(core, chat_req("bw0", base, max_tokens=3))
+    turn = base + [{"role": "assistant", "content": "Yes."}, {"role": "user", "content": "More?"}]
+    core.add(gen("busy other request", max_tokens=40))  # (itself warm: it may start directly)
+    assert core.add(chat_req("bw1", turn, max_tokens=8)) == [], "no direct first token while the batch is busy"
+    events = run(core)
+    mine = [e for e in events if getattr(e, "id", None) == "bw1"]
+    assert isinstance(mine[-1], Done) and mine[-1].usage["cached_tokens"] > 50
+    assert _text(events, "bw1") == _uncached(core, chat_req("bw2", turn, max_tokens=8))
