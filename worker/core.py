@@ -95,7 +95,7 @@ class EngineCore:
             self.m.model,
             stop_tokens=[[t] for t in sorted(self.m.tokenizer.eos_token_ids)],
             completion_batch_size=self.cfg.max_batch,
-            prefill_batch_size=min(self.cfg.max_batch, 4),
+            prefill_batch_size=self.cfg.max_batch,  # arrivals prefill together: fewer stalls of the decoding ones
             prefill_step_size=self.cfg.prefill_step,
         )
 
