@@ -193,7 +193,8 @@ class EngineCore:
             live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
         idle = not self._live  # with others in the batch, their steps share the prefill anyway
         self._live[req.id] = live
-        if idle and cache is not None and len(segments) == 1 and takes_direct_path(cached, len(tokens)):
+        warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
+        if idle and warm and cache is not None and len(segments) == 1:
             return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
         (live.uid,) = self._gen.insert_segments(
             [segments],

@@ -18,17 +18,15 @@ from typing import Any
 
 import mlx.core as mx
 
-# At most this many new tokens take the direct path; longer remainders are prefilled by the
-# batch generator in chunks, interleaved with the other sequences' decoding.
-MAX_NEW_TOKENS = 64
 
-
-def takes_direct_path(cached: int, total: int) -> bool:
-    """A warm prompt with a short remainder (and at least one cached token). The engine takes
+def takes_direct_path(cached: int, total: int, limit: int) -> bool:
+    """A warm prompt (at least one cached token) whose remainder fits one prefill step
+    (``limit``, the model's ``prefill_step``: the batch would prefill it in one chunk too;
+    longer ones go to the batch in chunks). The engine takes
     it only when its batch is idle: with other sequences decoding, a direct forward pass per
     arriving request would stall them, while the batch prefills arrivals together between
     their steps."""
-    return cached > 0 and 0 < total - cached <= MAX_NEW_TOKENS
+    return cached > 0 and 0 < total - cached <= limit
 
 
 def first_token(
