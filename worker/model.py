@@ -12,6 +12,7 @@ import mlx.nn as nn
 from mlx_lm import load as mlx_load
 
 from shared.config import ModelConfig
+from worker import cpu_attention
 
 FALLBACK_CONTEXT = 4096
 
@@ -48,6 +49,7 @@ def resolve_folder(cfg: ModelConfig) -> Path:
 def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
     model, tokenizer, config = mlx_load(str(folder), return_config=True)  # type: ignore[misc]
+    cpu_attention.install()  # the model's module is imported now; a no-op on Metal
     ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or FALLBACK_CONTEXT)
     vocab = int(config.get("vocab_size") or len(tokenizer))
     return LoadedModel(model, tokenizer, folder, ctx, vocab)
