@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.anthropic.endpoints import count_tokens, messages
 from gateway import admin, residency
 from gateway.access import AccessLogMiddleware
+from gateway.anthropic.endpoints import count_tokens, messages
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
 from gateway.curve import load_curve
@@ -27,8 +27,8 @@ from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
-from gateway.shutdown import Gate, GateMiddleware
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
+from gateway.shutdown import Gate, GateMiddleware
 from gateway.supervisor import Supervisor
 from shared.config import Config, ConfigError
 

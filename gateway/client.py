@@ -117,6 +117,9 @@ class RequestStream:
                 self._observe(item)
             pending = None
             if isinstance(item, Delta):
+                if self.queue.empty():  # the reader keeps up (the usual case): pass it on as it is
+                    yield item
+                    continue
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 calls = list(item.tool_calls or [])
                 end: Message | None = None

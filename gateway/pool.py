@@ -12,10 +12,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.router import WorkerView, pick
 from shared.config import Config, ModelConfig
 from shared.protocol import Heartbeat, WorkerState
-from gateway.router import WorkerView, pick
-
 
 AFFINITY_ENTRIES = 4096  # conversations whose replica the pool remembers
 

@@ -54,7 +54,7 @@ class GateMiddleware:
             return
         if self.gate.draining:
             err = Unavailable("the server is shutting down; retry on another instance", code="shutting_down")
-            await error_response(err)(scope, receive, send)
+            await error_response(err, scope["path"])(scope, receive, send)
             return
         self.gate.inflight += 1
         try:

@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WATCH_EVERY = 1.0
 RESIDENCY_EVERY = 0.25  # how often keep-alive expiry is checked
 MAX_BACKOFF = 30.0
-UNLOAD_REASONS = ("idle", "evicted", "admin")
 
 
 def worker_command(endpoint: str, worker_id: str, model: ModelConfig) -> list[str]:

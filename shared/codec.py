@@ -23,14 +23,11 @@ class ProtocolError(ValueError):
 
 
 def encode(msg: Message) -> list[bytes]:
-    """The two frames of ``msg``."""
-    return [msg.KIND.value.encode(), orjson.dumps(_fields(msg))]
-
-
-def _fields(msg: Message) -> dict[str, Any]:
-    if isinstance(msg, Step):  # each event as [kind, fields]
-        return {"events": [[ev.KIND.value, _fields(ev)] for ev in msg.events]}
-    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    """The two frames of ``msg``: orjson writes a dataclass's fields itself (``KIND`` is a class
+    attribute, not a field); a step's events go as ``[kind, fields]``."""
+    if isinstance(msg, Step):
+        return [msg.KIND.value.encode(), orjson.dumps({"events": [[ev.KIND.value, ev] for ev in msg.events]})]
+    return [msg.KIND.value.encode(), orjson.dumps(msg)]
 
 
 _SIMPLE = {str: str, int: int, float: (int, float), bool: bool, dict: dict, list: list}

@@ -192,7 +192,6 @@ class EngineCore:
             parallel = params.get("parallel_tool_calls", True) is not False
             live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
         idle = not self._live  # with others in the batch, their steps share the prefill anyway
-        self._live[req.id] = live
         warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
         if idle and warm and cache is not None and len(segments) == 1:
             return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
@@ -204,6 +203,7 @@ class EngineCore:
             samplers=[sampler],
             logits_processors=[processors],
         )
+        self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
         self._by_uid[live.uid] = live
         return []
 
@@ -218,6 +218,7 @@ class EngineCore:
         max_tokens: int,
     ) -> list[Message]:
         """A warm prompt: its first token at once (``worker.first_token``), then the batch."""
+        self._live[live.id] = live
         try:
             token, logprobs = first_token(self.m.model, tokens, cached, cache, sampler, processors)
         except Exception as e:  # as a failed batch step: MLX state can't be trusted any more
@@ -349,6 +350,9 @@ class EngineCore:
     def _deltas(self, live: _Live, events: list[str | ToolCall]) -> list[Delta]:
         """One step's text and tool calls as deltas: each delta's text precedes its calls, so
         text written after a call starts a new delta. Logprobs ride on the first."""
+        if len(events) == 1 and isinstance(events[0], str):  # no tool calls: the usual case
+            logprobs, live.logprobs = live.logprobs or None, []
+            return [Delta(live.id, events[0], live.completion_tokens, logprobs)] if events[0] or logprobs else []
         out: list[Delta] = []
         text, calls = "", list[ToolCall]()
         for ev in events:

@@ -38,7 +38,7 @@ def scaled_dot_product_attention(
     assert _original is not None
     b, hq, n, d = queries.shape
     s = keys.shape[2]
-    if not _handles(queries, keys, cache, mask, sinks) or b * hq * n * s < MIN_SCORES:
+    if b * hq * n * s < MIN_SCORES or not _handles(queries, keys, cache, mask, sinks):
         return _original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
     hkv = keys.shape[1]
     rep = hq // hkv
@@ -47,10 +47,10 @@ def scaled_dot_product_attention(
     scores = np.array(grouped @ keys.swapaxes(-1, -2), copy=True).reshape(b, hkv, rep, n, s)
     if isinstance(mask, str):  # "causal": query i (of the last n) sees keys up to s - n + i
         allowed = np.arange(s)[None, :] <= np.arange(s - n, s)[:, None]
-        np.putmask(scores, ~np.broadcast_to(allowed, scores.shape), -np.inf)
+        np.copyto(scores, -np.inf, where=~allowed)  # broadcast: no score-sized mask
     elif mask is not None:  # a boolean mask [b or 1, 1, n, s]: True where attention is allowed
         allowed = np.array(mask).reshape(mask.shape[0], 1, 1, n, s)
-        np.putmask(scores, ~np.broadcast_to(allowed, scores.shape), -np.inf)
+        np.copyto(scores, -np.inf, where=~allowed)
     top = scores.max(axis=-1, keepdims=True)
     top[~np.isfinite(top)] = 0.0  # a fully masked row (padding) gives zeros, not NaN
     scores -= top

@@ -7,8 +7,9 @@ set flags. The worker exits when its parent (the gateway) is gone.
 
 Heartbeats are sent from that same loop, between batch steps, never from a side thread: a
 heartbeat proves the loop makes progress, so a step that hangs stops them and the gateway's
-watchdog kills the worker after ``heartbeat_timeout``. One step is at most ``prefill_step``
-prompt tokens (or one decode token per sequence), which must stay well under that timeout.
+watchdog kills the worker after ``heartbeat_timeout``. One step is a decode token per sequence
+plus at most ``prefill_step`` prompt tokens of each of up to ``max_batch`` new prompts (or, on an
+idle worker, one direct pass of up to ``prefill_step`` tokens), which must stay well under it.
 """
 
 from __future__ import annotations
@@ -172,12 +173,10 @@ class WorkerProcess:
                     self.send(Step(events))
                 elif events:
                     self.send(events[0])
-                if self.core.broken:
-                    log.error(
-                        "a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken
-                    )
-                    self.send(State(WorkerState.FAILED, self.core.broken))
-                    return 4
+            if self.core is not None and self.core.broken:  # a step, or a direct first token, failed
+                log.error("a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken)
+                self.send(State(WorkerState.FAILED, self.core.broken))
+                return 4
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_EVERY

@@ -77,7 +77,7 @@ class PromptCache:
     @property
     def ntokens(self) -> int:
         """Tokens held by every entry (a prefix shared by two entries counts twice)."""
-        return sum(len(t) for _, t, _ in self._entries())
+        return sum(len(toks) for lru in (self._conv, self._system) for q in lru._lru._lrus.values() for _, toks in q)
 
     def __len__(self) -> int:
         return len(self._conv) + len(self._system)

@@ -37,7 +37,9 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
     if top_p == 0:  # OpenAI's top_p 0 keeps only the most likely token (mlx-lm would read it as off)
         temp = 0.0
     seed = params.get("seed")
-    if seed is None or temp == 0:
+    if temp == 0:  # greedy ignores the filters: one argmax object for every greedy request
+        return _shared_sampler(0.0, 1.0, 0.0, 0)
+    if seed is None:
         return _shared_sampler(temp, top_p, min_p, top_k)
     return _seeded_sampler(int(seed), temp, top_p, min_p, top_k)
 
@@ -47,8 +49,6 @@ def _shared_sampler(temp: float, top_p: float, min_p: float, top_k: int) -> Samp
     """One sampler object per setting: mlx-lm's batch samples every sequence in one call when
     they all hold the *same* sampler object, instead of one call per sequence (the usual case:
     greedy, or the same unseeded settings). Unseeded samplers draw from the global PRNG anyway."""
-    if temp == 0:  # greedy ignores the filters: one argmax for every greedy request
-        top_p, min_p, top_k = 1.0, 0.0, 0
     return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
 
 

@@ -10,8 +10,8 @@ in-band ``error`` event.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,8 +23,8 @@ from gateway.anthropic.schemas import CountTokensRequest, MessagesRequest, Promp
 from gateway.anthropic.translate import Blocks, MessageShape, params_for, prompt_input
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
-from gateway.errors import HearthError, InvalidRequest, ModelNotFound, WorkerFailed, request_id
 from gateway.disconnect import GONE, unless_gone
+from gateway.errors import HearthError, InvalidRequest, ModelNotFound, WorkerFailed, request_id
 from gateway.openai.translate import ChoiceSpec
 from shared.config import ModelConfig
 from shared.protocol import ERROR_CONTEXT_LENGTH, Delta, Done
@@ -113,7 +113,7 @@ async def _whole(job: _Job) -> tuple[str, Blocks, Done]:
         async for ev in rs:
             if isinstance(ev, Delta):
                 blocks.text(ev.text)
-                blocks.tool_calls(getattr(ev, "tool_calls", None) or [])
+                blocks.tool_calls(ev.tool_calls or [])
             else:
                 blocks.finish()
                 return rs.id, blocks, ev
@@ -139,7 +139,7 @@ async def _open(job: _Job) -> tuple[RequestStream, AsyncIterator[Delta | Done], 
     events = aiter(rs)
     first = _next(events)
     try:
-        await asyncio.wait({first}, timeout=job.client.config.server.sse_keepalive)
+        await asyncio.wait({first}, timeout=job.client.config.server.sse_keepalive or None)  # 0: wait
         if first.done():
             first.result()  # raises the error, if that is what came
         return rs, events, first
@@ -159,7 +159,7 @@ async def _stream(
     try:
         yield sse.named(*shape.start())
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
+            done, _ = await asyncio.wait({pending}, timeout=interval or None)  # 0: no pings
             if not done:
                 yield sse.named("ping", {"type": "ping"})
                 continue
@@ -168,7 +168,7 @@ async def _stream(
                 for name, data in [*blocks.finish(), *shape.end(ev)]:
                     yield sse.named(name, data)
                 return
-            for name, data in [*blocks.text(ev.text), *blocks.tool_calls(getattr(ev, "tool_calls", None) or [])]:
+            for name, data in [*blocks.text(ev.text), *blocks.tool_calls(ev.tool_calls or [])]:
                 yield sse.named(name, data)
             pending = _next(events)
     except HearthError as e:  # after the first byte an error can only be an in-band event

@@ -166,6 +166,7 @@ class Blocks:
     def __init__(self) -> None:
         self.content: list[dict[str, Any]] = []
         self._text_open = False
+        self._parts: list[str] = []  # the open text block's pieces, joined when it closes
 
     def text(self, text: str) -> list[Event]:
         if not text:
@@ -184,7 +185,7 @@ class Blocks:
                     },
                 )
             )
-        self.content[-1]["text"] += text
+        self._parts.append(text)
         delta = {"type": "text_delta", "text": text}
         events.append(
             ("content_block_delta", {"type": "content_block_delta", "index": len(self.content) - 1, "delta": delta})
@@ -218,6 +219,8 @@ class Blocks:
         if not self._text_open:
             return []
         self._text_open = False
+        self.content[-1]["text"] = "".join(self._parts)
+        self._parts = []
         return [("content_block_stop", {"type": "content_block_stop", "index": len(self.content) - 1})]
 
 

@@ -194,7 +194,7 @@ async def _merge(
         finally:
             streams[0].close()
         return
-    queue: asyncio.Queue[tuple[ChoiceSpec, Delta | Done | BaseException | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[ChoiceSpec, Delta | Done | BaseException]] = asyncio.Queue()
 
     async def pump(spec: ChoiceSpec, rs: RequestStream) -> None:
         try:
@@ -210,7 +210,6 @@ async def _merge(
             spec, got = await queue.get()
             if isinstance(got, BaseException):
                 raise got
-            assert got is not None
             ev = got
             if isinstance(ev, Done):
                 finished += 1

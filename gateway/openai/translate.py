@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.bodies import validate
 from gateway.errors import HearthError
+from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from shared.config import ConfigError, ModelConfig
 from shared.protocol import GENERATE_PARAMS, Done
 
