@@ -27,6 +27,8 @@ from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
+from gateway.responses import endpoints as responses
+from gateway.responses.store import ResponseStore
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
 from gateway.shutdown import Gate, GateMiddleware
 from gateway.supervisor import Supervisor
@@ -126,6 +128,9 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
         Route("/admin/models", admin.list_models, methods=["GET"]),
         Route("/admin/models/{name:path}/load", admin.load_model, methods=["POST"]),
         Route("/admin/models/{name:path}/unload", admin.unload_model, methods=["POST"]),
@@ -137,4 +142,5 @@ def create_app(config: Config) -> Starlette:
         exception_handlers={HearthError: _hearth_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.state.gate = gate  # flipped by gateway.shutdown.HearthServer on SIGTERM/SIGINT
+    app.state.responses = ResponseStore(config.server.responses_store_entries, config.server.responses_store_size())
     return app

@@ -76,6 +76,7 @@ class RequestStream:
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.started = False  # any output reached us
         self.redispatched = False
+        self.affinity: str | None = None  # the client's conversation key, if it sent one
         self.finished = False
         self.t_submit = time.monotonic()
         self.t_first = 0.0  # when the first delta arrived
@@ -239,13 +240,16 @@ class EngineClient:
         params: dict[str, Any],
         stream: bool,
         keep_alive: float | str | None = None,
+        affinity: str | None = None,
     ) -> RequestStream:
         """Queue a generation for ``model`` (a name or alias) and dispatch it to a worker; errors
         before any output.
 
         ``keep_alive`` (seconds or "5m"; -1/"forever": never; 0: at once) is how long the model
         stays loaded once idle after this request, as with Ollama: each request sets it, and a
-        request without it goes back to the model's configured ``keep_alive``."""
+        request without it goes back to the model's configured ``keep_alive``. ``affinity`` is the
+        client's own conversation key (the Responses API's ``prompt_cache_key``), used instead of
+        the one the router derives from the input."""
         model = self.resolve(model)
         entry = self.pool.models[model]
         try:
@@ -255,12 +259,13 @@ class EngineClient:
         self.pool.touch(model)
         msg = Generate(id=uuid.uuid4().hex, model=model, input=inp, params=params, stream=stream)
         rs = RequestStream(self, msg)
+        rs.affinity = affinity
         await self._dispatch(rs)
         return rs
 
     async def _dispatch(self, rs: RequestStream, since: float | None = None, admitted: bool = False) -> None:
         model = rs.msg.model
-        key = affinity_key(rs.msg.input)
+        key = rs.affinity or affinity_key(rs.msg.input)
         worker = await self._wait_for_worker(model, rs.t_submit if since is None else since, admitted, key)
         self.pool.remember(model, key, worker.worker_id)
         rs.worker_id = worker.worker_id

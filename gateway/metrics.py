@@ -127,5 +127,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, recorder)
         finally:
-            model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(model, scope["path"], str(recorder.status or 500)).inc()
+            state = scope.get("state", {})
+            # an endpoint with ids in its path names its route, so each id is not a label of its own
+            path = state.get("endpoint", scope["path"])
+            self.metrics.requests.labels(state.get("model", ""), path, str(recorder.status or 500)).inc()

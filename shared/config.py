@@ -99,8 +99,16 @@ class ServerConfig:
     max_loaded_models: int = 0  # models resident at once (0: no limit); the least recently used idle one goes
     memory_budget: int | str = 0  # bytes or "16GiB": estimated memory of the resident models (0: no limit)
 
+    # stored Responses API answers (store not false), for previous_response_id and GET/DELETE
+    # /v1/responses/{id}: at most this many, and this many bytes (or "64MiB"); 0 entries: none kept
+    responses_store_entries: int = 1024
+    responses_store_bytes: int | str = "64MiB"
+
     def memory_budget_bytes(self) -> int:
         return parse_size(self.memory_budget)
+
+    def responses_store_size(self) -> int:
+        return parse_size(self.responses_store_bytes)
 
     shutdown_grace: float = 30.0  # on SIGTERM/SIGINT: how long in-flight requests may take to finish
 
@@ -253,6 +261,12 @@ def validate_server(s: ServerConfig) -> None:
         s.memory_budget_bytes()
     except ValueError as e:
         raise ConfigError(f"server: memory_budget: {e}") from None
+    if s.responses_store_entries < 0:
+        raise ConfigError("server: responses_store_entries must be >= 0 (0: no responses are stored)")
+    try:
+        s.responses_store_size()
+    except ValueError as e:
+        raise ConfigError(f"server: responses_store_bytes: {e}") from None
     if (s.curve_secret_key is None) != (s.curve_authorized_keys is None):
         raise ConfigError("[server] curve_secret_key and curve_authorized_keys go together")
     if s.shutdown_grace < 0 or s.drain_timeout < 0:
