@@ -47,6 +47,13 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def _named(err: HearthError) -> HearthError:
+    """The worker names the chat input's parts (``messages``); here that is the ``input``."""
+    if err.param in ("messages", "prompt"):
+        err.param = "input"
+    return err
+
+
 def echo(req: ResponsesRequest, body: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     """The request's settings as the response object repeats them."""
     fmt = req.text.format if req.text is not None and req.text.format is not None else None
@@ -114,13 +121,16 @@ async def create_response(request: Request) -> Response:
         if req.store:
             store.put(builder.response(), [*prep.conversation, *output_messages(builder.output)])
 
-    if not req.stream:
-        out = await unless_gone(request, _whole(job, builder))
-        if out is GONE:
-            return Response(status_code=499)
-        keep(builder)
-        return _json(builder.response(), headers=headers)
-    opened = await unless_gone(request, _open(job))
+    try:
+        if not req.stream:
+            out = await unless_gone(request, _whole(job, builder))
+            if out is GONE:
+                return Response(status_code=499)
+            keep(builder)
+            return _json(builder.response(), headers=headers)
+        opened = await unless_gone(request, _open(job))
+    except HearthError as e:
+        raise _named(e) from None
     if opened is GONE:
         return Response(status_code=499)
     rs, events, first = opened
@@ -222,7 +232,7 @@ async def _stream(
                 return
             pending = _next(events)
     except HearthError as e:  # after the first byte an error can only be an in-band event
-        for ev in builder.fail(e):
+        for ev in builder.fail(_named(e)):
             yield _frame(ev)
         keep(builder)
     except StopAsyncIteration:

@@ -132,19 +132,28 @@ class UnsupportedItem(_Strict):
         raise ValueError(f"input items of type {kind!r} are not supported; Hearth takes {known}")
 
 
+# Tags start upper-case so a bad field's path names no tag (see gateway.bodies._param).
+_ITEM_TAGS = {
+    "message": "Message",
+    "function_call": "FunctionCall",
+    "function_call_output": "FunctionCallOutput",
+    "reasoning": "Reasoning",
+}
+
+
 def _item_kind(v: Any) -> str:
     if isinstance(v, dict):
         kind = v.get("type", "message" if "role" in v else None)
-        return kind if kind in ("message", "function_call", "function_call_output", "reasoning") else "other"
-    return "other"
+        return _ITEM_TAGS.get(kind, "Other")
+    return "Other"
 
 
 InputItem = Annotated[
-    Annotated[MessageItem, Tag("message")]
-    | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")]
-    | Annotated[UnsupportedItem, Tag("other")],
+    Annotated[MessageItem, Tag("Message")]
+    | Annotated[FunctionCallItem, Tag("FunctionCall")]
+    | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutput")]
+    | Annotated[ReasoningItem, Tag("Reasoning")]
+    | Annotated[UnsupportedItem, Tag("Other")],
     Discriminator(_item_kind),
 ]
 
@@ -179,20 +188,20 @@ class OtherTool(_Strict):
 
 
 InnerTool = Annotated[
-    Annotated[FunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")],
-    Discriminator(lambda v: "function" if isinstance(v, dict) and v.get("type") == "function" else "other"),
+    Annotated[FunctionTool, Tag("Function")] | Annotated[OtherTool, Tag("Other")],
+    Discriminator(lambda v: "Function" if isinstance(v, dict) and v.get("type") == "function" else "Other"),
 ]
 
 
 def _tool_kind(v: Any) -> str:
     kind = v.get("type") if isinstance(v, dict) else None
-    return kind if kind in ("function", "namespace") else "other"
+    return {"function": "Function", "namespace": "Namespace"}.get(kind or "", "Other")
 
 
 ToolParam = Annotated[
-    Annotated[FunctionTool, Tag("function")]
-    | Annotated[NamespaceTool, Tag("namespace")]
-    | Annotated[OtherTool, Tag("other")],
+    Annotated[FunctionTool, Tag("Function")]
+    | Annotated[NamespaceTool, Tag("Namespace")]
+    | Annotated[OtherTool, Tag("Other")],
     Discriminator(_tool_kind),
 ]
 
