@@ -474,6 +474,7 @@ class EngineClient:
             handle.state = msg.state
             handle.detail = msg.detail
             handle.context_length = msg.context_length or handle.context_length
+            handle.trained_context = msg.trained_context or handle.trained_context
             entry = self.pool.models[handle.model]
             if msg.state is WorkerState.READY and entry.ready_since is None:
                 entry.ready_since = time.monotonic()

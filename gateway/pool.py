@@ -28,6 +28,7 @@ class WorkerHandle:
     pid: int | None = None
     detail: str = ""
     context_length: int = 0
+    trained_context: int = 0  # set when context_length is beyond the model's trained length
     inflight: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
     loading_since: float = 0.0  # when it said it was loading, for the model load time
@@ -45,6 +46,8 @@ class WorkerHandle:
             "waiting": hb.waiting if hb else 0,
             "memory_bytes": hb.memory_bytes if hb else None,
             "prompt_cache_bytes": hb.cache_bytes if hb else 0,
+            "context_length": self.context_length or None,  # known once it is ready
+            "trained_context_length": self.trained_context or None,  # set when RoPE-scaled beyond it
         }
 
 
@@ -171,4 +174,13 @@ class Pool:
             "detail": entry.failed,
             "waiting": entry.waiting,
             "workers": [w.describe() for w in self.of_model(model)],
+            **self.context(model),
         }
+
+    def context(self, model: str) -> dict[str, Any]:
+        """The model's context length as its ready workers report it (else as configured), and
+        its trained length when it runs beyond that (RoPE scaled)."""
+        ws = [w for w in self.of_model(model) if w.context_length]
+        ctx = max((w.context_length for w in ws), default=0) or self.models[model].cfg.context_length
+        trained = max((w.trained_context for w in ws), default=0)
+        return {"context_length": ctx, "trained_context_length": trained or None}

@@ -25,6 +25,7 @@ from shared.units import FOREVER, parse_duration, parse_size
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ROPE_METHODS = ("yarn", "linear", "dynamic", "none")  # worker/rope.py
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
@@ -59,6 +60,12 @@ class ModelConfig:
     # 0: as soon as idle. None: forever for a preloaded model, 5 minutes for an on-demand one.
     keep_alive: float | str | None = None
     pin: bool = False  # never unloaded for idleness nor evicted for another model (an admin still may)
+    # tokens of prompt + output; None: the model's trained length. Above it, RoPE is scaled (YaRN by
+    # the ratio unless rope_scaling says otherwise): see worker/rope.py
+    context_length: int | None = None
+    # "yarn" | "linear" | "dynamic" (by context_length / trained length), "none", or a whole
+    # rope_scaling table as a model's config.json has it
+    rope_scaling: str | dict[str, Any] | None = None
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -206,6 +213,10 @@ def validate_model(m: ModelConfig) -> None:
         m.keep_alive_seconds()
     except ValueError as e:
         raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
+    if m.context_length is not None and m.context_length < 16:
+        raise ConfigError(f"model {m.name}: context_length must be at least 16 tokens")
+    if isinstance(m.rope_scaling, str) and m.rope_scaling not in ROPE_METHODS:
+        raise ConfigError(f"model {m.name}: rope_scaling must be one of {', '.join(ROPE_METHODS)} or a table")
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:

@@ -122,6 +122,7 @@ class State:
     state: WorkerState
     detail: str = ""
     context_length: int = 0
+    trained_context: int = 0  # the model's trained length, when context_length goes beyond it (RoPE scaled)
     KIND = Kind.STATE
 
 

@@ -3,6 +3,7 @@ then let mlx-lm load weights and tokenizer."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm import load as mlx_load
+from mlx_lm.utils import load_config
 
 from shared.config import ModelConfig
-from worker import cpu_attention
+from worker import cpu_attention, rope
 
-FALLBACK_CONTEXT = 4096
+log = logging.getLogger("hearth.worker")
 
 
 @dataclass
@@ -24,6 +26,7 @@ class LoadedModel:
     folder: Path
     context_length: int
     vocab_size: int
+    trained_context: int = 0  # the model's own max_position_embeddings
 
 
 def import_dtype(dtype: str) -> str:
@@ -48,8 +51,15 @@ def resolve_folder(cfg: ModelConfig) -> Path:
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
-    model, tokenizer, config = mlx_load(str(folder), return_config=True)  # type: ignore[misc]
+    plan = rope.plan(load_config(folder), cfg.context_length, cfg.rope_scaling)
+    override = {"rope_scaling": plan.scaling} if plan.scaling is not None else None
+    model, tokenizer, config = mlx_load(str(folder), model_config=override, return_config=True)  # type: ignore[misc]
+    if plan.scaling is not None and getattr(getattr(model, "args", None), "rope_scaling", None) != plan.scaling:
+        raise rope.RopeError(
+            f"rope_scaling: mlx-lm's {config.get('model_type')} model does not take rope_scaling, so it can't run "
+            f"beyond its trained {plan.trained} tokens"
+        )
     cpu_attention.install()  # the model's module is imported now; a no-op on Metal
-    ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or FALLBACK_CONTEXT)
+    (log.warning if plan.extended else log.info)("%s: %s", cfg.name, plan.describe())
     vocab = int(config.get("vocab_size") or len(tokenizer))
-    return LoadedModel(model, tokenizer, folder, ctx, vocab)
+    return LoadedModel(model, tokenizer, folder, plan.context_length, vocab, plan.trained)

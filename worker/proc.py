@@ -82,6 +82,13 @@ class _Loader(threading.Thread):
             self.error = f"{type(e).__name__}: {e}"
 
 
+def _ready(core: EngineCore) -> State:
+    """``ready``, with the context the worker allows (and the trained one, when that is less)."""
+    m = core.m
+    beyond = m.trained_context if m.context_length > m.trained_context else 0
+    return State(WorkerState.READY, context_length=m.context_length, trained_context=beyond)
+
+
 def _warm(core: EngineCore, save: bool) -> None:
     """Load (at start) or save (at drain) the prompt caches that make a restart warm. Only an
     optimisation: a failure is logged, never a reason not to serve or not to exit."""
@@ -166,7 +173,7 @@ class WorkerProcess:
                 core = self.loader.core
                 assert core is not None
                 self.core = core
-                self.send(State(WorkerState.READY, context_length=core.m.context_length))
+                self.send(_ready(core))
             if self.core is not None and self.core.has_work:
                 events = self.core.step()
                 if len(events) > 1:  # one message per step, however many streams it advanced
@@ -237,7 +244,7 @@ class WorkerProcess:
         if self.draining:
             return State(WorkerState.DRAINING)
         if self.core is not None:
-            return State(WorkerState.READY, context_length=self.core.m.context_length)
+            return _ready(self.core)
         return State(WorkerState.LOADING)
 
     def _read_all(self) -> None:

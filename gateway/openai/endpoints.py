@@ -59,6 +59,7 @@ async def list_models(request: Request) -> Response:
                 "detail": info["detail"],
                 "workers": info["workers"],
                 "path": entry.cfg.path,
+                **pool.context(name),  # context_length; trained_context_length when RoPE-scaled beyond it
             }
         )
     return _json({"object": "list", "data": data})

@@ -144,7 +144,7 @@ _ITEM_TAGS = {
 def _item_kind(v: Any) -> str:
     if isinstance(v, dict):
         kind = v.get("type", "message" if "role" in v else None)
-        return _ITEM_TAGS.get(kind, "Other")
+        return _ITEM_TAGS.get(str(kind), "Other")
     return "Other"
 
 
