@@ -361,6 +361,8 @@ CHANGES: dict[str, Any] = {
     "strip_billing_header": False,
     "keep_alive": "10m",
     "pin": True,
+    "context_length": 32768,
+    "rope_scaling": "linear",
 }
 
 
