@@ -146,3 +146,84 @@ if __name__ == "__main__":
     import sys
 
     print(build_tiny_model(Path(sys.argv[1])))
+
+
+# The scripted tool model: weights written by hand (no training) so that its greedy output is a
+# fixed script, as an agent's test needs. One attention head looks for <tool_response> anywhere
+# in the prompt; the output head reads the current token and that flag:
+#   no tool result yet:  "\n" (the end of the generation prompt) -> CALL_TOKEN -> end of turn
+#   a tool result seen:  "\n" -> ANSWER_TOKEN -> end of turn
+# CALL_TOKEN is one added token holding a whole <tool_call> (no whitespace inside: the byte-level
+# detokenizer maps printable ASCII only), so the first turn calls a tool and the next one answers.
+TOOL_RESPONSE = "<tool_response>"
+ANSWER_TOKEN = "Done."
+
+
+def scripted_call(name: str, arguments: dict[str, object]) -> str:
+    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, separators=(",", ":")) + "</tool_call>"
+
+
+def build_scripted_tool_model(out: Path, call: str, context: int = 65536, vocab: int = 8000) -> Path:
+    """A tool-calling model (CHATML_TOOLS, English tokenizer) that calls ``call`` (a
+    ``scripted_call``) when its prompt holds no tool result, and answers ``ANSWER_TOKEN`` after."""
+    import mlx.core as mx
+    import numpy as np
+    from tokenizers import AddedToken, Tokenizer
+
+    if any(c.isspace() for c in call):
+        raise ValueError("the scripted call can't hold whitespace")
+    build_tiny_model(out, context=context, tools=True, vocab=vocab)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(TOOL_RESPONSE, special=True)])
+    tok.add_tokens([call, ANSWER_TOKEN])
+    tok.save(str(out / "tokenizer.json"))
+    ids = {name: tok.token_to_id(name) for name in (TOOL_RESPONSE, call, ANSWER_TOKEN, "<|im_end|>")}
+    (newline,) = tok.encode("\n").ids
+    n = tok.get_vocab_size()
+    d, head = 64, 16
+    bias, seen_in, flag, at_newline, ends = 0, 1, 2, 3, 4  # feature dimensions of the residual stream
+    emb = np.zeros((n, d), np.float32)
+    emb[:, bias] = 1.0
+    emb[ids[TOOL_RESPONSE], seen_in] = 1.0
+    emb[newline, at_newline] = 1.0
+    emb[ids[call], ends] = 1.0
+    emb[ids[ANSWER_TOKEN], ends] = 1.0
+    # attention (head 0; RoPE's slowest pair, which a huge rope_theta keeps still): every query
+    # matches the key of a <tool_response> token, whose value sets the `flag` feature
+    q = np.zeros((4 * head, d), np.float32)
+    k = np.zeros((2 * head, d), np.float32)
+    v = np.zeros((2 * head, d), np.float32)
+    o = np.zeros((d, 4 * head), np.float32)
+    slow = head // 2 - 1
+    q[slow, bias] = 2.0
+    k[slow, seen_in] = 2.0
+    v[0, seen_in] = (2 / d) ** 0.5  # the normed <tool_response> is sqrt(d / 2) there: the flag becomes 1
+    o[flag, 0] = 1.0
+    lm = np.zeros((n, d), np.float32)
+    lm[ids[call], at_newline], lm[ids[call], flag] = 10.0, -20.0
+    lm[ids[ANSWER_TOKEN], at_newline], lm[ids[ANSWER_TOKEN], flag] = 5.0, 10.0
+    lm[ids["<|im_end|>"], ends] = 20.0
+    config = json.loads((out / "config.json").read_text())
+    config.update(
+        num_hidden_layers=1, vocab_size=n, tie_word_embeddings=False, rope_theta=1e12, max_position_embeddings=context
+    )
+    (out / "config.json").write_text(json.dumps(config))
+    ones = np.ones(d, np.float32)
+    weights = {
+        "model.embed_tokens.weight": emb,
+        "model.norm.weight": ones,
+        "lm_head.weight": lm,
+        "model.layers.0.input_layernorm.weight": ones,
+        "model.layers.0.post_attention_layernorm.weight": ones,
+        "model.layers.0.self_attn.q_proj.weight": q,
+        "model.layers.0.self_attn.k_proj.weight": k,
+        "model.layers.0.self_attn.v_proj.weight": v,
+        "model.layers.0.self_attn.o_proj.weight": o,
+        "model.layers.0.mlp.gate_proj.weight": np.zeros((128, d), np.float32),
+        "model.layers.0.mlp.up_proj.weight": np.zeros((128, d), np.float32),
+        "model.layers.0.mlp.down_proj.weight": np.zeros((d, 128), np.float32),
+    }
+    mx.save_safetensors(
+        str(out / "model.safetensors"), {k: mx.array(w) for k, w in weights.items()}, metadata={"format": "mlx"}
+    )
+    return out
