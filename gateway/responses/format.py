@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from gateway import sse
 from gateway.errors import HearthError
 from gateway.responses.translate import split_name
 from shared.protocol import Delta, Done
@@ -339,3 +341,53 @@ def _copy(item: dict[str, Any]) -> dict[str, Any]:
     if isinstance(item.get("content"), list):
         out["content"] = [dict(p) for p in item["content"]]
     return out
+
+
+class ResponsesStream:
+    """The Responses API's side of a streamed answer: each moment of the stream as SSE bytes
+    (``event: TYPE`` + ``data: JSON``), from one ``ResponseBuilder``. ``finished`` is called
+    with the builder once the response is whole (completed, incomplete or failed): the store
+    keeps it then. ``rename`` turns an error into the Responses API's terms."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        builder: ResponseBuilder,
+        headers: dict[str, str] | None = None,
+        finished: Callable[[ResponseBuilder], None] | None = None,
+        rename: Callable[[HearthError], HearthError] | None = None,
+    ) -> None:
+        self.builder = builder
+        self.headers = {"cache-control": "no-cache", **(headers or {})}
+        self._finished = finished
+        self._rename = rename
+
+    def opening(self, rid: str | None = None) -> list[bytes]:
+        return _frames(self.builder.start())
+
+    def event(self, choice: object, ev: Delta | Done) -> list[bytes]:
+        if isinstance(ev, Delta):
+            return _frames(self.builder.delta(ev))
+        frames = _frames(self.builder.done(ev))
+        self._end()
+        return frames
+
+    def closing(self) -> list[bytes]:
+        return []
+
+    def keepalive(self) -> bytes:
+        return sse.KEEPALIVE
+
+    def failure(self, err: HearthError) -> bytes:
+        frames = _frames(self.builder.fail(self._rename(err) if self._rename else err))
+        self._end()
+        return b"".join(frames)
+
+    def _end(self) -> None:
+        if self._finished is not None:
+            self._finished(self.builder)
+
+
+def _frames(events: list[Event]) -> list[bytes]:
+    return [sse.named(ev["type"], ev) for ev in events]

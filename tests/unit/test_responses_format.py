@@ -207,3 +207,23 @@ def test_usage_of_a_loop_guard_stop() -> None:
         Done("r", "loop", usage={"prompt_tokens": 1, "completion_tokens": 9, "loop_cycle_tokens": 3, "loop_repeats": 3})
     )
     assert u["loop_guard"] == {"cycle_tokens": 3, "repeats": 3}
+
+
+def test_the_stream_format_writes_named_events_and_hands_over_the_whole_response() -> None:
+    from gateway.responses.format import ResponsesStream
+
+    kept: list[dict[str, Any]] = []
+    fmt = ResponsesStream(ResponseBuilder(ECHO), {"x-a": "1"}, finished=lambda b: kept.append(b.response()))
+    assert fmt.media_type == "text/event-stream" and fmt.headers == {"cache-control": "no-cache", "x-a": "1"}
+    opening = fmt.opening("rid")
+    assert opening[0].startswith(b"event: response.created\ndata: {") and opening[0].endswith(b"\n\n")
+    assert fmt.event(None, d("hi")) and not kept
+    frames = fmt.event(None, done())
+    assert frames[-1].startswith(b"event: response.completed\n")
+    assert [k["status"] for k in kept] == ["completed"]
+    assert fmt.closing() == [] and fmt.keepalive().startswith(b":")
+    failing = ResponsesStream(ResponseBuilder(ECHO), finished=lambda b: kept.append(b.response()))
+    failing.opening()
+    blob = failing.failure(WorkerFailed("gone"))
+    assert blob.startswith(b"event: error\n") and b"event: response.failed\n" in blob
+    assert kept[-1]["status"] == "failed"
