@@ -107,8 +107,8 @@ class ReasoningText(_Strict):
 
 
 class ReasoningItem(_Strict):
-    """Reasoning from an earlier turn: accepted and left out of the prompt, as templates drop an
-    earlier turn's reasoning (``encrypted_content`` is only ever OpenAI's own)."""
+    """Reasoning from an earlier turn: its text goes with the assistant turn after it
+    (``encrypted_content`` is only ever OpenAI's own, and ignored)."""
 
     type: Literal["reasoning"]
     id: StrictStr | None = None

@@ -4,8 +4,8 @@ The input becomes the same OpenAI-shaped messages chat completions sends (``gate
 translate.py``): ``instructions`` and the leading system/developer messages make one system
 message (templates want one, first); an assistant message and the ``function_call`` items after
 it make one assistant turn with ``tool_calls``; a ``function_call_output`` is a ``tool``
-message; reasoning items from earlier turns are left out, as chat templates leave out an earlier
-turn's reasoning. A ``previous_response_id`` puts the stored conversation first, so the prompt
+message; a reasoning item's text goes with the assistant turn after it as ``reasoning_content``
+(chat completions' field), for templates that render an earlier turn's reasoning. A ``previous_response_id`` puts the stored conversation first, so the prompt
 starts with the tokens the worker's KV cache already holds.
 """
 
@@ -26,6 +26,7 @@ from gateway.responses.schemas import (
     NamedFunctionChoice,
     NamespaceTool,
     OtherTool,
+    ReasoningItem,
     ResponsesRequest,
     content_text,
 )
@@ -120,14 +121,27 @@ def item_messages(items: list[Any]) -> tuple[list[str], list[Message]]:
     returned apart (they join ``instructions`` in the one system message)."""
     system: list[str] = []
     messages: list[Message] = []
+    reasoning: list[str] = []  # an earlier turn's reasoning, for the assistant turn that follows it
+
+    def assistant(msg: Message) -> Message:
+        if reasoning:
+            msg["reasoning_content"] = "".join(reasoning)
+            reasoning.clear()
+        return msg
+
     for item in items:
-        if isinstance(item, MessageItem):
+        if isinstance(item, ReasoningItem):
+            parts = item.content if item.content else item.summary
+            reasoning.append("".join(p.text for p in parts))
+        elif isinstance(item, MessageItem):
             text = content_text(item.content)
             if item.role in ("system", "developer"):
                 if not messages:
                     system.append(text)
                 else:
                     messages.append({"role": "system", "content": text})
+            elif item.role == "assistant":
+                messages.append(assistant({"role": "assistant", "content": text}))
             else:
                 messages.append({"role": item.role, "content": text})
         elif isinstance(item, FunctionCallItem):
@@ -137,19 +151,18 @@ def item_messages(items: list[Any]) -> tuple[list[str], list[Message]]:
                 "function": {"name": call_name(item.name, item.namespace), "arguments": item.arguments},
             }
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
+            if last is not None and last["role"] == "assistant" and not reasoning:
                 last.setdefault("tool_calls", []).append(call)
             else:
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                messages.append(assistant({"role": "assistant", "content": "", "tool_calls": [call]}))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content_text(item.output)})
-        # reasoning items: left out of the prompt (see the module docstring)
     return system, messages
 
 
 def params(req: ResponsesRequest, cfg: ModelConfig, tools: list[dict[str, Any]]) -> dict[str, Any]:
     """The model's defaults overridden by the request, as chat completions does; plus logprobs,
-    tool choice, the output format and the reasoning effort."""
+    tool choice and the output format."""
     p = params_for(req, cfg)
     if req.logprobs_wanted():
         p["logprobs"] = req.top_logprobs or 0
@@ -161,13 +174,8 @@ def params(req: ResponsesRequest, cfg: ModelConfig, tools: list[dict[str, Any]])
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type == "json_object":
         p["response_format"] = {"type": "json_object"}
-    elif fmt is not None and fmt.type == "json_schema":
-        schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema_}
-        if fmt.strict is not None:
-            schema["strict"] = fmt.strict
-        p["response_format"] = {"type": "json_schema", "json_schema": schema}
-    if req.reasoning is not None and req.reasoning.effort is not None:
-        p["reasoning_effort"] = req.reasoning.effort
+    elif fmt is not None and fmt.type == "json_schema":  # the wire shape constrained decoding reads
+        p["response_format"] = {"type": "json_schema", "schema": fmt.schema_}
     return p
 
 
@@ -185,6 +193,10 @@ def prepare(req: ResponsesRequest, cfg: ModelConfig, previous: list[Message] | N
     inp: dict[str, Any] = {"messages": head + body}
     if tools:
         inp["tools"] = tools
+    effort = req.reasoning.effort if req.reasoning is not None else None
+    if effort is not None:  # the chat template's switches, as chat completions' reasoning_effort sets them
+        inp["enable_thinking"] = effort != "none"
+        inp["reasoning_effort"] = effort
     return Prepared(
         input=inp,
         params=params(req, cfg, tools),

@@ -47,6 +47,7 @@ def test_items_become_chat_messages() -> None:
         {
             "role": "assistant",
             "content": "Checking.",
+            "reasoning_content": "hmm",  # the reasoning item before it
             "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
                 {"id": "c2", "type": "function", "function": {"name": "agents.spawn", "arguments": "{}"}},
@@ -103,8 +104,29 @@ def test_params_defaults_overridden_and_the_extensions() -> None:
     assert p["repetition_penalty"] == 1.1  # the model's default stays
     assert p["logprobs"] == 2
     assert p["tool_choice"] == {"name": "get_time"}
-    assert p["reasoning_effort"] == "low"
+    assert "reasoning_effort" not in p  # a template switch: it goes with the input
     assert prepare(req(prompt_cache_key="session-1"), CFG).affinity == "session-1"
+
+
+def test_reasoning_effort_sets_the_template_switches() -> None:
+    low = prepare(req(reasoning={"effort": "low"}), CFG).input
+    assert low["enable_thinking"] is True and low["reasoning_effort"] == "low"
+    off = prepare(req(reasoning={"effort": "none"}), CFG).input
+    assert off["enable_thinking"] is False
+    assert "enable_thinking" not in prepare(req(reasoning={"summary": "auto"}), CFG).input
+
+
+def test_json_formats_travel_as_response_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once constrained decoding is there (``JSON_FORMATS``), in the shape the worker reads."""
+    from gateway.responses import schemas
+
+    monkeypatch.setattr(schemas, "JSON_FORMATS", True)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"format": {"type": "json_schema", "name": "x", "schema": schema, "strict": True}}
+    assert prepare(req(text=fmt), CFG).params["response_format"] == {"type": "json_schema", "schema": schema}
+    obj = prepare(req(text={"format": {"type": "json_object"}}), CFG).params["response_format"]
+    assert obj == {"type": "json_object"}
+    assert "response_format" not in prepare(req(text={"format": {"type": "text"}}), CFG).params
 
 
 def test_empty_input_is_an_empty_user_turn_and_previous_comes_first() -> None:
@@ -131,6 +153,7 @@ def test_a_responses_output_is_the_next_prompts_assistant_turn() -> None:
         {
             "role": "assistant",
             "content": "Hi",
+            "reasoning_content": "x",
             "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
         }
     ]
