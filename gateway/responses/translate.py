@@ -5,8 +5,9 @@ translate.py``): ``instructions`` and the leading system/developer messages make
 message (templates want one, first); an assistant message and the ``function_call`` items after
 it make one assistant turn with ``tool_calls``; a ``function_call_output`` is a ``tool``
 message; a reasoning item's text goes with the assistant turn after it as ``reasoning_content``
-(chat completions' field), for templates that render an earlier turn's reasoning. A ``previous_response_id`` puts the stored conversation first, so the prompt
-starts with the tokens the worker's KV cache already holds.
+(chat completions' field), for templates that render an earlier turn's reasoning. A
+``previous_response_id`` puts the stored conversation first, so the prompt starts with the
+tokens the worker's KV cache already holds. ``reasoning.effort`` sets the template's switches.
 """
 
 from __future__ import annotations
