@@ -26,8 +26,7 @@ from gateway.openai.translate import ChoiceSpec
 from gateway.responses.format import ResponseBuilder, ResponsesStream
 from gateway.responses.schemas import ResponsesRequest
 from gateway.responses.store import ResponseStore
-from gateway.responses.translate import Prepared, output_messages, prepare
-from shared.config import ModelConfig
+from gateway.responses.translate import Prepared, echo, output_messages, prepare
 from shared.protocol import Delta, Done
 
 log = logging.getLogger("hearth.responses")
@@ -53,40 +52,6 @@ def _named(err: HearthError) -> HearthError:
     return err
 
 
-def echo(req: ResponsesRequest, body: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
-    """The request's settings as the response object repeats them."""
-    fmt = req.text.format if req.text is not None and req.text.format is not None else None
-    choice: Any = req.tool_choice or "auto"
-    if not isinstance(choice, str):
-        choice = choice.model_dump()
-    return {
-        "model": req.model,
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "max_tool_calls": req.max_tool_calls,
-        "metadata": req.metadata or {},
-        "parallel_tool_calls": req.parallel_tool_calls is not False,
-        "previous_response_id": req.previous_response_id,
-        "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": {
-            "effort": req.reasoning.effort if req.reasoning else None,
-            "summary": req.reasoning.summary if req.reasoning else None,
-        },
-        "safety_identifier": req.safety_identifier,
-        "service_tier": "default",
-        "store": req.store,
-        "temperature": req.temperature if req.temperature is not None else cfg.defaults.get("temperature", 1.0),
-        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
-        "tool_choice": choice,
-        "tools": body.get("tools") or [],
-        "top_logprobs": req.top_logprobs,
-        "top_p": req.top_p if req.top_p is not None else cfg.defaults.get("top_p", 1.0),
-        "truncation": "disabled",
-        "user": req.user,
-        "background": False,
-    }
-
-
 async def create_response(request: Request) -> Response:
     client = _client(request)
     body = await read_json(request, client.config.server.body_limit)
@@ -97,23 +62,13 @@ async def create_response(request: Request) -> Response:
     if cfg is None:
         raise ModelNotFound(f"the model '{req.model}' does not exist", param="model")
     store = _store(request)
-    previous = None
-    if req.previous_response_id is not None:
-        stored = store.get(req.previous_response_id)
-        if stored is None:
-            raise InvalidRequest(
-                f"previous response '{req.previous_response_id}' is not stored (unknown, deleted, evicted, or "
-                "made with store: false)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        previous = stored.conversation
+    previous = store.conversation(req.previous_response_id) if req.previous_response_id is not None else None
     prep = prepare(req, cfg, previous)
     headers = {}
     if prep.left_out:
         headers[LEFT_OUT_HEADER] = ", ".join(prep.left_out)
         log.info("tools left out of the prompt (Hearth can't run them): %s", ", ".join(prep.left_out))
-    builder = ResponseBuilder(echo(req, body, cfg), prep.namespaces, logprobs=req.logprobs_wanted())
+    builder = ResponseBuilder(echo(req, body.get("tools"), cfg), prep.namespaces, logprobs=req.logprobs_wanted())
     job = _Job(client, cfg.name, prep, req, state.setdefault("generations", []))
 
     def keep(builder: ResponseBuilder) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import InvalidRequest
+
 log = logging.getLogger("hearth.responses")
 
 
@@ -64,3 +66,14 @@ class ResponseStore:
             return False
         self.bytes -= entry.size
         return True
+
+    def conversation(self, rid: str) -> list[dict[str, Any]]:
+        """The conversation a ``previous_response_id`` continues; a 400 naming it if not kept."""
+        entry = self.get(rid)
+        if entry is None:
+            raise InvalidRequest(
+                f"previous response '{rid}' is not stored (unknown, deleted, evicted, or made with store: false)",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return entry.conversation

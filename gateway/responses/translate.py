@@ -207,3 +207,37 @@ def prepare(req: ResponsesRequest, cfg: ModelConfig, previous: list[Message] | N
         namespaces=namespaces,
         affinity=req.prompt_cache_key,
     )
+
+
+def echo(req: ResponsesRequest, tools: Any, cfg: ModelConfig) -> dict[str, Any]:
+    """The request's settings as the response object repeats them (``tools`` as sent)."""
+    fmt = req.text.format if req.text is not None and req.text.format is not None else None
+    choice: Any = req.tool_choice or "auto"
+    if not isinstance(choice, str):
+        choice = choice.model_dump()
+    return {
+        "model": req.model,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": req.max_tool_calls,
+        "metadata": req.metadata or {},
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "previous_response_id": req.previous_response_id,
+        "prompt_cache_key": req.prompt_cache_key,
+        "reasoning": {
+            "effort": req.reasoning.effort if req.reasoning else None,
+            "summary": req.reasoning.summary if req.reasoning else None,
+        },
+        "safety_identifier": req.safety_identifier,
+        "service_tier": "default",
+        "store": req.store,
+        "temperature": req.temperature if req.temperature is not None else cfg.defaults.get("temperature", 1.0),
+        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
+        "tool_choice": choice,
+        "tools": tools or [],
+        "top_logprobs": req.top_logprobs,
+        "top_p": req.top_p if req.top_p is not None else cfg.defaults.get("top_p", 1.0),
+        "truncation": "disabled",
+        "user": req.user,
+        "background": False,
+    }

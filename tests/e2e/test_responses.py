@@ -41,10 +41,13 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tool_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gw-responses")
+    short = build_tiny_model(tmp / "short", context=1024)
     models = [
         {"name": "tiny", "path": str(tiny_model)},
         {"name": "tools", "path": str(tool_model)},
         {"name": "smol", "path": "default"},
+        {"name": "short", "path": str(short)},  # trained on 1,024 positions
+        {"name": "stretched", "path": str(short), "context_length": 4096},  # the same, RoPE-scaled (YaRN)
     ]
     with serving(tmp, models, server={"responses_store_entries": 3}) as g:
         yield g
@@ -268,3 +271,22 @@ def test_errors_reach_the_sdk_as_exceptions(client: openai.OpenAI) -> None:
         client.responses.create(model="nope", input="x")
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="tiny", input="x", max_output_tokens=0)
+
+
+def test_a_model_runs_beyond_its_trained_context_when_configured(gw: Gateway) -> None:
+    models = {m["id"]: m for m in gw.http.get("/v1/models").json()["data"]}
+    assert models["short"]["context_length"] == 1024 and models["short"]["trained_context_length"] is None
+    assert models["stretched"]["context_length"] == 4096 and models["stretched"]["trained_context_length"] == 1024
+    (worker,) = models["stretched"]["workers"]
+    assert worker["context_length"] == 4096 and worker["trained_context_length"] == 1024
+    long_input = "The quick brown fox jumps over the lazy dog. " * 200  # ~2,000 tokens
+    refused = gw.http.post(PATH, json={"model": "short", "input": long_input, "max_output_tokens": 4})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert refused.json()["error"]["param"] == "input"
+    answered = gw.http.post(PATH, json={"model": "stretched", "input": long_input, "max_output_tokens": 4})
+    assert answered.status_code == 200, answered.text
+    assert 1024 < answered.json()["usage"]["input_tokens"] < 4096
+    assert (
+        "stretched: context 4096 tokens, beyond its trained 1024 (rope_scaling yarn, factor 4)"
+        in gw.log_path.read_text()
+    )
