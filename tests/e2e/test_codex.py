@@ -8,11 +8,13 @@ tools, a ``namespace``, a hosted ``web_search`` Hearth leaves out), streamed, ``
 - The tool turn runs on the scripted tool model (tests/tinymodel.py): it calls
   ``exec_command`` with ``pwd`` while its prompt holds no tool result and answers "Done." once
   one is there, so Codex runs the command, sends its output back, and ends the turn.
-- The plain answer runs on SmolLM2 (trained on 8,192 tokens) with ``context_length = 32768``
+- The plain answer runs on SmolLM2 (trained on 8,192 tokens) with ``context_length = 16384``
   (YaRN RoPE scaling), since the prompt alone is longer than 8,192 tokens. Codex always offers
   tools, and SmolLM2's own template renders none, so its folder here gets a ChatML template that
-  does (``CHATML_TOOLS``). Prefilling ~10k tokens takes minutes on a busy 2-core CPU, hence the
-  long heartbeat timeout and the small prefill step.
+  does (``CHATML_TOOLS``). Prefilling its ~9,200 tokens took 8.5 minutes on the shared 2-core
+  CPU (load ~10), hence the long timeouts and heartbeat timeout and the small prefill step. What
+  it says is a small model's guess ("Le Grand-Cambière" once): the test checks that a turn
+  completes and the answer reaches the terminal, not what it says.
 
 Codex comes from npm into ``.tools/`` (``scripts/setup.sh``); without it the test installs it,
 and it skips only where npm is missing.
@@ -34,7 +36,7 @@ import pytest
 from tests.servers import ROOT, Gateway, serving
 from tests.tinymodel import ANSWER_TOKEN, CHATML_TOOLS, build_scripted_tool_model, scripted_call
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(2400)
 
 TOOLS_DIR = ROOT / ".tools"
 PACKAGE = "@openai/codex@0.171.0"
@@ -85,13 +87,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         {
             "name": "smol",
             "path": str(smol),
-            "context_length": 32768,  # beyond the trained 8192: YaRN by a factor of 4
+            "context_length": 16384,  # beyond the trained 8192: YaRN by a factor of 2
             "prefill_step": 256,  # shorter steps over the long prompt: heartbeats between them
             "max_tokens": 48,
             "defaults": {"temperature": 0},
         },
     ]
-    with serving(tmp, models, server={"heartbeat_timeout": 900}) as g:
+    with serving(tmp, models, server={"heartbeat_timeout": 1800}) as g:
         yield g
 
 
@@ -103,7 +105,7 @@ def run_codex(codex: str, gw: Gateway, model: str, prompt: str, cwd: Path) -> su
         "base_url": f'"{gw.url}/v1"',
         "wire_api": '"responses"',
         "env_key": '"OPENAI_API_KEY"',
-        "stream_idle_timeout_ms": "1200000",  # a long prefill: Hearth keeps the line alive meanwhile
+        "stream_idle_timeout_ms": "2000000",  # a long prefill: Hearth keeps the line alive meanwhile
         "request_max_retries": "0",  # a failure shows as one, not as a retry
         "stream_max_retries": "0",
     }
@@ -123,7 +125,7 @@ def run_codex(codex: str, gw: Gateway, model: str, prompt: str, cwd: Path) -> su
         stdin=subprocess.DEVNULL,  # exec reads piped stdin as more prompt: give it none
         capture_output=True,
         text=True,
-        timeout=1100,
+        timeout=2000,
     )
 
 
@@ -154,7 +156,7 @@ def test_codex_gets_a_plain_answer_from_smollm2_beyond_its_trained_context(
     codex: str, gw: Gateway, tmp_path: Path
 ) -> None:
     models = {m["id"]: m for m in gw.http.get("/v1/models").json()["data"]}
-    assert models["smol"]["context_length"] == 32768 and models["smol"]["trained_context_length"] == 8192
+    assert models["smol"]["context_length"] == 16384 and models["smol"]["trained_context_length"] == 8192
     t0 = time.monotonic()
     done = run_codex(codex, gw, "smol", "What is the capital of France? Answer briefly.", tmp_path)
     took = time.monotonic() - t0
