@@ -85,5 +85,6 @@ class AccessLogMiddleware:
                 "model": state.get("model"),
             }
             fields.update(request_fields(state.get("generations", [])))
+            fields["omitted_media"] = state.get("omitted_media")  # images/documents replaced by a note
             fields["duration"] = time.monotonic() - t0
             log.info("%s", logfmt(fields))

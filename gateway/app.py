@@ -24,6 +24,7 @@ from gateway.curve import load_curve
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
 from gateway.memory import Estimate, estimate
+from gateway.media import OmittedMediaMiddleware
 from gateway.metrics import Metrics, RequestMetricsMiddleware
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
@@ -113,6 +114,7 @@ def create_app(config: Config) -> Starlette:
     middleware = [
         Middleware(AccessLogMiddleware),
         Middleware(RequestMetricsMiddleware, metrics=metrics),
+        Middleware(OmittedMediaMiddleware, metrics=metrics),
         Middleware(GateMiddleware, gate=gate),
     ]
     if key:

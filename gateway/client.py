@@ -56,13 +56,14 @@ FORGET_AT_MOST = 10_000  # ids of gone workers kept to tell a returning one from
 
 @dataclass(frozen=True)
 class Result:
-    """A whole answer: its text, the final ``Done``, logprobs entries, and the tool calls
-    (``shared.protocol.Delta.tool_calls`` entries, in order)."""
+    """A whole answer: its text, the final ``Done``, logprobs entries, the tool calls
+    (``shared.protocol.Delta.tool_calls`` entries, in order) and the reasoning text."""
 
     text: str
     done: Done
     logprobs: list[Any] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    reasoning: str = ""
 
 
 class RequestStream:
@@ -122,6 +123,7 @@ class RequestStream:
                     continue
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 calls = list(item.tool_calls or [])
+                thoughts = [item.reasoning]
                 end: Message | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
@@ -129,14 +131,16 @@ class RequestStream:
                     if not isinstance(nxt, Delta):
                         end = nxt
                         break
-                    if calls and nxt.text:
+                    # a delta's reasoning precedes its text, and its text its calls
+                    if (calls and (nxt.text or nxt.reasoning)) or (nxt.reasoning and any(parts)):
                         pending = nxt
                         break
                     parts.append(nxt.text)
+                    thoughts.append(nxt.reasoning)
                     tokens = nxt.tokens
                     logprobs.extend(nxt.logprobs or [])
                     calls.extend(nxt.tool_calls or [])
-                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None)
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None, "".join(thoughts))
                 if end is None:
                     continue
                 item = end
@@ -150,15 +154,17 @@ class RequestStream:
     async def collect(self) -> Result:
         """The whole answer (non-streaming): text, tool calls, the final Done, logprobs entries."""
         parts: list[str] = []
+        thoughts: list[str] = []
         logprobs: list[Any] = []
         calls: list[dict[str, Any]] = []
         async for ev in self:
             if isinstance(ev, Delta):
                 parts.append(ev.text)
+                thoughts.append(ev.reasoning)
                 logprobs.extend(ev.logprobs or [])
                 calls.extend(ev.tool_calls or [])
             else:
-                return Result("".join(parts), ev, logprobs, calls)
+                return Result("".join(parts), ev, logprobs, calls, "".join(thoughts))
         raise WorkerFailed("the request ended without a result")
 
     def close(self) -> None:

@@ -60,7 +60,8 @@ _THINK_TURN = (
 CHATML_THINK = (
     CHATML_TOOLS.replace(
         "{%- elif message.role == 'tool' %}",
-        "{%- elif message.role == 'assistant' %}" + _THINK_TURN + "{{ '<|im_end|>\\n' }}{%- elif message.role == 'tool' %}",
+        "{%- elif message.role == 'assistant' %}" + _THINK_TURN + "{{ '<|im_end|>\\n' }}"
+        "{%- elif message.role == 'tool' %}",
     )
     .replace(
         "{{ '<|im_start|>assistant' }}{%- if message.content %}",

@@ -18,9 +18,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import sse
+from gateway import media, sse
 from gateway.anthropic.schemas import CountTokensRequest, MessagesRequest, PromptFields
-from gateway.anthropic.translate import Blocks, MessageShape, params_for, prompt_input
+from gateway.anthropic.translate import Blocks, MessageShape, omitted_media, params_for, prompt_input
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream
 from gateway.disconnect import GONE, unless_gone
@@ -52,9 +52,11 @@ def _anthropic(err: HearthError) -> HearthError:
 
 async def messages(request: Request) -> Response:
     client = _client(request)
-    req = validate(MessagesRequest, await read_json(request, client.config.server.body_limit))
+    data = await read_json(request, client.config.server.body_limit)
+    req = validate(MessagesRequest, data, media.context(client.config, data, "anthropic"))
     cfg = _model(request, client, req)
     inp, params = prompt_input(req, cfg), params_for(req, cfg)
+    media.record(request, omitted_media(req))
     headers = {"request-id": request_id()}
     # the generations, for the access log (gateway/access.py)
     generations: list[tuple[ChoiceSpec, RequestStream]] = request.scope["state"].setdefault("generations", [])
@@ -81,8 +83,10 @@ async def messages(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     """``{"input_tokens": N}``: the worker counts the very input ``/v1/messages`` would send."""
     client = _client(request)
-    req = validate(CountTokensRequest, await read_json(request, client.config.server.body_limit))
+    data = await read_json(request, client.config.server.body_limit)
+    req = validate(CountTokensRequest, data, media.context(client.config, data, "anthropic"))
     cfg = _model(request, client, req)
+    media.record(request, omitted_media(req))
     n = await client.count_tokens(cfg.name, prompt_input(req, cfg))
     return Response(
         orjson.dumps({"input_tokens": n}), media_type="application/json", headers={"request-id": request_id()}
@@ -112,8 +116,7 @@ async def _whole(job: _Job) -> tuple[str, Blocks, Done]:
     try:
         async for ev in rs:
             if isinstance(ev, Delta):
-                blocks.text(ev.text)
-                blocks.tool_calls(ev.tool_calls or [])
+                blocks.delta(ev)
             else:
                 blocks.finish()
                 return rs.id, blocks, ev
@@ -168,7 +171,7 @@ async def _stream(
                 for name, data in [*blocks.finish(), *shape.end(ev)]:
                     yield sse.named(name, data)
                 return
-            for name, data in [*blocks.text(ev.text), *blocks.tool_calls(ev.tool_calls or [])]:
+            for name, data in blocks.delta(ev):
                 yield sse.named(name, data)
             pending = _next(events)
     except HearthError as e:  # after the first byte an error can only be an in-band event

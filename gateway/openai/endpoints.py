@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import sse
+from gateway import media, sse
 from gateway.bodies import read_json, validate
 from gateway.client import EngineClient, RequestStream, Result
 from gateway.disconnect import GONE, unless_gone
@@ -30,6 +30,7 @@ from gateway.openai.translate import (
     chat_input,
     completion_inputs,
     expand,
+    omitted_media,
     params_for,
     usage,
 )
@@ -66,8 +67,11 @@ async def list_models(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     client = _client(request)
-    req = validate(ChatCompletionRequest, await read_json(request, client.config.server.body_limit))
-    return await _generate(request, client, req, [chat_input(req)], ChatShape)
+    data = await read_json(request, client.config.server.body_limit)
+    req = validate(ChatCompletionRequest, data, media.context(client.config, data, "openai"))
+    inp = chat_input(req)
+    media.record(request, omitted_media(req))
+    return await _generate(request, client, req, [inp], ChatShape)
 
 
 async def completions(request: Request) -> Response:
@@ -103,7 +107,9 @@ async def _generate(
         rid, results = out
         shape = shape_cls(rid, req.model)
         choices = [
-            shape.choice(spec.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls)
+            shape.choice(
+                spec.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls, r.reasoning
+            )
             for spec, r in zip(specs, results, strict=True)
         ]
         return _json(shape.response(choices, usage([(spec, r.done) for spec, r in zip(specs, results, strict=True)])))
@@ -238,11 +244,8 @@ async def _sse(
         while True:
             spec, ev = item
             if isinstance(ev, Delta):
-                lp = ev.logprobs if want_lp else None
-                if ev.text or lp or not ev.tool_calls:
-                    yield sse.event(shape.chunk(spec.index, ev.text, logprobs=lp))
-                if ev.tool_calls:  # each call whole, in one chunk after the text before it
-                    yield sse.event(shape.chunk(spec.index, None, calls=ev.tool_calls))
+                for chunk in shape.delta_chunks(spec.index, ev, want_lp):
+                    yield sse.event(chunk)
             else:
                 dones.append((spec, ev))
                 yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))
