@@ -8,7 +8,8 @@
 readable; values with spaces or quotes are quoted. Times are seconds. ``ttft`` is from the
 request reaching the gateway's queue to the first token of its first choice; tokens are
 OpenAI's ``usage`` of the response (a prompt counts once whatever ``n``). Fields a request
-never got to (a 400 has no worker, a failure no tokens) are left out. The endpoint records its
+never got to (a 400 has no worker, a failure no tokens) are left out; ``omitted_media`` is
+the number of image/document blocks replaced by a note (gateway.media). The endpoint records its
 model and generations in ``scope["state"]``; this pure ASGI middleware writes the line after
 the last byte, so a stream is logged when it ends, with its real duration.
 """
