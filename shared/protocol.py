@@ -62,11 +62,13 @@ GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
 # ``tool_choice`` is "auto" | "none" | "required" | {"name": NAME}; ``parallel_tool_calls`` a bool.
 TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")
 TOOL_CHOICES = ("auto", "none", "required")
-# Reasoning keys of ``Generate.params``, set by the API layer from Anthropic's ``thinking`` and
-# OpenAI's ``reasoning_effort``: ``enable_thinking`` (bool; the chat template's switch, and false
-# also caps the reasoning at 0 tokens), ``thinking_budget`` (int: reasoning tokens before the end
-# marker is forced), ``reasoning_effort`` (str, passed to templates that read it).
-REASONING_PARAMS = ("enable_thinking", "thinking_budget", "reasoning_effort")
+# Reasoning: the chat template's switches are ``Generate.input`` keys (they shape the prompt, so
+# ``tokenize`` counts them too): ``enable_thinking`` (bool; false also caps the reasoning at 0
+# tokens) and ``reasoning_effort`` (str, for templates that read it), set by the API layer from
+# Anthropic's ``thinking`` and OpenAI's ``reasoning_effort``. ``Generate.params`` may hold
+# ``thinking_budget`` (int: reasoning tokens before the end marker is forced).
+TEMPLATE_SWITCHES = ("enable_thinking", "reasoning_effort")
+REASONING_PARAMS = ("thinking_budget",)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ class Generate:
     """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``;
     with ``messages`` it may also hold ``tools`` (OpenAI-style function tools). Messages may be
     assistant turns with ``tool_calls`` (OpenAI shape, arguments as JSON text) and
-    ``{"role": "tool", "tool_call_id", "content"}`` results."""
+    ``{"role": "tool", "tool_call_id", "content"}`` results; an assistant turn may carry
+    ``reasoning_content``, and ``input`` the template switches ``TEMPLATE_SWITCHES``."""
 
     id: str
     model: str

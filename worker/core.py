@@ -186,7 +186,7 @@ class EngineCore:
         thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
         inside = thinking is not None and not prompt.prefill and thinking.opens(tokens)
         split = ReasoningText(detok, thinking, inside) if thinking is not None else None
-        budget = budget_of(params) if thinking is not None else None
+        budget = budget_of(req.input, params) if thinking is not None else None
         if thinking is not None and budget is not None:
             processors = [*processors, ReasoningBudget(thinking, budget, inside)]
         live = _Live(

@@ -191,11 +191,11 @@ def _tail_is(ctx: mx.array, seq: mx.array) -> mx.array:
 # -- request parameters ------------------------------------------------------------------------
 
 
-def budget_of(params: dict[str, Any]) -> int | None:
-    """The reasoning budget a request sets: ``thinking_budget``, or 0 when it turns thinking off
-    (``enable_thinking`` false: the template's switch where it has one, and this cap always, so
-    no reasoning comes out even from a template without the switch). None: no cap."""
-    if params.get("enable_thinking") is False:
+def budget_of(inp: dict[str, Any], params: dict[str, Any]) -> int | None:
+    """The reasoning budget a request sets: ``thinking_budget``, or 0 when its input turns
+    thinking off (``enable_thinking`` false: the template's switch where it has one, and this cap
+    always, so no reasoning comes out even from a template without the switch). None: no cap."""
+    if inp.get("enable_thinking") is False:
         return 0
     budget = params.get("thinking_budget")
     return int(budget) if budget is not None else None

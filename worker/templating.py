@@ -67,7 +67,7 @@ def render(
     if tools:
         _check_tools_supported(tokenizer, syntax)
     prefill = _prefill(syntax, choice) if tools else ""
-    switches = thinking_kwargs(params or {})
+    switches = thinking_kwargs(inp)
     kwargs: dict[str, Any] = {**switches, **({"tools": tools} if tools else {})}
     try:
         rendered = tokenizer.apply_chat_template(
@@ -80,15 +80,15 @@ def render(
     return Prompt(list(rendered), tools, "", switches)
 
 
-def thinking_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """The chat template's reasoning switches a request sets: ``enable_thinking`` (Qwen3-style
+def thinking_kwargs(inp: dict[str, Any]) -> dict[str, Any]:
+    """The chat template's reasoning switches an input sets: ``enable_thinking`` (Qwen3-style
     templates; mlx-lm's wrapper renames it for renderers that call it ``thinking``) and
     ``reasoning_effort`` (gpt-oss-style). A template that reads neither ignores them."""
     out: dict[str, Any] = {}
-    if params.get("enable_thinking") is not None:
-        out["enable_thinking"] = bool(params["enable_thinking"])
-    if params.get("reasoning_effort") is not None:
-        out["reasoning_effort"] = str(params["reasoning_effort"])
+    if inp.get("enable_thinking") is not None:
+        out["enable_thinking"] = bool(inp["enable_thinking"])
+    if inp.get("reasoning_effort") is not None:
+        out["reasoning_effort"] = str(inp["reasoning_effort"])
     return out
 
 

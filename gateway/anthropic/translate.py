@@ -114,6 +114,8 @@ def prompt_input(req: PromptFields, cfg: ModelConfig) -> dict[str, Any]:
             }
             for t in req.tools
         ]
+    if req.thinking is not None:  # the chat template's switch (it shapes the prompt, so it is input)
+        inp["enable_thinking"] = req.thinking.type != "disabled"
     return inp
 
 
@@ -131,10 +133,8 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     if req.tools and req.tool_choice is not None:
         tc = req.tool_choice
         params["tool_choice"] = {"name": tc.name} if tc.type == "tool" else TOOL_CHOICE[tc.type]
-    if req.thinking is not None:
-        params["enable_thinking"] = req.thinking.type != "disabled"
-        if req.thinking.budget_tokens is not None:
-            params["thinking_budget"] = req.thinking.budget_tokens
+    if req.thinking is not None and req.thinking.budget_tokens is not None:
+        params["thinking_budget"] = req.thinking.budget_tokens
     return params
 
 

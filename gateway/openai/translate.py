@@ -39,9 +39,6 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
             params[name] = value
     if isinstance(req, ChatCompletionRequest) and req.logprobs:
         params["logprobs"] = req.top_logprobs or 0
-    if isinstance(req, ChatCompletionRequest) and req.reasoning_effort is not None:
-        params["enable_thinking"] = req.reasoning_effort != "none"
-        params["reasoning_effort"] = req.reasoning_effort
     if isinstance(req, ChatCompletionRequest) and req.tools:
         choice = req.tool_choice or "auto"
         params["tool_choice"] = choice if isinstance(choice, str) else {"name": choice.function.name}
@@ -90,6 +87,9 @@ def chat_input(req: ChatCompletionRequest) -> dict[str, Any]:
     inp: dict[str, Any] = {"messages": messages}
     if req.tools:
         inp["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+    if req.reasoning_effort is not None:  # the chat template's switches (they shape the prompt)
+        inp["enable_thinking"] = req.reasoning_effort != "none"
+        inp["reasoning_effort"] = req.reasoning_effort
     return inp
 
 

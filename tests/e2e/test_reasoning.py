@@ -188,6 +188,8 @@ def test_anthropic_thinking_disabled(gw: Gateway, client: anthropic.Anthropic) -
         return int(m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0))
 
     assert prompt(off) == prompt(on) + 1  # <think></think>
+    counted = client.messages.count_tokens(model="think", messages=HI, thinking={"type": "disabled"})
+    assert counted.input_tokens == prompt(off)  # the switch shapes the prompt that count_tokens counts
 
 
 def test_anthropic_a_call_inside_the_thinking_is_not_a_tool_use(client: anthropic.Anthropic) -> None:

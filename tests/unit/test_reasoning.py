@@ -144,15 +144,15 @@ def test_prompt_opening_is_read_from_the_last_markers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("params", "budget"),
+    ("inp", "params", "budget"),
     [
-        ({}, None),
-        ({"enable_thinking": True}, None),
-        ({"enable_thinking": True, "thinking_budget": 50}, 50),
-        ({"enable_thinking": False}, 0),
-        ({"enable_thinking": False, "thinking_budget": 50}, 0),
-        ({"thinking_budget": 7}, 7),
+        ({}, {}, None),
+        ({"enable_thinking": True}, {}, None),
+        ({"enable_thinking": True}, {"thinking_budget": 50}, 50),
+        ({"enable_thinking": False}, {}, 0),
+        ({"enable_thinking": False}, {"thinking_budget": 50}, 0),
+        ({}, {"thinking_budget": 7}, 7),
     ],
 )
-def test_budget_of_request_params(params: dict[str, object], budget: int | None) -> None:
-    assert budget_of(params) == budget
+def test_budget_of_a_request(inp: dict[str, object], params: dict[str, object], budget: int | None) -> None:
+    assert budget_of(inp, params) == budget

@@ -36,18 +36,19 @@ def chat(**extra: Any) -> ChatCompletionRequest:
 
 
 @pytest.mark.parametrize(
-    ("thinking", "params"),
+    ("thinking", "switch", "budget"),
     [
-        ({"type": "enabled", "budget_tokens": 64}, {"enable_thinking": True, "thinking_budget": 64}),
-        ({"type": "adaptive"}, {"enable_thinking": True}),
-        ({"type": "disabled"}, {"enable_thinking": False}),
+        ({"type": "enabled", "budget_tokens": 64}, True, 64),
+        ({"type": "adaptive"}, True, None),
+        ({"type": "disabled"}, False, None),
     ],
 )
 def test_anthropic_thinking_becomes_the_template_switch_and_budget(
-    thinking: dict[str, Any], params: dict[str, Any]
+    thinking: dict[str, Any], switch: bool, budget: int | None
 ) -> None:
-    got = params_for(anthropic(thinking=thinking), CFG)
-    assert {k: got[k] for k in ("enable_thinking", "thinking_budget") if k in got} == params
+    req = anthropic(thinking=thinking)
+    assert prompt_input(req, CFG)["enable_thinking"] is switch  # input: count_tokens counts it too
+    assert params_for(req, CFG).get("thinking_budget") == budget
 
 
 @pytest.mark.parametrize(
@@ -66,14 +67,14 @@ def test_bad_thinking_is_a_400_naming_it(thinking: dict[str, Any], word: str) ->
 
 
 def test_no_thinking_sets_no_switch() -> None:
-    assert "enable_thinking" not in params_for(anthropic(), CFG)
-    assert "enable_thinking" not in oa.params_for(chat(), CFG)
+    assert "enable_thinking" not in prompt_input(anthropic(), CFG)
+    assert "enable_thinking" not in oa.chat_input(chat())
 
 
 @pytest.mark.parametrize(("effort", "on"), [("none", False), ("minimal", True), ("low", True), ("high", True)])
 def test_openai_reasoning_effort(effort: str, on: bool) -> None:
-    params = oa.params_for(chat(reasoning_effort=effort), CFG)
-    assert params["enable_thinking"] is on and params["reasoning_effort"] == effort
+    inp = oa.chat_input(chat(reasoning_effort=effort))
+    assert inp["enable_thinking"] is on and inp["reasoning_effort"] == effort
 
 
 def test_openai_unknown_reasoning_effort_is_refused() -> None:

@@ -33,6 +33,7 @@ def token(core: Any, text: str) -> str:
 
 
 def run(core: Any, params: dict[str, Any], **inp: Any) -> tuple[list[Delta], Done]:
+    """``params``, and ``inp`` added to the input (tools, the template switches)."""
     req = Generate(id="r", model="t", input={"messages": HI, **inp}, params={"temperature": 0, **params})
     events = core.add(req)
     while core.has_work:
@@ -63,14 +64,15 @@ def test_without_a_budget_the_reasoning_runs_on(core: Any) -> None:
 
 def test_thinking_disabled_uses_the_template_switch_and_allows_no_reasoning(core: Any) -> None:
     bias = {token(core, THOUGHT): 100}
-    on_deltas, on = run(core, {"max_tokens": 3, "logit_bias": bias, "enable_thinking": True})
-    off_deltas, off = run(core, {"max_tokens": 3, "logit_bias": bias, "enable_thinking": False})
+    on_deltas, on = run(core, {"max_tokens": 3, "logit_bias": bias}, enable_thinking=True)
+    off_deltas, off = run(core, {"max_tokens": 3, "logit_bias": bias}, enable_thinking=False)
     assert off.usage["prompt_tokens"] == on.usage["prompt_tokens"] + 1  # "<think></think>" vs "<think>"
     assert parts(on_deltas) == (THOUGHT * 3, "")
     assert parts(off_deltas) == ("", THOUGHT * 3) and off.usage["reasoning_tokens"] == 0
     # forced to open a reasoning block anyway, a model with thinking off has it closed at once
     think = token(core, "<think>")
-    deltas, done = run(core, {"max_tokens": 4, "logit_bias": {think: 100}, "enable_thinking": False})
+    deltas, done = run(core, {"max_tokens": 4, "logit_bias": {think: 100}}, enable_thinking=False)
+    assert core.count_tokens({"messages": HI, "enable_thinking": False}) == off.usage["prompt_tokens"]
     assert parts(deltas)[0] == "" and done.usage["reasoning_tokens"] == 4  # <think></think> twice
 
 
