@@ -8,9 +8,9 @@ for good) and the OpenAI endpoints ``reject``.
 
 The policy reaches the request schemas as pydantic validation context (``{"images": policy}``),
 so a refused part is an ordinary validation error naming its place. With ``placeholder`` the
-endpoint records how many blocks it replaced in ``request.scope["state"]["omitted_media"]``
-(``record``); ``OmittedMediaMiddleware`` then adds the ``hearth-warning`` response header and
-counts them in ``hearth_omitted_media_blocks``, and the access log writes ``omitted_media=N``.
+translation counts the blocks it replaced and the endpoint hands that number to ``record``:
+the response gets the ``hearth-warning`` header, ``hearth_omitted_media_blocks`` counts them and
+the access-log line says ``omitted_media=N`` (the request's ``Record.fields``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.asgi import is_api
 from gateway.metrics import Metrics
+from gateway.record import Record
 from shared.config import IMAGE_POLICIES, Config
 
 Policy = Literal["reject", "placeholder"]
@@ -63,42 +62,20 @@ def refusal(kind: str) -> str:
     )
 
 
-def record(request: Request, count: int) -> None:
-    """Note in the request's state how many blocks translation replaced (for the header, the
-    metric and the access log)."""
-    if count:
-        state = request.scope.setdefault("state", {})
-        state[STATE_KEY] = state.get(STATE_KEY, 0) + count
+def record(request: Request, count: int, metrics: Metrics | None) -> dict[str, str]:
+    """Translation replaced ``count`` blocks: count them (``hearth_omitted_media_blocks``, under
+    the model the session resolved), put ``omitted_media=N`` on the access-log line (the
+    request's ``Record``), and return the ``hearth-warning`` header for the response (empty when
+    nothing was replaced)."""
+    if not count:
+        return {}
+    rec = Record.of(request)
+    rec.fields[STATE_KEY] = count
+    if metrics is not None:
+        metrics.omitted_media.labels(rec.model or "").inc(count)
+    return {HEADER: warning(count)}
 
 
 def warning(count: int) -> str:
     noun = "block" if count == 1 else "blocks"
     return f"{count} image/document {noun} replaced by a text note: this model reads text only"
-
-
-class OmittedMediaMiddleware:
-    """Pure ASGI: a response to a request whose images or documents were replaced carries the
-    ``hearth-warning`` header, and the replaced blocks are counted per model."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_api(scope):
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_warning(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                count = scope.get("state", {}).get(STATE_KEY, 0)
-                if count:
-                    headers = list(message.get("headers", []))
-                    headers.append((HEADER.encode(), warning(count).encode()))
-                    message = {**message, "headers": headers}
-                    if self.metrics is not None:
-                        model = scope.get("state", {}).get("model", "")
-                        self.metrics.omitted_media.labels(model).inc(count)
-            await send(message)
-
-        await self.app(scope, receive, send_with_warning)

@@ -156,3 +156,16 @@ def test_prompt_opening_is_read_from_the_last_markers() -> None:
 )
 def test_budget_of_a_request(inp: dict[str, object], params: dict[str, object], budget: int | None) -> None:
     assert budget_of(inp, params) == budget
+
+
+def test_delta_reasoning_crosses_the_wire() -> None:
+    import orjson
+
+    from shared.codec import ProtocolError, decode, encode
+    from shared.protocol import Delta
+
+    d = Delta("r", "answer", 3, None, None, "thought")
+    assert decode(*encode(d)) == d
+    assert decode(b"delta", orjson.dumps({"id": "r", "text": "", "tokens": 1})) == Delta("r", "", 1)  # optional
+    with pytest.raises(ProtocolError):
+        decode(b"delta", orjson.dumps({"id": "r", "text": "", "tokens": 1, "reasoning": 5}))

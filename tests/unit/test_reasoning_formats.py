@@ -16,6 +16,7 @@ from gateway.bodies import validate
 from gateway.errors import InvalidRequest
 from gateway.openai import translate as oa
 from gateway.openai.schemas import ChatCompletionRequest
+from gateway.session import Choice
 from shared.config import Config, ModelConfig, ServerConfig
 from shared.protocol import Delta, Done
 
@@ -122,7 +123,7 @@ def test_openai_message_and_chunks_carry_reasoning_content_apart() -> None:
 
 
 def test_openai_usage_reports_reasoning_tokens() -> None:
-    spec = oa.ChoiceSpec(0, 0, {}, {})
+    spec = Choice(0, 0, {}, {})
     done = Done("r", "stop", {"prompt_tokens": 5, "completion_tokens": 9, "cached_tokens": 0, "reasoning_tokens": 4})
     assert oa.usage([(spec, done)])["completion_tokens_details"] == {"reasoning_tokens": 4}
 
