@@ -76,8 +76,18 @@ def render(
     except Exception as e:  # jinja raises arbitrary errors for inputs a template refuses
         raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
     if prefill:
-        return Prompt(list(tokenizer.encode(rendered + prefill, add_special_tokens=False)), tools, prefill, switches)
+        text = rendered + _close_reasoning(tokenizer, rendered) + prefill
+        return Prompt(list(tokenizer.encode(text, add_special_tokens=False)), tools, prefill, switches)
     return Prompt(list(rendered), tools, "", switches)
+
+
+def _close_reasoning(tokenizer: Any, rendered: str) -> str:
+    """The end marker, when the rendered prompt leaves a reasoning block open (a template that
+    opens ``<think>`` in the generation prompt): a forced tool call must not start inside it."""
+    if not getattr(tokenizer, "has_thinking", False):
+        return ""
+    start, end = str(tokenizer.think_start), str(tokenizer.think_end)
+    return end if rendered.rfind(start) > rendered.rfind(end) else ""
 
 
 def thinking_kwargs(inp: dict[str, Any]) -> dict[str, Any]:

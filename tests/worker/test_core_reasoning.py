@@ -107,3 +107,16 @@ def test_text_completions_are_never_split(core: Any) -> None:
         events += core.step()
     assert "".join(e.text for e in events if isinstance(e, Delta)) == "</think></think>"
     assert events[-1].usage["reasoning_tokens"] == 0
+
+
+def test_a_forced_tool_call_closes_the_reasoning_the_template_opened(core: Any) -> None:
+    from tests.tinymodel import EMPTY_ARGS
+
+    plain = core.count_tokens({"messages": HI, "tools": TOOLS})
+    params = {"max_tokens": 1, "tool_choice": {"name": "get_time"}, "logit_bias": {token(core, EMPTY_ARGS): 100}}
+    deltas, done = run(core, params, tools=TOOLS)
+    calls = [c for d in deltas for c in d.tool_calls or []]
+    assert [(c["name"], c["arguments"]) for c in calls] == [("get_time", "{}")]
+    assert parts(deltas) == ("", "") and done.usage["reasoning_tokens"] == 0
+    opening = '</think><tool_call>\n{"name": "get_time", "arguments": '
+    assert done.usage["prompt_tokens"] == plain + len(core.m.tokenizer.encode(opening, add_special_tokens=False))
