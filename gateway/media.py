@@ -4,7 +4,8 @@ Each model's ``images`` setting picks the policy: ``"reject"`` (a 400 naming the
 ``"placeholder"`` (each image or document is replaced, where it stood, by a short note telling
 the model that it was left out because the model reads text only). Unset, ``/v1/messages``
 uses ``placeholder`` (Claude Code resends an image every turn, so a 400 would break the session
-for good) and the OpenAI endpoints ``reject``.
+for good), and so does ``/v1/responses`` (Codex keeps a ``view_image`` result in the history it
+resends); the OpenAI chat and completions endpoints ``reject``.
 
 The policy reaches the request schemas as pydantic validation context (``{"images": policy}``),
 so a refused part is an ordinary validation error naming its place. With ``placeholder`` the
@@ -24,7 +25,7 @@ from gateway.record import Record
 from shared.config import IMAGE_POLICIES, Config
 
 Policy = Literal["reject", "placeholder"]
-DEFAULT: dict[str, Policy] = {"anthropic": "placeholder", "openai": "reject"}
+DEFAULT: dict[str, Policy] = {"anthropic": "placeholder", "openai": "reject", "responses": "placeholder"}
 STATE_KEY = "omitted_media"
 HEADER = "hearth-warning"
 # OpenAI content part types that are an image or a document (audio is refused whatever the policy)

@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import media
 from gateway.bodies import read_json, validate
 from gateway.errors import HearthError, InvalidRequest, NotFound
 from gateway.responses.format import ResponseBuilder, ResponsesStream
@@ -49,12 +50,12 @@ def _named(err: HearthError) -> HearthError:
 async def create_response(request: Request) -> Response:
     gens = _generations(request)
     body = await read_json(request, gens.config.server.body_limit)
-    req = validate(ResponsesRequest, body)
+    req = validate(ResponsesRequest, body, media.context(gens.config, body, "responses"))
     cfg = gens.model(request, req.model)
     store = _store(request)
     previous = store.conversation(req.previous_response_id) if req.previous_response_id is not None else None
     prep = prepare(req, cfg, previous)
-    headers = {}
+    headers = media.record(request, prep.omitted, gens.metrics)  # images/files replaced by a note
     if prep.left_out:
         headers[LEFT_OUT_HEADER] = ", ".join(prep.left_out)
         log.info("tools left out of the prompt (Hearth can't run them): %s", ", ".join(prep.left_out))

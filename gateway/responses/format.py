@@ -120,9 +120,8 @@ class ResponseBuilder:
 
     def delta(self, d: Delta) -> list[Event]:
         events: list[Event] = []
-        reasoning = getattr(d, "reasoning", None)  # split-out reasoning text, where the worker has it
-        if isinstance(reasoning, str) and reasoning:
-            events += self._reason(reasoning)
+        if d.reasoning:  # split-out reasoning text (a model with think markers)
+            events += self._reason(d.reasoning)
         if d.text or d.logprobs:
             events += self._close_reasoning()
             events += self._say(d.text, list(d.logprobs or []) if self.logprobs else [])

@@ -24,10 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import media
 from gateway.openai.schemas import FUNCTION_NAME, MAX_INT, SamplingFields, _Strict
 
 MAX_ITEMS = 100_000
-IMAGE_PARTS = ("input_image", "input_file", "input_audio", "image_url", "image", "file")
+MEDIA_PARTS = {"input_image": "image", "input_file": "document"}  # by the model's image policy
 
 
 # -- input items -----------------------------------------------------------------------------
@@ -40,14 +41,6 @@ class TextPart(_Strict):
     type: Literal["input_text", "output_text", "text", "refusal"]
     text: StrictStr | None = None
     refusal: StrictStr | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_only(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind in IMAGE_PARTS:
-            raise ValueError(f"{kind} parts are not supported: this model is text-only, send input_text parts")
-        return data
 
     @model_validator(mode="after")
     def _has_text(self) -> TextPart:
@@ -62,13 +55,56 @@ class TextPart(_Strict):
         return (self.refusal if self.type == "refusal" else self.text) or ""
 
 
-Content = StrictStr | Annotated[list[TextPart], Field(max_length=MAX_ITEMS)]
+class MediaPart(_Strict):
+    """An image or a file: the models read text only, so by the model's ``images`` policy
+    (gateway.media) a 400 naming the part, or a note in its place."""
+
+    type: Literal["input_image", "input_file"]
+    filename: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, data: Any, info: ValidationInfo) -> Any:
+        if not media.allows(info.context):
+            kind = data.get("type") if isinstance(data, dict) else None
+            raise ValueError(f"{kind}: " + media.refusal(MEDIA_PARTS.get(str(kind), "image")))
+        return data
+
+    def value(self) -> str:
+        return media.note(MEDIA_PARTS[self.type], self.filename or "")
+
+
+class UnsupportedPart(_Strict):
+    type: StrictStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise ValueError(f"content parts of type {kind!r} are not supported; send input_text parts")
+
+    def value(self) -> str:  # never built: validation refuses it
+        return ""
+
+
+_PART_TAGS = {"input_text": "Text", "output_text": "Text", "text": "Text", "refusal": "Text"}
+_PART_TAGS |= {"input_image": "Media", "input_file": "Media"}
+Part = Annotated[
+    Annotated[TextPart, Tag("Text")] | Annotated[MediaPart, Tag("Media")] | Annotated[UnsupportedPart, Tag("Other")],
+    Discriminator(lambda v: _PART_TAGS.get(str(v.get("type")), "Other") if isinstance(v, dict) else "Other"),
+]
+Content = StrictStr | Annotated[list[Part], Field(max_length=MAX_ITEMS)]
 
 
 def content_text(content: Content | None) -> str:
     if isinstance(content, list):
         return "".join(p.value() for p in content)
     return content or ""
+
+
+def omitted(content: Content | None) -> int:
+    """How many image or file parts ``content_text`` replaced by a note."""
+    return sum(isinstance(p, MediaPart) for p in content) if isinstance(content, list) else 0
 
 
 class MessageItem(_Strict):

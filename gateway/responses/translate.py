@@ -30,6 +30,7 @@ from gateway.responses.schemas import (
     ReasoningItem,
     ResponsesRequest,
     content_text,
+    omitted,
 )
 from shared.config import ModelConfig
 
@@ -52,6 +53,7 @@ class Prepared:
     left_out: list[str] = field(default_factory=list)
     namespaces: frozenset[str] = frozenset()
     affinity: str | None = None
+    omitted: int = 0  # images and files replaced by a note (the placeholder policy, gateway.media)
 
 
 def _function(t: FunctionTool, name: str | None = None) -> dict[str, Any]:
@@ -198,7 +200,14 @@ def prepare(req: ResponsesRequest, cfg: ModelConfig, previous: list[Message] | N
     if effort is not None:  # the chat template's switches, as chat completions' reasoning_effort sets them
         inp["enable_thinking"] = effort != "none"
         inp["reasoning_effort"] = effort
+    items = req.input if isinstance(req.input, list) else []
+    replaced = sum(
+        omitted(i.content if isinstance(i, MessageItem) else i.output)
+        for i in items
+        if isinstance(i, (MessageItem, FunctionCallOutputItem))
+    )
     return Prepared(
+        omitted=replaced,
         input=inp,
         params=params(req, cfg, tools),
         conversation=conversation,

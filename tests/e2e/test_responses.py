@@ -21,7 +21,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from tests.servers import Gateway, serving
-from tests.tinymodel import EMPTY_ARGS, build_tiny_model
+from tests.tinymodel import EMPTY_ARGS, THOUGHT, build_tiny_model
 
 pytestmark = pytest.mark.timeout(300)
 PATH = "/v1/responses"
@@ -42,12 +42,15 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gw(tiny_model: Path, tool_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gw-responses")
     short = build_tiny_model(tmp / "short", context=1024)
+    think = build_tiny_model(tmp / "think", think=True)
+    (thought,) = Tokenizer.from_file(str(think / "tokenizer.json")).encode(THOUGHT, add_special_tokens=False).ids
     models = [
         {"name": "tiny", "path": str(tiny_model)},
         {"name": "tools", "path": str(tool_model)},
         {"name": "smol", "path": "default"},
-        {"name": "short", "path": str(short)},  # trained on 1,024 positions
+        {"name": "short", "path": str(short), "images": "reject"},  # trained on 1,024 positions
         {"name": "stretched", "path": str(short), "context_length": 4096},  # the same, RoPE-scaled (YaRN)
+        {"name": "think", "path": str(think), "defaults": {"temperature": 0, "logit_bias": {str(thought): 100}}},
     ]
     with serving(tmp, models, server={"responses_store_entries": 3}) as g:
         yield g
@@ -230,13 +233,11 @@ def test_hosted_tools_are_left_out_and_said_so(gw: Gateway) -> None:
     assert "tools left out of the prompt (Hearth can't run them): web_search" in gw.log()
 
 
+IMAGE = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
 BAD: list[tuple[dict[str, Any], int, str | None]] = [
     ({"model": "tiny", "input": 5}, 400, "input"),
-    (
-        {"model": "tiny", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-        400,
-        "input[0].content[0]",
-    ),
+    ({"model": "tiny", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, 400, "input[0].content[0]"),
+    ({"model": "short", "input": [{"role": "user", "content": [IMAGE]}]}, 400, "input[0].content[0]"),  # "reject"
     ({"model": "tiny", "input": "x", "text": {"format": {"type": "json_object"}}}, 400, "text.format"),
     ({"model": "tiny", "input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"model": "tiny", "input": "x", "tool_choice": "required"}, 400, "tool_choice"),
@@ -290,3 +291,46 @@ def test_a_model_runs_beyond_its_trained_context_when_configured(gw: Gateway) ->
         "stretched: context 4096 tokens, beyond its trained 1024 (rope_scaling yarn, factor 4)"
         in gw.log_path.read_text()
     )
+
+
+def test_an_image_is_a_note_by_default(gw: Gateway) -> None:
+    """Codex resends a ``view_image`` result every turn: a text-only model gets a note in its
+    place (the images policy's ``placeholder``, the default here), and the response says so."""
+    content = [{"type": "input_text", "text": "What is this?"}, IMAGE]
+    r = gw.http.post(
+        PATH, json={"model": "tiny", "input": [{"role": "user", "content": content}], "max_output_tokens": 2}
+    )
+    assert r.status_code == 200, r.text
+    assert "1 image/document block replaced by a text note" in r.headers["hearth-warning"]
+    plain = gw.http.post(PATH, json={"model": "tiny", "input": "What is this?", "max_output_tokens": 2})
+    assert r.json()["usage"]["input_tokens"] > plain.json()["usage"]["input_tokens"] + 5  # the note is in the prompt
+
+
+def test_reasoning_comes_back_as_a_reasoning_item(gw: Gateway) -> None:
+    body = {"model": "think", "input": "Hi", "max_output_tokens": 3}
+    r = gw.http.post(PATH, json=body).json()
+    reasoning = r["output"][0]
+    assert reasoning["type"] == "reasoning" and reasoning["content"] == [
+        {"type": "reasoning_text", "text": THOUGHT * 3}
+    ]
+    assert r["usage"]["output_tokens_details"]["reasoning_tokens"] == 3
+    off = gw.http.post(PATH, json={**body, "reasoning": {"effort": "none"}}).json()
+    assert [item["type"] for item in off["output"]] == ["message"]  # the template's switch turned thinking off
+    assert off["output"][0]["content"][0]["text"] == THOUGHT * 3
+    assert off["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
+    with gw.http.stream("POST", PATH, json={**body, "stream": True}) as s:
+        names = [line[7:] for line in s.iter_lines() if line.startswith("event: ")]
+    reasoning_events = [
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.reasoning_text.delta"] * names.count("response.reasoning_text.delta"),
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert names[2 : 2 + len(reasoning_events)] == reasoning_events, names
+    assert names[-1] == "response.incomplete"
+    # the reasoning goes back with the next turn (previous_response_id), so the cache stays warm
+    follow = gw.http.post(PATH, json={**body, "input": "And?", "previous_response_id": r["id"], "max_output_tokens": 1})
+    turn1 = r["usage"]["input_tokens"] + r["usage"]["output_tokens"]
+    assert follow.json()["usage"]["input_tokens_details"]["cached_tokens"] >= turn1 - 1

@@ -4,7 +4,6 @@ out of tokens and failing mid-stream."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from gateway.errors import WorkerFailed
@@ -171,18 +170,11 @@ def test_a_failure_mid_stream_is_an_error_then_response_failed() -> None:
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
-@dataclasses.dataclass(frozen=True)
-class ReasoningDelta(Delta):
-    """A delta with split-out reasoning text, as the worker sends it where the model reasons."""
-
-    reasoning: str = ""
-
-
 def test_reasoning_text_is_its_own_item_before_the_answer() -> None:
     b = ResponseBuilder(ECHO)
     events = b.start()
-    events += b.delta(ReasoningDelta("r", "", 1, reasoning="think "))
-    events += b.delta(ReasoningDelta("r", "", 2, reasoning="more"))
+    events += b.delta(Delta("r", "", 1, reasoning="think "))
+    events += b.delta(Delta("r", "", 2, reasoning="more"))
     events += b.delta(d("Answer"))
     events += b.done(done(reasoning_tokens=2))
     assert types(events)[2:9] == [

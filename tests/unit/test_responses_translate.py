@@ -166,7 +166,13 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("role-wizard", {"input": [{"role": "wizard", "content": "x"}]}, "input[0].role", "user"),
     ("item-type", {"input": [{"type": "web_search_call", "id": "x"}]}, "input[0]", "web_search_call"),
     ("item-untyped", {"input": [{"content": "x"}]}, "input[0]", "needs a type"),
-    ("image", {"input": [{"role": "user", "content": [IMAGE]}]}, "input[0].content[0]", "text-only"),
+    ("image", {"input": [{"role": "user", "content": [IMAGE]}]}, "input[0].content[0]", "text only"),
+    (
+        "audio",
+        {"input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+        "input[0].content[0]",
+        "input_audio",
+    ),
     ("call-no-id", {"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id", ""),
     ("output-missing", {"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output", ""),
     ("max-output-0", {"max_output_tokens": 0}, "max_output_tokens", "greater than"),
@@ -201,6 +207,29 @@ def test_bad_bodies_name_their_parameter(name: str, fields: dict[str, Any], para
         validate(ResponsesRequest, body)
     assert e.value.param == param, e.value.message
     assert words.lower() in e.value.message.lower()
+
+
+def test_images_and_files_become_notes_under_the_placeholder_policy() -> None:
+    content = [
+        {"type": "input_text", "text": "Look: "},
+        IMAGE,
+        {"type": "input_file", "filename": "a.pdf", "file_id": "f1"},
+    ]
+    items = [
+        {"role": "user", "content": content},
+        {"type": "function_call", "call_id": "c", "name": "view_image", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": [IMAGE]},
+    ]
+    body = {"model": "m", "input": items}
+    r = validate(ResponsesRequest, body, {"images": "placeholder"})
+    p = prepare(r, CFG)
+    assert p.omitted == 3
+    user, _, tool = p.input["messages"]
+    assert user["content"].startswith("Look: [image omitted") and "document (a.pdf) omitted" in user["content"]
+    assert tool["content"].startswith("[image omitted")
+    with pytest.raises(InvalidRequest) as e:
+        validate(ResponsesRequest, body, {"images": "reject"})
+    assert e.value.param == "input[0].content[1]"
 
 
 def test_what_codex_sends_validates() -> None:
