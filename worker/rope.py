@@ -4,9 +4,11 @@ and ``rope_scaling`` settings ask for, in the form mlx-lm reads from a model's c
 A model's trained length is its config's ``max_position_embeddings``. A ``context_length`` above
 it, alone, applies YaRN by the ratio (``factor = context_length / trained``, the trained length
 as ``original_max_position_embeddings``): of the methods mlx-lm's ``initialize_rope`` knows, YaRN
-keeps the short-range positions as trained and stretches only the long wavelengths, so a small
-model keeps its quality on short prompts while it can read long ones (llama.cpp's
-``--rope-scaling yarn``, Ollama's ``num_ctx`` with a scaled model). ``rope_scaling`` picks the
+keeps the short-range positions as trained and stretches only the long wavelengths (llama.cpp's
+``--rope-scaling yarn``). The default leaves out YaRN's attention temperature (``mscale: 0``):
+mlx-lm's YaRN scales queries and keys by ``0.1 ln(factor) + 1``, meant for models fine-tuned
+that way, and on SmolLM2 it turned "The capital of France is Paris." into broken French even on
+a short prompt, where without it the answer stays the unscaled one. A table brings it back. ``rope_scaling`` picks the
 method by name (``"yarn"``, ``"linear"``, ``"dynamic"``, by the same ratio; ``"none"``: no
 scaling) or gives the whole table (``{"type": "yarn", "factor": 4.0, …}``) as config.json would.
 A ``context_length`` below the trained length only caps the prompt, with no scaling.
@@ -83,4 +85,5 @@ def plan(config: dict[str, Any], context_length: int | None, rope_scaling: str |
     table: dict[str, Any] = {"type": method, "factor": want / trained}
     if method == "yarn":
         table["original_max_position_embeddings"] = trained
+        table["mscale"] = 0  # no attention temperature (see the module docstring)
     return Plan(want, trained, table)

@@ -48,6 +48,7 @@ def gw(tiny_model: Path, tool_model: Path, tmp_path_factory: pytest.TempPathFact
         {"name": "tiny", "path": str(tiny_model)},
         {"name": "tools", "path": str(tool_model)},
         {"name": "smol", "path": "default"},
+        {"name": "smol-long", "path": "default", "context_length": 32768},  # YaRN, 4x its trained 8192
         {"name": "short", "path": str(short), "images": "reject"},  # trained on 1,024 positions
         {"name": "stretched", "path": str(short), "context_length": 4096},  # the same, RoPE-scaled (YaRN)
         {"name": "think", "path": str(think), "defaults": {"temperature": 0, "logit_bias": {str(thought): 100}}},
@@ -334,3 +335,12 @@ def test_reasoning_comes_back_as_a_reasoning_item(gw: Gateway) -> None:
     follow = gw.http.post(PATH, json={**body, "input": "And?", "previous_response_id": r["id"], "max_output_tokens": 1})
     turn1 = r["usage"]["input_tokens"] + r["usage"]["output_tokens"]
     assert follow.json()["usage"]["input_tokens_details"]["cached_tokens"] >= turn1 - 1
+
+
+def test_the_default_scaling_keeps_a_short_answer(client: openai.OpenAI) -> None:
+    """YaRN (without its attention temperature) leaves short-range positions as trained: SmolLM2
+    at four times its trained context still answers a short question as it does unscaled."""
+    kw: dict[str, Any] = {"input": QUESTION, "temperature": 0, "max_output_tokens": 24, "store": False}
+    plain = client.responses.create(model="smol", **kw)
+    stretched = client.responses.create(model="smol-long", **kw)
+    assert "Paris" in plain.output_text and "Paris" in stretched.output_text, (plain.output_text, stretched.output_text)

@@ -22,7 +22,7 @@ def test_within_the_trained_length_nothing_is_scaled() -> None:
 
 def test_a_longer_context_alone_is_yarn_by_the_ratio() -> None:
     p = plan(CONFIG, 8192, None)
-    assert p.scaling == {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}
+    assert p.scaling == {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048, "mscale": 0}
     assert p.extended and p.context_length == 8192
     assert "beyond its trained 2048" in p.describe() and "yarn" in p.describe()
 
@@ -58,7 +58,8 @@ def test_the_loaded_model_takes_the_scaling(tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path / "m", context=2048)
     yarn = load_model(ModelConfig(name="y", path=str(folder), context_length=8192))
     assert (yarn.context_length, yarn.trained_context) == (8192, 2048)
-    assert isinstance(yarn.model.layers[0].self_attn.rope, YarnRoPE)
+    rope_y = yarn.model.layers[0].self_attn.rope
+    assert isinstance(rope_y, YarnRoPE) and rope_y.mscale == 1.0  # no attention temperature
     linear = load_model(ModelConfig(name="l", path=str(folder), context_length=4096, rope_scaling="linear"))
     rope = linear.model.layers[0].self_attn.rope
     assert isinstance(rope, nn.RoPE) and rope.scale == 0.5
