@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Kind, Message, Step, WorkerState
+from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Embed, Embeddings, Kind, Message, Step, WorkerState
 
 
 class ProtocolError(ValueError):
@@ -102,6 +102,10 @@ def _from_obj(k: Kind, obj: Any) -> Message:
     _check_numbers(k, msg)
     if isinstance(msg, Delta) and msg.tool_calls is not None:
         _check_tool_calls(k, msg.tool_calls)
+    elif isinstance(msg, Embeddings):
+        _check_vectors(k, msg.vectors)
+    elif isinstance(msg, Embed):
+        _check_inputs(k, msg.inputs)
     return msg
 
 
@@ -132,11 +136,33 @@ def _check_tool_calls(k: Kind, calls: list[Any]) -> None:
                 raise ProtocolError(f"{k}: tool call field {key!r} must be {typ.__name__}")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_vectors(k: Kind, vectors: list[Any]) -> None:
+    """Each embedding is a list of numbers."""
+    for vec in vectors:
+        if not isinstance(vec, list) or not all(map(_is_number, vec)):
+            raise ProtocolError(f"{k}: a vector is not a list of numbers")
+
+
+def _check_inputs(k: Kind, inputs: list[Any]) -> None:
+    """Each input to embed is a text or a list of token ids (ints)."""
+    for item in inputs:
+        if isinstance(item, str):
+            continue
+        if not isinstance(item, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            raise ProtocolError(f"{k}: an input is neither a text nor a list of token ids")
+
+
 def _check_numbers(k: Kind, msg: Message) -> None:
     """Counters inside a message's dicts are numbers (the gateway adds them up)."""
     numbers: dict[str, Any] = {}
     if isinstance(msg, Done):
         numbers = {**msg.usage, **msg.timings}
+    elif isinstance(msg, Embeddings):
+        numbers = msg.usage
     for key, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(f"{k}: {key!r} must be a number")
