@@ -36,6 +36,8 @@ from shared.protocol import (
     Delta,
     Done,
     Drain,
+    Embed,
+    Embeddings,
     Error,
     Generate,
     Heartbeat,
@@ -66,9 +68,10 @@ class Result:
 
 
 class RequestStream:
-    """A request's mailbox: deltas, then exactly one ``Done`` (or an exception for ``error``)."""
+    """A request's mailbox: deltas, then exactly one ``Done`` (or an exception for ``error``);
+    for an ``Embed``, one ``Embeddings`` (``embeddings()``)."""
 
-    def __init__(self, client: EngineClient, msg: Generate) -> None:
+    def __init__(self, client: EngineClient, msg: Generate | Embed) -> None:
         self.client = client
         self.msg = msg
         self.id = msg.id
@@ -145,7 +148,21 @@ class RequestStream:
                 yield item
                 return
             assert isinstance(item, Error)
+            assert isinstance(self.msg, Generate)
             raise from_worker(item.code, item.message, item.param or next(iter(self.msg.input), None))
+
+    async def embeddings(self) -> Embeddings:
+        """The answer of an ``Embed`` request."""
+        item = await self.queue.get()
+        self.finished = True
+        if isinstance(item, Embeddings):
+            if self.client.metrics is not None:
+                self.client.metrics.observe_done(self.msg.model, item.usage)
+            return item
+        if isinstance(item, Error):
+            self.error = item.code
+            raise from_worker(item.code, item.message, item.param or "input")
+        raise WorkerFailed(f"the worker answered an embed request with {item.KIND}")
 
     async def collect(self) -> Result:
         """The whole answer (non-streaming): text, tool calls, the final Done, logprobs entries."""
@@ -246,21 +263,43 @@ class EngineClient:
         ``keep_alive`` (seconds or "5m"; -1/"forever": never; 0: at once) is how long the model
         stays loaded once idle after this request, as with Ollama: each request sets it, and a
         request without it goes back to the model's configured ``keep_alive``."""
-        model = self.resolve(model)
-        entry = self.pool.models[model]
-        try:
-            entry.keep_alive = None if keep_alive is None else parse_duration(keep_alive)
-        except ValueError as e:
-            raise InvalidRequest(str(e), param="keep_alive") from None
-        self.pool.touch(model)
+        model = self._admit(model, "chat", keep_alive)
         msg = Generate(id=uuid.uuid4().hex, model=model, input=inp, params=params, stream=stream)
         rs = RequestStream(self, msg)
         await self._dispatch(rs)
         return rs
 
+    async def submit_embed(
+        self, model: str, inputs: list[Any], params: dict[str, Any], keep_alive: float | str | None = None
+    ) -> RequestStream:
+        """Queue an ``Embed`` for the embedding model ``model`` and dispatch it, like ``submit``."""
+        model = self._admit(model, "embedding", keep_alive)
+        rs = RequestStream(self, Embed(id=uuid.uuid4().hex, model=model, inputs=inputs, params=params))
+        await self._dispatch(rs)
+        return rs
+
+    def _admit(self, model: str, kind: str, keep_alive: float | str | None) -> str:
+        """The configured name of ``model``, if it is of ``kind`` (a 400 otherwise); sets the
+        request's ``keep_alive`` and marks the model used."""
+        model = self.resolve(model)
+        entry = self.pool.models[model]
+        if entry.cfg.kind != kind:
+            what = (
+                "an embedding model: it makes embeddings, not text"
+                if kind == "chat"
+                else "a chat model: it makes no embeddings"
+            )
+            raise InvalidRequest(f"'{model}' is {what}", param="model", code="wrong_model_kind")
+        try:
+            entry.keep_alive = None if keep_alive is None else parse_duration(keep_alive)
+        except ValueError as e:
+            raise InvalidRequest(str(e), param="keep_alive") from None
+        self.pool.touch(model)
+        return model
+
     async def _dispatch(self, rs: RequestStream, since: float | None = None, admitted: bool = False) -> None:
         model = rs.msg.model
-        key = affinity_key(rs.msg.input)
+        key = affinity_key(rs.msg.input) if isinstance(rs.msg, Generate) else None
         worker = await self._wait_for_worker(model, rs.t_submit if since is None else since, admitted, key)
         self.pool.remember(model, key, worker.worker_id)
         rs.worker_id = worker.worker_id
@@ -483,7 +522,7 @@ class EngineClient:
                     answer.set_result(msg.count)
                 else:
                     answer.set_exception(from_worker(msg.code, msg.message, msg.param or "messages"))
-        elif isinstance(msg, (Delta, Done, Error)):
+        elif isinstance(msg, (Delta, Done, Error, Embeddings)):
             rs = self._streams.get(msg.id)
             if rs is None:
                 if isinstance(msg, Delta):  # cancelled, or from before a gateway restart: stop it
@@ -492,7 +531,7 @@ class EngineClient:
             if rs.worker_id != worker_id:
                 log.warning("dropping %s for request %s from %s, which does not hold it", msg.KIND, msg.id, worker_id)
                 return
-            if isinstance(msg, (Done, Error)):
+            if isinstance(msg, (Done, Error, Embeddings)):
                 del self._streams[msg.id]
                 handle.inflight.discard(msg.id)
                 self.pool.touch(handle.model)

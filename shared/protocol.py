@@ -227,13 +227,39 @@ class Embeddings:
 STEP_KINDS = (Kind.DELTA, Kind.DONE, Kind.ERROR)
 
 Message = (
-    Generate | Cancel | Tokenize | Drain | Embed | Hello | State | Heartbeat | Delta | Done | Error | Tokens | Step | Embeddings
+    Generate
+    | Cancel
+    | Tokenize
+    | Drain
+    | Embed
+    | Hello
+    | State
+    | Heartbeat
+    | Delta
+    | Done
+    | Error
+    | Tokens
+    | Step
+    | Embeddings
 )
 
 MESSAGE_TYPES: dict[Kind, type] = {
     cls.KIND: cls
     for cls in (
-        Generate, Cancel, Tokenize, Drain, Embed, Hello, State, Heartbeat, Delta, Done, Error, Tokens, Step, Embeddings
+        Generate,
+        Cancel,
+        Tokenize,
+        Drain,
+        Embed,
+        Hello,
+        State,
+        Heartbeat,
+        Delta,
+        Done,
+        Error,
+        Tokens,
+        Step,
+        Embeddings,
     )
 }
 

@@ -48,7 +48,9 @@ class Pipeline:
             if kind == "pooling":
                 conf = json.loads((folder / mod["path"] / "config.json").read_text())
                 pooling = tuple(m for m in POOLING_MODES if conf.get(f"pooling_mode_{m}"))
-                other = [k for k, v in conf.items() if k.startswith("pooling_mode_") and v and k[13:] not in POOLING_MODES]
+                other = [
+                    k for k, v in conf.items() if k.startswith("pooling_mode_") and v and k[13:] not in POOLING_MODES
+                ]
                 if other or not pooling:
                     raise ValueError(f"{folder}: pooling {other or 'none'} is not supported")
         if kinds[:1] != ["transformer"] or "pooling" not in kinds:
@@ -71,7 +73,9 @@ class EmbeddingModel:
         self.pipeline = Pipeline.read(folder)
         st = folder / "sentence_bert_config.json"
         limit = json.loads(st.read_text()).get("max_seq_length") if st.is_file() else None
-        self.context_length = int(min(limit or self.config.max_position_embeddings, self.config.max_position_embeddings))
+        self.context_length = int(
+            min(limit or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        )
         self.dimensions = self.config.hidden_size * len(self.pipeline.pooling)
         self.vocab_size = self.config.vocab_size
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
