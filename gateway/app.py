@@ -25,6 +25,7 @@ from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_respon
 from gateway.health import health, ready
 from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics, RequestMetricsMiddleware
+from gateway.ollama.endpoints import routes as ollama_routes
 from gateway.openai.embeddings import create_embeddings
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
@@ -132,6 +133,8 @@ def create_app(config: Config) -> Starlette:
         Route("/admin/models/{name:path}/load", admin.load_model, methods=["POST"]),
         Route("/admin/models/{name:path}/unload", admin.unload_model, methods=["POST"]),
     ]
+    if config.server.ollama:
+        routes += ollama_routes()
     app = Starlette(
         routes=routes,
         middleware=middleware,

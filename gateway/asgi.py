@@ -1,7 +1,7 @@
 """Small pieces the gateway's pure ASGI middlewares share (metrics, access log, shutdown gate).
 
 They are pure ASGI rather than Starlette's BaseHTTPMiddleware so a streamed response counts
-until its last byte, and they only look at API traffic (``/v1/...``)."""
+until its last byte, and they only look at API traffic (``/v1/...``, Ollama's ``/api/...``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from starlette.types import Message, Scope, Send
 
 
 def is_api(scope: Scope) -> bool:
-    """An HTTP request to the API (``/v1/...``), not a probe, metrics or admin call."""
-    return bool(scope["type"] == "http" and scope["path"].startswith("/v1/"))
+    """An HTTP request to an API (``/v1/...``, ``/api/...``), not a probe, metrics or admin call."""
+    return bool(scope["type"] == "http" and scope["path"].startswith(("/v1/", "/api/")))
 
 
 class StatusRecorder:

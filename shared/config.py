@@ -109,6 +109,8 @@ class ServerConfig:
         return parse_size(self.memory_budget)
 
     shutdown_grace: float = 30.0  # on SIGTERM/SIGINT: how long in-flight requests may take to finish
+    ollama: bool = False  # also serve Ollama's API (/api/*, and "/" answers as Ollama does)
+    ollama_port: int | None = None  # with ollama: a second listener (11434 in Ollama's place) on host
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,11 @@ def validate_server(s: ServerConfig) -> None:
         raise ConfigError(f"server: memory_budget: {e}") from None
     if (s.curve_secret_key is None) != (s.curve_authorized_keys is None):
         raise ConfigError("[server] curve_secret_key and curve_authorized_keys go together")
+    if s.ollama_port is not None:
+        if not s.ollama:
+            raise ConfigError("[server] ollama_port needs ollama = true")
+        if not 0 < s.ollama_port < 65536 or s.ollama_port == s.port:
+            raise ConfigError(f"[server] ollama_port = {s.ollama_port} must be a free port other than port")
     if s.shutdown_grace < 0 or s.drain_timeout < 0:
         raise ConfigError("[server] shutdown_grace and drain_timeout must be >= 0")
     if s.heartbeat_timeout <= 0 or s.request_wait <= 0:

@@ -1,0 +1,228 @@
+"""Ollama bodies <-> Hearth's wire messages: a request's ``Generate.input`` and ``params``, and
+the NDJSON chunks and final objects (Ollama's shapes) built from ``delta`` and ``done``.
+
+Pure functions and one formatter class: no sockets, no waiting. Durations are nanoseconds, as
+Ollama reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.bodies import validate
+from gateway.errors import HearthError, InvalidRequest
+from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, _Generation
+from gateway.openai.schemas import SamplingFields
+from shared.config import Config, ModelConfig
+from shared.protocol import GENERATE_PARAMS, Delta, Done
+
+TAG = ":latest"
+DONE_REASONS = {"stop": "stop", "tool_calls": "stop", "length": "length", "loop": "loop"}
+
+
+def resolve_name(config: Config, name: str) -> ModelConfig | None:
+    """The model an Ollama name means: as configured (names and aliases), else without ``:latest``
+    (Ollama clients add the tag; ``smol`` and ``smol:latest`` are one model)."""
+    cfg = config.model(name)
+    if cfg is None and name.endswith(TAG):
+        cfg = config.model(name.removesuffix(TAG))
+    return cfg
+
+
+def listed_name(name: str) -> str:
+    """How ``/api/tags`` names a model: with a tag, as Ollama always does."""
+    return name if ":" in name else name + TAG
+
+
+def supports_format() -> bool:
+    """Whether workers take constrained decoding (``response_format`` among the params)."""
+    return "response_format" in GENERATE_PARAMS
+
+
+def check_request(req: _Generation, cfg: ModelConfig, images: bool) -> None:
+    """What a text-only model without thinking or (yet) constrained decoding can't honour."""
+    if images:
+        raise InvalidRequest(f"images: '{cfg.name}' is a text-only model; send no images", param="images")
+    if req.think not in (None, False):
+        raise InvalidRequest(f"think: '{cfg.name}' does not support thinking; leave think out or false", param="think")
+    if req.format not in (None, "") and not supports_format():
+        raise InvalidRequest(
+            "format: constrained output (json or a JSON Schema) is not supported by this Hearth yet", param="format"
+        )
+
+
+def params_for(req: _Generation, cfg: ModelConfig, context: int) -> dict[str, Any]:
+    """The model's defaults overlaid with the request's ``options``, in Hearth's names; the
+    values are checked by the same ranges as the OpenAI API's, errors naming the option."""
+    params = dict(cfg.defaults)
+    opts = req.options or Options()
+    if opts.num_ctx is not None and context and opts.num_ctx > context:
+        raise InvalidRequest(
+            f"options.num_ctx: {opts.num_ctx} is more than the {context}-token context of '{cfg.name}'",
+            param="options.num_ctx",
+        )
+    for name, hearth in MAPPED_OPTIONS.items():
+        value = getattr(opts, name)
+        if value is None:
+            continue
+        if name == "num_predict":
+            if value > 0:
+                params["max_tokens"] = value
+            else:  # -1 / -2: until the end of sequence or the context is full
+                params.pop("max_tokens", None)
+        elif name == "repeat_last_n":
+            if value == 0:  # Ollama: 0 turns the repetition penalties off
+                for key in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+                    params.pop(key, None)
+            else:
+                params[hearth] = value if value > 0 else (opts.num_ctx or context or 2**31 - 1)
+        elif name == "seed":
+            params[hearth] = value % 2**64
+        else:
+            params[hearth] = value
+    checkable = {k: v for k, v in params.items() if k in SamplingFields.model_fields and k != "stop"}
+    try:
+        validate(SamplingFields, {"model": cfg.name, **checkable})
+    except HearthError as e:
+        back = {v: k for k, v in MAPPED_OPTIONS.items()}
+        param = f"options.{back.get(e.param or '', e.param)}"
+        raise InvalidRequest(f"{param}: {e.message.split(': ', 1)[-1]}", param=param) from None
+    if req.logprobs:
+        params["logprobs"] = req.top_logprobs or 0
+    if req.format == "json":
+        params["response_format"] = {"type": "json_object"}
+    elif isinstance(req.format, dict):
+        params["response_format"] = {"type": "json_schema", "schema": req.format}
+    return params
+
+
+def chat_input(req: ChatRequest) -> dict[str, Any]:
+    """Ollama messages in the worker's (OpenAI) shape: an assistant's tool calls get ids (and
+    arguments as JSON text); a tool result answers the latest call of its ``tool_name``."""
+    messages: list[dict[str, Any]] = []
+    call_ids: dict[str, str] = {}
+    n = 0
+    for m in req.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            calls = []
+            for c in m.tool_calls:
+                cid = c.id or f"call_{n}"
+                n += 1
+                call_ids[c.function.name] = cid
+                calls.append(
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": c.function.name, "arguments": orjson.dumps(c.function.arguments).decode()},
+                    }
+                )
+            msg["tool_calls"] = calls
+        if m.role == "tool":
+            msg["tool_call_id"] = m.tool_call_id or call_ids.get(m.tool_name or "", m.tool_name or f"call_{n}")
+        messages.append(msg)
+    inp: dict[str, Any] = {"messages": messages}
+    if req.tools:
+        inp["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+    return inp
+
+
+def generate_input(req: GenerateRequest) -> dict[str, Any]:
+    """``raw``: the prompt as it is; otherwise the model's chat template around ``system`` and
+    the prompt as one user turn (as Ollama's default templates do)."""
+    if req.suffix:
+        raise InvalidRequest("suffix: fill-in-the-middle is not supported by Hearth", param="suffix")
+    if req.context:
+        raise InvalidRequest(
+            "context: the context parameter is deprecated and not supported; send the conversation to /api/chat",
+            param="context",
+        )
+    if req.template is not None:
+        raise InvalidRequest(
+            "template: Hearth renders the model's own chat template; send a templated prompt with raw: true",
+            param="template",
+        )
+    if req.raw:
+        if req.system:
+            raise InvalidRequest("system: a raw prompt gets no template, so no system prompt", param="system")
+        return {"prompt": req.prompt}
+    messages = [{"role": "system", "content": req.system}] if req.system else []
+    return {"messages": [*messages, {"role": "user", "content": req.prompt}]}
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Wire tool calls in Ollama's shape: arguments as an object."""
+    return [
+        {"id": c["id"], "function": {"index": c["index"], "name": c["name"], "arguments": orjson.loads(c["arguments"])}}
+        for c in calls
+    ]
+
+
+class Shape:
+    """One response's chunks: ``chat`` puts text in ``message.content``, ``generate`` in
+    ``response``. ``t0`` is when the request arrived (perf_counter), for ``total_duration``."""
+
+    def __init__(self, model: str, chat: bool, t0: float) -> None:
+        self.model = model
+        self.chat = chat
+        self.t0 = t0
+
+    def _base(self) -> dict[str, Any]:
+        return {"model": self.model, "created_at": timestamp()}
+
+    def _body(self, text: str, calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+        if not self.chat:
+            return {"response": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = tool_calls_out(calls)
+        return {"message": message}
+
+    def chunk(self, d: Delta, want_logprobs: bool) -> dict[str, Any]:
+        out = {**self._base(), **self._body(d.text, d.tool_calls), "done": False}
+        if want_logprobs and d.logprobs:
+            out["logprobs"] = d.logprobs
+        return out
+
+    def final(
+        self,
+        done: Done,
+        text: str = "",
+        calls: list[dict[str, Any]] | None = None,
+        logprobs: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """The last object: the whole text when not streamed, with the counts and durations."""
+        out = {**self._base(), **self._body(text, calls)}
+        if logprobs:
+            out["logprobs"] = logprobs
+        out.update({"done": True, "done_reason": DONE_REASONS.get(done.finish_reason, done.finish_reason)})
+        out.update(durations(done, time.perf_counter() - self.t0))
+        return out
+
+    def status(self, reason: str) -> dict[str, Any]:
+        """The answer to an empty request that only loads (``load``) or unloads (``unload``)."""
+        return {**self._base(), **self._body("", None), "done": True, "done_reason": reason}
+
+
+def durations(done: Done, wall_s: float) -> dict[str, int]:
+    """Ollama's counts and nanosecond durations: ``load_duration`` is the time before the worker
+    started the request (queueing and a model load), ``prompt_eval_duration`` the time to the
+    first token, ``eval_duration`` the rest of the worker's time."""
+    ttft = float(done.timings.get("ttft_s", 0.0))
+    worker = float(done.timings.get("total_s", 0.0))
+    return {
+        "total_duration": int(wall_s * 1e9),
+        "load_duration": int(max(0.0, wall_s - worker) * 1e9),
+        "prompt_eval_count": int(done.usage.get("prompt_tokens", 0)),
+        "prompt_eval_duration": int(ttft * 1e9),
+        "eval_count": int(done.usage.get("completion_tokens", 0)),
+        "eval_duration": int(max(0.0, worker - ttft) * 1e9),
+    }
