@@ -67,7 +67,9 @@ def numpy_reference(folder: Path, ids: list[int]) -> np.ndarray:
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         d = x.shape[-1] // heads
-        q, k, v = (dense(x, p + f"attention.self.{m}").reshape(n, heads, d).transpose(1, 0, 2) for m in ("query", "key", "value"))
+        q, k, v = (
+            dense(x, p + f"attention.self.{m}").reshape(n, heads, d).transpose(1, 0, 2) for m in ("query", "key", "value")
+        )
         s = q @ k.transpose(0, 2, 1) / np.sqrt(d)
         s = np.exp(s - s.max(-1, keepdims=True))
         ctx = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, -1)
