@@ -68,7 +68,8 @@ def numpy_reference(folder: Path, ids: list[int]) -> np.ndarray:
         p = f"encoder.layer.{i}."
         d = x.shape[-1] // heads
         q, k, v = (
-            dense(x, p + f"attention.self.{m}").reshape(n, heads, d).transpose(1, 0, 2) for m in ("query", "key", "value")
+            dense(x, p + f"attention.self.{m}").reshape(n, heads, d).transpose(1, 0, 2)
+            for m in ("query", "key", "value")
         )
         s = q @ k.transpose(0, 2, 1) / np.sqrt(d)
         s = np.exp(s - s.max(-1, keepdims=True))
