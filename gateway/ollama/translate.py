@@ -81,7 +81,10 @@ def params_for(req: _Generation, cfg: ModelConfig, context: int) -> dict[str, An
             else:
                 params[hearth] = value if value > 0 else (opts.num_ctx or context or 2**31 - 1)
         elif name == "seed":
-            params[hearth] = value % 2**64
+            if value >= 0:
+                params[hearth] = value
+            else:  # Ollama (llama.cpp): -1 is a random seed each time
+                params.pop(hearth, None)
         else:
             params[hearth] = value
     checkable = {k: v for k, v in params.items() if k in SamplingFields.model_fields and k != "stop"}

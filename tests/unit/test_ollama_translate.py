@@ -1,0 +1,247 @@
+"""Ollama request translation and response formatting (pure): names, options, inputs, chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.bodies import validate
+from gateway.errors import InvalidRequest
+from gateway.ollama import catalog, translate
+from gateway.ollama.facts import facts
+from gateway.ollama.schemas import ChatRequest, EmbedRequest, GenerateRequest, ShowRequest
+from gateway.ollama.translate import Shape, chat_input, generate_input, params_for, resolve_name
+from shared.config import ModelConfig, ServerConfig, default_model, make_config
+from shared.protocol import Delta, Done
+
+CFG = ModelConfig(name="smol", path="/nowhere", defaults={"repetition_penalty": 1.05, "temperature": 0.7})
+
+
+def chat_req(**extra: Any) -> ChatRequest:
+    return validate(ChatRequest, {"model": "smol", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def test_names_resolve_with_and_without_latest() -> None:
+    config = make_config(ServerConfig(), [CFG, ModelConfig(name="qwen:7b", path="/x", aliases=["gpt-*"])])
+    assert resolve_name(config, "smol") is CFG and resolve_name(config, "smol:latest") is CFG
+    assert resolve_name(config, "qwen:7b").name == "qwen:7b"  # type: ignore[union-attr]
+    assert resolve_name(config, "gpt-4o:latest").name == "qwen:7b"  # type: ignore[union-attr]
+    assert resolve_name(config, "nope:latest") is None and resolve_name(config, "smol:7b") is None
+    assert translate.listed_name("smol") == "smol:latest" and translate.listed_name("qwen:7b") == "qwen:7b"
+
+
+def test_options_map_onto_hearth_params_over_the_model_defaults() -> None:
+    options = {
+        "num_predict": 20,
+        "temperature": 0,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "seed": 7,
+        "stop": ["a", "b", "c", "d", "e"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "repeat_penalty": 1.2,
+        "repeat_last_n": 32,
+        "num_ctx": 4096,
+        "mirostat": 0,
+        "typical_p": 1.0,
+        "tfs_z": 1,
+        "penalize_newline": False,
+    }
+    params = params_for(chat_req(options=options), CFG, 8192)
+    assert params == {
+        "max_tokens": 20,
+        "temperature": 0,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "seed": 7,
+        "stop": ["a", "b", "c", "d", "e"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "repetition_penalty": 1.2,
+        "repetition_context_size": 32,
+    }
+
+
+def test_num_predict_minus_one_lifts_a_default_cap_and_repeat_last_n_zero_turns_penalties_off() -> None:
+    cfg = ModelConfig(name="smol", path="/x", defaults={"max_tokens": 50, "repetition_penalty": 1.1})
+    assert "max_tokens" not in params_for(chat_req(options={"num_predict": -1}), cfg, 8192)
+    seeded = ModelConfig(name="smol", path="/x", defaults={"seed": 3})
+    assert "seed" not in params_for(chat_req(options={"seed": -1}), seeded, 8192)  # -1: random
+    off = params_for(chat_req(options={"repeat_last_n": 0, "presence_penalty": 1.0}), cfg, 8192)
+    assert "repetition_penalty" not in off and "presence_penalty" not in off
+    whole = params_for(chat_req(options={"repeat_last_n": -1, "num_ctx": 1000}), cfg, 8192)
+    assert whole["repetition_context_size"] == 1000
+
+
+def test_num_ctx_over_the_models_context_is_a_400() -> None:
+    with pytest.raises(InvalidRequest) as e:
+        params_for(chat_req(options={"num_ctx": 8193}), CFG, 8192)
+    assert e.value.param == "options.num_ctx" and "8192" in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"mirostat": 2}, "mirostat"),
+        ({"typical_p": 0.5}, "typical_p"),
+        ({"penalize_newline": True}, "penalize_newline"),
+        ({"num_thread": 4}, "num_thread"),
+        ({"num_gpu": 1}, "num_gpu"),
+        ({"num_keep": 5}, "num_keep"),
+        ({"fancy": 1}, "fancy"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "0"}, "temperature"),
+        ({"num_predict": 0}, "num_predict"),
+        ({"num_predict": -3}, "num_predict"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"repeat_penalty": 0}, "repeat_penalty"),
+        ({"stop": "x"}, "stop"),
+        ({"repeat_last_n": -2}, "repeat_last_n"),
+    ],
+)
+def test_options_hearth_cannot_honour_are_refused_by_name(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        params_for(chat_req(options=options), CFG, 8192)
+    assert words in e.value.message
+
+
+def test_format_is_refused_until_workers_take_response_format() -> None:
+    cfg = default_model()
+    with pytest.raises(InvalidRequest) as e:
+        translate.check_request(chat_req(format="json"), cfg, images=False)
+    assert e.value.param == "format"
+    translate.check_request(chat_req(format=""), cfg, images=False)  # "" means no format
+
+
+def test_format_becomes_response_format_once_workers_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(translate, "GENERATE_PARAMS", (*translate.GENERATE_PARAMS, "response_format"))
+    translate.check_request(chat_req(format="json"), CFG, images=False)
+    assert params_for(chat_req(format="json"), CFG, 0)["response_format"] == {"type": "json_object"}
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}}
+    assert params_for(chat_req(format=schema), CFG, 0)["response_format"] == {"type": "json_schema", "schema": schema}
+
+
+@pytest.mark.parametrize(("think", "refused"), [(True, True), ("high", True), (False, False), (None, False)])
+def test_think_is_refused_for_models_that_do_not_think(think: Any, refused: bool) -> None:
+    req = chat_req(think=think)
+    if refused:
+        with pytest.raises(InvalidRequest) as e:
+            translate.check_request(req, CFG, images=False)
+        assert e.value.param == "think"
+    else:
+        translate.check_request(req, CFG, images=False)
+
+
+def test_images_are_refused_for_text_only_models() -> None:
+    with pytest.raises(InvalidRequest) as e:
+        translate.check_request(chat_req(), CFG, images=True)
+    assert e.value.param == "images" and "text-only" in e.value.message
+
+
+def test_logprobs_ask_the_worker_for_top_logprobs() -> None:
+    assert params_for(chat_req(logprobs=True, top_logprobs=3), CFG, 0)["logprobs"] == 3
+    assert params_for(chat_req(logprobs=True), CFG, 0)["logprobs"] == 0
+    assert "logprobs" not in params_for(chat_req(), CFG, 0)
+
+
+def test_chat_input_gives_tool_calls_ids_and_tool_results_their_call() -> None:
+    req = validate(
+        ChatRequest,
+        {
+            "model": "smol",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Köln"}}}]},
+                {"role": "tool", "tool_name": "get_weather", "content": "sunny"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        },
+    )
+    inp = chat_input(req)
+    call = inp["messages"][1]["tool_calls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert orjson.loads(call["function"]["arguments"]) == {"city": "Köln"}
+    assert inp["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": call["id"]}
+    assert inp["tools"][0]["function"]["name"] == "get_weather"
+
+
+def gen_req(**body: Any) -> GenerateRequest:
+    return validate(GenerateRequest, {"model": "smol", **body})
+
+
+def test_generate_input_templates_unless_raw() -> None:
+    assert generate_input(gen_req(prompt="hi")) == {"messages": [{"role": "user", "content": "hi"}]}
+    assert generate_input(gen_req(prompt="hi", system="be brief"))["messages"][0] == {
+        "role": "system",
+        "content": "be brief",
+    }
+    assert generate_input(gen_req(prompt="<|im_start|>user\nhi", raw=True)) == {"prompt": "<|im_start|>user\nhi"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "suffix": "y"}, "suffix"),
+        ({"prompt": "x", "context": [1, 2, 3]}, "context"),
+        ({"prompt": "x", "template": "{{ .Prompt }}"}, "template"),
+        ({"prompt": "x", "raw": True, "system": "s"}, "system"),
+    ],
+)
+def test_generate_fields_hearth_cannot_honour_are_refused(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        generate_input(gen_req(**body))
+    assert e.value.param == param and param in e.value.message
+
+
+def test_chunks_and_final_object_in_ollamas_shape() -> None:
+    shape = Shape("smol:latest", chat=True, t0=0.0)
+    calls = [{"index": 0, "id": "call_1", "name": "get_weather", "arguments": '{"city": "Köln"}'}]
+    chunk = shape.chunk(Delta("r", "Hi", 1, tool_calls=calls), want_logprobs=False)
+    assert chunk["done"] is False and chunk["model"] == "smol:latest"
+    assert chunk["message"] == {
+        "role": "assistant",
+        "content": "Hi",
+        "tool_calls": [{"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Köln"}}}],
+    }
+    assert chunk["created_at"].endswith("Z")
+    done = Done(
+        "r",
+        "tool_calls",
+        usage={"prompt_tokens": 12, "completion_tokens": 5},
+        timings={"ttft_s": 0.25, "total_s": 1.0},
+    )
+    final = Shape("smol", chat=False, t0=__import__("time").perf_counter() - 1.5).final(done, "text")
+    assert final["response"] == "text" and final["done"] is True and final["done_reason"] == "stop"
+    assert final["prompt_eval_count"] == 12 and final["eval_count"] == 5
+    assert final["prompt_eval_duration"] == 250_000_000 and final["eval_duration"] == 750_000_000
+    assert 1.5e9 <= final["total_duration"] < 2.5e9
+    assert final["load_duration"] == pytest.approx(final["total_duration"] - 1e9, abs=1e6)
+    assert Shape("m", chat=True, t0=0).status("load")["done_reason"] == "load"
+
+
+def test_embed_and_show_bodies() -> None:
+    assert validate(EmbedRequest, {"model": "m", "input": "x"}).truncate is True
+    with pytest.raises(InvalidRequest):
+        validate(EmbedRequest, {"model": "m", "input": []})
+    assert validate(ShowRequest, {"name": "smol"}).model_name == "smol"
+    with pytest.raises(InvalidRequest):
+        validate(ShowRequest, {})
+
+
+def test_facts_and_catalog_of_the_packaged_smollm2() -> None:
+    cfg = default_model()
+    f = facts(cfg)
+    assert (f.format, f.family, f.context_length, f.embedding_length) == ("gguf", "llama", 8192, 576)
+    assert f.parameter_size == "135M" and len(f.digest) == 64 and "im_start" in f.template
+    shown = catalog.show(cfg, f, 8192)
+    assert shown["capabilities"] == ["completion"]  # its template renders no tools
+    assert shown["model_info"]["llama.context_length"] == 8192
+    tools = ModelConfig(name="t", path=cfg.path, tool_parser="json_tools")
+    assert catalog.capabilities(tools, f) == ["completion", "tools"]
+    params = catalog.parameters(ModelConfig(name="p", path="/x", defaults={"repetition_penalty": 1.05, "stop": ["a"]}))
+    assert params.split("\n") == [f"{'repeat_penalty':<30} 1.05", f"{'stop':<30} 'a'"]
