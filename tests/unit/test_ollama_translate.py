@@ -156,7 +156,10 @@ def test_chat_input_gives_tool_calls_ids_and_tool_results_their_call() -> None:
             "model": "smol",
             "messages": [
                 {"role": "user", "content": "weather?"},
-                {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Köln"}}}]},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Köln"}}}],
+                },
                 {"role": "tool", "tool_name": "get_weather", "content": "sunny"},
             ],
             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
@@ -206,7 +209,9 @@ def test_chunks_and_final_object_in_ollamas_shape() -> None:
     assert chunk["message"] == {
         "role": "assistant",
         "content": "Hi",
-        "tool_calls": [{"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Köln"}}}],
+        "tool_calls": [
+            {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Köln"}}}
+        ],
     }
     assert chunk["created_at"].endswith("Z")
     done = Done(
