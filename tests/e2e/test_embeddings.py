@@ -173,3 +173,9 @@ def test_a_killed_embedding_worker_is_restarted(gw: Gateway) -> None:
     else:
         raise AssertionError(f"no new minilm worker: {gw.workers('minilm')}\n{gw.log()}")
     assert len(vectors(gw, input="after the crash")[0]) == 384
+
+
+def test_ollama_routes_are_off_unless_configured(gw: Gateway) -> None:
+    assert gw.http.get("/").status_code == 404
+    r = gw.http.get("/api/tags")
+    assert r.status_code == 404 and set(r.json()) == {"error"}
