@@ -361,6 +361,8 @@ CHANGES: dict[str, Any] = {
     "strip_billing_header": False,
     "keep_alive": "10m",
     "pin": True,
+    "kind": "embedding",
+    "embed_batch": 16,
 }
 
 
