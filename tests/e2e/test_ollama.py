@@ -268,3 +268,38 @@ def test_bad_bodies_are_400s_in_ollamas_shape(gw: Gateway, path: str, body: dict
     r = gw.http.post(path, content=json.dumps(body))  # as curl -d sends it: no JSON content type
     assert r.status_code == 400, r.text
     assert set(r.json()) == {"error"} and words in r.json()["error"]
+
+
+def test_keep_alive_sets_when_the_model_unloads(client: ollama.Client) -> None:
+    import datetime
+
+    client.embed(model="minilm", input="x", keep_alive="1h")
+    (entry,) = [m for m in client.ps().models if m.model == "minilm:latest"]
+    assert entry.expires_at is not None
+    left = (entry.expires_at - datetime.datetime.now(datetime.UTC)).total_seconds()
+    assert 3500 < left <= 3600
+    client.embed(model="minilm", input="x")  # back to the configured keep_alive: preloaded, never
+    (entry,) = [m for m in client.ps().models if m.model == "minilm:latest"]
+    assert entry.expires_at is not None and entry.expires_at.year == 9999
+
+
+def test_a_worker_dying_mid_stream_ends_it_with_an_error_line(gw: Gateway) -> None:
+    """Last in the module: it kills SmolLM2's worker (the supervisor restarts it)."""
+    import os
+    import signal
+
+    (worker,) = gw.workers("smol")
+    body = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "options": {"num_predict": 500},
+    }
+    with gw.http.stream("POST", "/api/chat", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = json.loads(next(lines))
+        assert first["done"] is False
+        os.kill(worker["pid"], signal.SIGKILL)
+        rest = [json.loads(line) for line in lines if line]
+    assert "error" in rest[-1] and "died" in rest[-1]["error"]
+    assert not any(x.get("done") for x in rest)
