@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import AfterValidator, BaseModel, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -18,13 +18,13 @@ from shared.units import parse_duration
 M = TypeVar("M", bound=BaseModel)
 
 
-def _duration(v: float | str) -> float | str:
-    parse_duration(v)  # its ValueError names the problem
-    return v
+def _duration(v: Any) -> float:
+    return parse_duration(v)  # its ValueError names the problem (and refuses booleans)
 
 
-# The Ollama-style ``keep_alive`` request field (both APIs): seconds, "5m", -1/"forever", 0.
-KeepAlive = Annotated[StrictInt | StrictFloat | StrictStr, AfterValidator(_duration)]
+# The Ollama-style ``keep_alive`` request field (every API): seconds, "5m", -1/"forever", 0;
+# parsed here, once, into seconds (``shared.units.FOREVER`` for never).
+KeepAlive = Annotated[float, BeforeValidator(_duration)]
 
 
 async def read_json(request: Request, limit: int, any_type: bool = False) -> Any:

@@ -8,6 +8,7 @@ with ZeroMQ; tests can drive it in-process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.tokenizer_utils import _byte_decoder  # GPT-2's byte <-> unicode table, cached there
 
 from shared.config import ModelConfig
 from shared.protocol import (
@@ -37,6 +37,14 @@ from worker.first_token import first_token, takes_direct_path
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE table, unicode character -> byte (transformers' public helper)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.protocol import Done, Error, Generate
 from worker.core import EngineCore
+from worker.prompt_cache import PromptCache
 
 # (parameter, value): one generation each, on top of temperature 0.7 and max_tokens 1.
 CHECKS: tuple[tuple[str, Any], ...] = (
@@ -39,6 +40,7 @@ class SelfCheckError(RuntimeError):
 
 
 def self_check(core: EngineCore) -> None:
+    PromptCache.check_internals()  # warm restarts read two mlx-lm internals: fail here, not at drain
     saved, core.prompt_cache = core.prompt_cache, None  # the checks' caches are of no use later
     try:
         _run_checks(core)

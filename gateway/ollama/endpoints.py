@@ -1,54 +1,48 @@
-"""Ollama's routes. They validate, translate and call the engine client; they never touch sockets.
+"""Ollama's routes: validate (schemas), translate into a choice (translate), run it on the
+generation session, format (format: ``Shape``, ``NdjsonStream``). No sockets, queues or
+keep-alive logic here.
 
 ``/api/chat`` and ``/api/generate`` stream NDJSON by default (one JSON object a line, the last
 with ``done: true`` and the durations) or answer one object with ``stream: false``. An error
 before the first line is a status with ``{"error": ...}``; after it, an ``{"error": ...}`` line.
 An empty ``messages`` (or ``prompt``) only loads the model, or with ``keep_alive: 0`` unloads
 it, as in Ollama.
-
-They call ``EngineClient.submit`` and read the ``RequestStream`` directly: the gateway has no
-API-neutral generation session yet. When it does, ``_generate`` is the one function to move onto
-it; everything else here is schemas and formatting.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.admin import describe
 from gateway.bodies import read_json, validate
-from gateway.client import EngineClient, RequestStream
-from gateway.disconnect import GONE, unless_gone
 from gateway.embeddings import embed
-from gateway.errors import HearthError, InvalidRequest, ModelNotFound, Unavailable, WorkerFailed
+from gateway.errors import HearthError, InvalidRequest, ModelNotFound
+from gateway.models import ModelState
 from gateway.ollama import catalog
 from gateway.ollama.facts import facts
 from gateway.ollama.schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, Options, ShowRequest
+from gateway.record import Record
+from gateway.ollama.format import NdjsonStream, Shape
 from gateway.ollama.translate import (
-    Shape,
     chat_input,
     check_request,
     generate_input,
     params_for,
     resolve_name,
 )
-from gateway.openai.translate import ChoiceSpec
+from gateway.session import Choice, Generations
 from gateway.supervisor import Supervisor
 from shared.config import ModelConfig
-from shared.protocol import Delta, WorkerState
-from shared.units import parse_duration
 
 # The Ollama API version whose docs/api.md Hearth follows; clients gate features on it
 # (VS Code Copilot Chat asks for at least 0.6.4).
 OLLAMA_VERSION = "0.13.0"
-NDJSON = "application/x-ndjson"
 RUNNING = "Ollama is running"
 
 
@@ -62,25 +56,33 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _client(request: Request) -> EngineClient:
-    return request.app.state.client
+def _generations(request: Request) -> Generations:
+    return request.app.state.generations
 
 
-def _model(request: Request, name: str, kind: str | None = None) -> ModelConfig:
-    cfg = resolve_name(_client(request).config, name)
-    request.scope.setdefault("state", {})["model"] = cfg.name if cfg else "unknown"
+async def _body(request: Request, gens: Generations) -> Any:
+    return await read_json(request, gens.config.server.body_limit, any_type=True)
+
+
+def _model(request: Request, gens: Generations, name: str, kind: str | None = "chat") -> ModelConfig:
+    """The model an Ollama name means (``:latest`` or not), recorded for the log; 404 in
+    Ollama's words, 400 when it is of the other kind."""
+    cfg = resolve_name(gens.config, name)
     if cfg is None:
+        Record.of(request).model = "unknown"
         raise ModelNotFound(f"model '{name}' not found: Hearth serves only the models in its configuration")
-    if kind == "chat" and cfg.kind != "chat":
-        raise InvalidRequest(f"'{name}' is an embedding model: it does not support chat or generate", param="model")
-    if kind == "embedding" and cfg.kind != "embedding":
-        raise InvalidRequest(f"'{name}' is a chat model: it does not support embeddings", param="model")
-    return cfg
+    if kind is None:
+        return cfg
+    try:
+        return gens.model(request, cfg.name, kind=kind)
+    except InvalidRequest:
+        what = "chat or generate" if kind == "chat" else "embeddings"
+        raise InvalidRequest(f"'{name}' does not support {what}: it is a {cfg.kind} model", param="model") from None
 
 
-def context_of(client: EngineClient, cfg: ModelConfig) -> int:
+def context_of(gens: Generations, cfg: ModelConfig) -> int:
     """The model's context: what a worker reported, else what its files say."""
-    live = [w.context_length for w in client.pool.of_model(cfg.name) if w.context_length]
+    live = [w.context_length for w in gens.models.pool.of_model(cfg.name) if w.context_length]
     return live[0] if live else facts(cfg).context_length
 
 
@@ -96,25 +98,25 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    models = _client(request).config.models
-    return _json({"models": [catalog.tag(cfg, facts(cfg)) for cfg in models]})
+    return _json({"models": [catalog.tag(cfg, facts(cfg)) for cfg in _generations(request).config.models]})
 
 
 async def show(request: Request) -> Response:
-    client = _client(request)
-    req = validate(ShowRequest, await read_json(request, client.config.server.body_limit, any_type=True))
-    cfg = _model(request, req.model_name)
-    return _json(catalog.show(cfg, facts(cfg), context_of(client, cfg)))
+    gens = _generations(request)
+    req = validate(ShowRequest, await _body(request, gens))
+    cfg = _model(request, gens, req.model_name, kind=None)
+    return _json(catalog.show(cfg, facts(cfg), context_of(gens, cfg)))
 
 
 async def ps(request: Request) -> Response:
-    client = _client(request)
+    gens = _generations(request)
     sup: Supervisor = request.app.state.supervisor
     out = []
-    for cfg in client.config.models:
-        if client.pool.model_state(cfg.name) in ("unloaded", "failed"):
+    for model in gens.models:
+        if model.state in (ModelState.UNLOADED, ModelState.FAILED):
             continue
-        out.append(catalog.running(cfg, facts(cfg), describe(sup, cfg.name), context_of(client, cfg)))
+        cfg = model.cfg
+        out.append(catalog.running(cfg, facts(cfg), describe(sup, cfg.name), context_of(gens, cfg)))
     return _json({"models": out})
 
 
@@ -134,123 +136,69 @@ async def no_registry(request: Request) -> Response:
 
 async def chat(request: Request) -> Response:
     t0 = time.perf_counter()
-    client = _client(request)
-    req = validate(ChatRequest, await read_json(request, client.config.server.body_limit, any_type=True))
-    cfg = _model(request, req.model, "chat")
+    gens = _generations(request)
+    req = validate(ChatRequest, await _body(request, gens))
+    cfg = _model(request, gens, req.model)
     check_request(req, cfg, images=any(m.images for m in req.messages))
     shape = Shape(req.model, chat=True, t0=t0)
     if not req.messages:
         return await _load_or_unload(request, cfg, req.keep_alive, shape)
-    params = params_for(req, cfg, context_of(client, cfg))
-    return await _generate(request, client, cfg, chat_input(req), params, req.stream, req.keep_alive, shape)
+    params = params_for(req, cfg, context_of(gens, cfg))
+    return await _generate(request, gens, cfg, Choice(0, 0, chat_input(req), params), req.stream, req.keep_alive, shape)
 
 
 async def generate(request: Request) -> Response:
     t0 = time.perf_counter()
-    client = _client(request)
-    req = validate(GenerateRequest, await read_json(request, client.config.server.body_limit, any_type=True))
-    cfg = _model(request, req.model, "chat")
+    gens = _generations(request)
+    req = validate(GenerateRequest, await _body(request, gens))
+    cfg = _model(request, gens, req.model)
     check_request(req, cfg, images=bool(req.images))
     shape = Shape(req.model, chat=False, t0=t0)
     inp = generate_input(req)
     if not req.prompt and not req.system:
         return await _load_or_unload(request, cfg, req.keep_alive, shape)
-    params = params_for(req, cfg, context_of(client, cfg))
-    return await _generate(request, client, cfg, inp, params, req.stream, req.keep_alive, shape)
+    params = params_for(req, cfg, context_of(gens, cfg))
+    return await _generate(request, gens, cfg, Choice(0, 0, inp, params), req.stream, req.keep_alive, shape)
 
 
-async def _load_or_unload(request: Request, cfg: ModelConfig, keep_alive: float | str | None, shape: Shape) -> Response:
+async def _load_or_unload(request: Request, cfg: ModelConfig, keep_alive: float | None, shape: Shape) -> Response:
     """Ollama's empty request: load the model and wait until it is ready (``done_reason:
-    "load"``), or with ``keep_alive`` 0 unload it (``"unload"``)."""
+    "load"``), or with ``keep_alive`` 0 unload it (``"unload"``); as an admin's load and unload."""
     sup: Supervisor = request.app.state.supervisor
-    entry = sup.client.pool.models[cfg.name]
-    seconds = None if keep_alive is None else parse_duration(keep_alive)
-    if seconds == 0:
+    model = sup.models[cfg.name]
+    if keep_alive == 0:
         if cfg.replicas:
             await sup.unload(cfg.name, "keep_alive 0")
         return _json(shape.status("unload"))
-    entry.keep_alive = seconds
     timeout = sup.config.server.request_wait
     deadline = time.monotonic() + timeout
-    await sup.load(cfg.name, timeout)
-    while not any(w.state is WorkerState.READY and w.connected for w in sup.client.pool.of_model(cfg.name)):
-        if entry.failed:
-            raise Unavailable(f"the model '{cfg.name}' failed to start: {entry.failed}", code="model_failed")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Unavailable(f"the model '{cfg.name}' did not become ready in time")
-        await sup.client.pool.wait_change(left)
-    sup.client.pool.touch(cfg.name)
+    model.requested(keep_alive)
+    if cfg.replicas:
+        await sup.load(cfg.name, timeout)
+    await sup.models.wait_until(
+        model,
+        lambda: True if model.state is ModelState.READY else None,
+        deadline,
+        f"the model '{cfg.name}' did not become ready",
+    )
+    model.touch()
     return _json(shape.status("load"))
 
 
 async def _generate(
     request: Request,
-    client: EngineClient,
+    gens: Generations,
     cfg: ModelConfig,
-    inp: dict[str, Any],
-    params: dict[str, Any],
+    choice: Choice,
     stream: bool,
-    keep_alive: float | str | None,
+    keep_alive: float | None,
     shape: Shape,
 ) -> Response:
-    """One generation: a single object, or NDJSON lines once the first token is there."""
-    generations: list[tuple[ChoiceSpec, RequestStream]] = request.scope["state"].setdefault("generations", [])
-    spec = ChoiceSpec(0, 0, inp, params)
-    want_lp = "logprobs" in params
-
-    async def submit() -> RequestStream:
-        rs = await client.submit(cfg.name, inp, params, stream, keep_alive=keep_alive)
-        generations.append((spec, rs))
-        return rs
-
+    want_lp = "logprobs" in choice.params
     if not stream:
-
-        async def whole() -> dict[str, Any]:
-            rs = await submit()
-            try:
-                r = await rs.collect()
-            finally:
-                rs.close()
-            return shape.final(r.done, r.text, r.tool_calls, r.logprobs if want_lp else None)
-
-        out = await unless_gone(request, whole())
-        return Response(status_code=499) if out is GONE else _json(out)
-
-    async def opening() -> tuple[RequestStream, AsyncIterator[Any], Any]:
-        rs = await submit()
-        events = aiter(rs)
-        try:  # an error before the first token is still a plain JSON error response
-            return rs, events, await anext(events)
-        except BaseException:
-            rs.close()
-            raise
-
-    opened = await unless_gone(request, opening())
-    if opened is GONE:
-        return Response(status_code=499)
-    rs, events, first = opened
-    return StreamingResponse(_lines(rs, events, first, shape, want_lp), media_type=NDJSON)
-
-
-async def _lines(
-    rs: RequestStream, events: AsyncIterator[Any], first: Any, shape: Shape, want_lp: bool
-) -> AsyncIterator[bytes]:
-    try:
-        ev = first
-        while True:
-            if isinstance(ev, Delta):
-                yield orjson.dumps(shape.chunk(ev, want_lp)) + b"\n"
-            else:
-                yield orjson.dumps(shape.final(ev)) + b"\n"
-                return
-            ev = await anext(events)
-    except HearthError as e:  # after the first line an error can only be an in-band line
-        yield orjson.dumps({"error": e.message}) + b"\n"
-    except StopAsyncIteration:
-        yield orjson.dumps({"error": WorkerFailed("the stream ended without a result").message}) + b"\n"
-    finally:
-        rs.close()
+        (r,) = await gens.collect(request, cfg, [choice], keep_alive)
+        return _json(shape.final(r.done, r.text, r.tool_calls, r.logprobs if want_lp else None))
+    return await gens.stream(request, cfg, [choice], NdjsonStream(shape, want_lp), keep_alive)
 
 
 # -- embeddings -----------------------------------------------------------------------------
@@ -275,34 +223,28 @@ def _embed_options(options: Options | None, cfg: ModelConfig, context: int) -> N
 
 async def api_embed(request: Request) -> Response:
     t0 = time.perf_counter()
-    client = _client(request)
-    req = validate(EmbedRequest, await read_json(request, client.config.server.body_limit, any_type=True))
-    cfg = _model(request, req.model, "embedding")
-    _embed_options(req.options, cfg, context_of(client, cfg))
+    gens = _generations(request)
+    req = validate(EmbedRequest, await _body(request, gens))
+    cfg = _model(request, gens, req.model, kind="embedding")
+    _embed_options(req.options, cfg, context_of(gens, cfg))
     inputs: list[Any] = [req.input] if isinstance(req.input, str) else list(req.input)
     params = {"truncate": req.truncate, "dimensions": req.dimensions}
-    out = await embed(request, client, cfg.name, inputs, params, req.keep_alive)
-    if out is None:
-        return Response(status_code=499)
-    wall = time.perf_counter() - t0
+    out = await embed(request, gens, cfg.name, inputs, params, req.keep_alive)
     body = {
         "model": req.model,
         "embeddings": out.vectors,
-        "total_duration": int(wall * 1e9),
-        "load_duration": 0,
+        "total_duration": int((time.perf_counter() - t0) * 1e9),
         "prompt_eval_count": out.usage.get("prompt_tokens", 0),
     }
     return _json(body)
 
 
 async def api_embeddings(request: Request) -> Response:
-    client = _client(request)
-    req = validate(EmbeddingsRequest, await read_json(request, client.config.server.body_limit, any_type=True))
-    cfg = _model(request, req.model, "embedding")
-    _embed_options(req.options, cfg, context_of(client, cfg))
-    out = await embed(request, client, cfg.name, [req.prompt], {"truncate": False}, req.keep_alive)
-    if out is None:
-        return Response(status_code=499)
+    gens = _generations(request)
+    req = validate(EmbeddingsRequest, await _body(request, gens))
+    cfg = _model(request, gens, req.model, kind="embedding")
+    _embed_options(req.options, cfg, context_of(gens, cfg))
+    out = await embed(request, gens, cfg.name, [req.prompt], {"truncate": False}, req.keep_alive)
     return _json({"embedding": out.vectors[0]})
 
 

@@ -1,14 +1,9 @@
-"""Ollama bodies <-> Hearth's wire messages: a request's ``Generate.input`` and ``params``, and
-the NDJSON chunks and final objects (Ollama's shapes) built from ``delta`` and ``done``.
-
-Pure functions and one formatter class: no sockets, no waiting. Durations are nanoseconds, as
-Ollama reports them.
-"""
+"""Ollama bodies -> Hearth's wire messages: model names (``:latest``), a request's
+``Generate.input`` and ``params`` (options mapped or refused by name). Pure functions; the
+output side is gateway/ollama/format.py."""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,10 +13,9 @@ from gateway.errors import HearthError, InvalidRequest
 from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, _Generation
 from gateway.openai.schemas import SamplingFields
 from shared.config import Config, ModelConfig
-from shared.protocol import GENERATE_PARAMS, Delta, Done
+from shared.protocol import GENERATE_PARAMS
 
 TAG = ":latest"
-DONE_REASONS = {"stop": "stop", "tool_calls": "stop", "length": "length", "loop": "loop"}
 
 
 def resolve_name(config: Config, name: str) -> ModelConfig | None:
@@ -155,77 +149,3 @@ def generate_input(req: GenerateRequest) -> dict[str, Any]:
         return {"prompt": req.prompt}
     messages = [{"role": "system", "content": req.system}] if req.system else []
     return {"messages": [*messages, {"role": "user", "content": req.prompt}]}
-
-
-def timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Wire tool calls in Ollama's shape: arguments as an object."""
-    return [
-        {"id": c["id"], "function": {"index": c["index"], "name": c["name"], "arguments": orjson.loads(c["arguments"])}}
-        for c in calls
-    ]
-
-
-class Shape:
-    """One response's chunks: ``chat`` puts text in ``message.content``, ``generate`` in
-    ``response``. ``t0`` is when the request arrived (perf_counter), for ``total_duration``."""
-
-    def __init__(self, model: str, chat: bool, t0: float) -> None:
-        self.model = model
-        self.chat = chat
-        self.t0 = t0
-
-    def _base(self) -> dict[str, Any]:
-        return {"model": self.model, "created_at": timestamp()}
-
-    def _body(self, text: str, calls: list[dict[str, Any]] | None) -> dict[str, Any]:
-        if not self.chat:
-            return {"response": text}
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            message["tool_calls"] = tool_calls_out(calls)
-        return {"message": message}
-
-    def chunk(self, d: Delta, want_logprobs: bool) -> dict[str, Any]:
-        out = {**self._base(), **self._body(d.text, d.tool_calls), "done": False}
-        if want_logprobs and d.logprobs:
-            out["logprobs"] = d.logprobs
-        return out
-
-    def final(
-        self,
-        done: Done,
-        text: str = "",
-        calls: list[dict[str, Any]] | None = None,
-        logprobs: list[Any] | None = None,
-    ) -> dict[str, Any]:
-        """The last object: the whole text when not streamed, with the counts and durations."""
-        out = {**self._base(), **self._body(text, calls)}
-        if logprobs:
-            out["logprobs"] = logprobs
-        out.update({"done": True, "done_reason": DONE_REASONS.get(done.finish_reason, done.finish_reason)})
-        out.update(durations(done, time.perf_counter() - self.t0))
-        return out
-
-    def status(self, reason: str) -> dict[str, Any]:
-        """The answer to an empty request that only loads (``load``) or unloads (``unload``)."""
-        return {**self._base(), **self._body("", None), "done": True, "done_reason": reason}
-
-
-def durations(done: Done, wall_s: float) -> dict[str, int]:
-    """Ollama's counts and nanosecond durations: ``load_duration`` is the time before the worker
-    started the request (queueing and a model load), ``prompt_eval_duration`` the time to the
-    first token, ``eval_duration`` the rest of the worker's time."""
-    ttft = float(done.timings.get("ttft_s", 0.0))
-    worker = float(done.timings.get("total_s", 0.0))
-    return {
-        "total_duration": int(wall_s * 1e9),
-        "load_duration": int(max(0.0, wall_s - worker) * 1e9),
-        "prompt_eval_count": int(done.usage.get("prompt_tokens", 0)),
-        "prompt_eval_duration": int(ttft * 1e9),
-        "eval_count": int(done.usage.get("completion_tokens", 0)),
-        "eval_duration": int(max(0.0, worker - ttft) * 1e9),
-    }

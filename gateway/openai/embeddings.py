@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.bodies import KeepAlive, read_json, validate
-from gateway.client import EngineClient
 from gateway.embeddings import embed
+from gateway.session import Generations
 
 MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
 
@@ -62,12 +62,10 @@ def _vector(v: list[float], fmt: str) -> list[float] | str:
 
 
 async def create_embeddings(request: Request) -> Response:
-    client: EngineClient = request.app.state.client
-    req = validate(EmbeddingRequest, await read_json(request, client.config.server.body_limit))
+    gens: Generations = request.app.state.generations
+    req = validate(EmbeddingRequest, await read_json(request, gens.config.server.body_limit))
     params = {"dimensions": req.dimensions, "truncate": False}
-    out = await embed(request, client, req.model, req.inputs(), params, req.keep_alive)
-    if out is None:
-        return Response(status_code=499)
+    out = await embed(request, gens, req.model, req.inputs(), params, req.keep_alive)
     tokens = out.usage.get("prompt_tokens", 0)
     body = {
         "object": "list",

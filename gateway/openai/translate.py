@@ -4,7 +4,6 @@ response objects and stream chunks (chat and text completions) built from ``delt
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,6 +11,8 @@ from pydantic import BaseModel
 from gateway.bodies import validate
 from gateway.errors import HearthError
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from gateway.record import totals
+from gateway.session import Choice
 from shared.config import ConfigError, ModelConfig
 from shared.protocol import GENERATE_PARAMS, Done
 
@@ -49,17 +50,7 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
     return params
 
 
-@dataclass(frozen=True)
-class ChoiceSpec:
-    """One generation a request asks for: choice ``index`` of prompt ``prompt``."""
-
-    index: int
-    prompt: int
-    input: dict[str, Any]
-    params: dict[str, Any]
-
-
-def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[ChoiceSpec]:
+def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[Choice]:
     """``n`` choices per input, indexed as OpenAI does (prompt i, sample j -> i * n + j). A seeded
     request gives each extra sample its own seed, so the n answers differ but reproduce."""
     specs = []
@@ -68,7 +59,7 @@ def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list
             p = params
             if j and params.get("seed") is not None:
                 p = {**params, "seed": (params["seed"] + j) % 2**64}
-            specs.append(ChoiceSpec(i * n + j, i, inp, p))
+            specs.append(Choice(i * n + j, i, inp, p))
     return specs
 
 
@@ -106,15 +97,11 @@ def completion_inputs(req: CompletionRequest) -> list[dict[str, Any]]:
     return [{"prompt": p} for p in prompts]
 
 
-def usage(dones: list[tuple[ChoiceSpec, Done]]) -> dict[str, Any]:
+def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
     """OpenAI usage: each prompt counted once, completions summed, plus what the loop guard did."""
-    prompts: dict[int, int] = {}
-    completion = cached = 0
+    counts = totals(dones)
     loops = []
     for spec, done in dones:
-        prompts.setdefault(spec.prompt, done.usage.get("prompt_tokens", 0))
-        completion += done.usage.get("completion_tokens", 0)
-        cached += done.usage.get("cached_tokens", 0) if spec.index == spec.prompt else 0
         if done.finish_reason == "loop":
             loops.append(
                 {
@@ -123,12 +110,12 @@ def usage(dones: list[tuple[ChoiceSpec, Done]]) -> dict[str, Any]:
                     "repeats": done.usage.get("loop_repeats", 0),
                 }
             )
-    prompt = sum(prompts.values())
+    prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_tokens_details": {"cached_tokens": counts["cached_tokens"]},
     }
     if loops:
         out["loop_guard"] = loops

@@ -12,7 +12,8 @@ from gateway.errors import InvalidRequest
 from gateway.ollama import catalog, translate
 from gateway.ollama.facts import facts
 from gateway.ollama.schemas import ChatRequest, EmbedRequest, GenerateRequest, ShowRequest
-from gateway.ollama.translate import Shape, chat_input, generate_input, params_for, resolve_name
+from gateway.ollama.format import Shape
+from gateway.ollama.translate import chat_input, generate_input, params_for, resolve_name
 from shared.config import ModelConfig, ServerConfig, default_model, make_config
 from shared.protocol import Delta, Done
 
