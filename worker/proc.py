@@ -78,7 +78,11 @@ class _Loader(threading.Thread):
                 from worker.embedding.core import EmbeddingCore
                 from worker.embedding.model import load_embedding_model
 
-                self.core = EmbeddingCore(load_embedding_model(self.cfg.path), self.cfg)
+                model = load_embedding_model(self.cfg.path)
+                # one real forward pass before `ready`: weights that can't run fail the load (its
+                # detail says why), and the first request does not pay for the first pass
+                model.encode(model.tokenize(["Hearth checks its encoder before it says ready."], truncate=False))
+                self.core = EmbeddingCore(model, self.cfg)
                 return
             from worker.core import EngineCore
             from worker.model import load_model
