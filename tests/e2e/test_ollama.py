@@ -303,3 +303,17 @@ def test_a_worker_dying_mid_stream_ends_it_with_an_error_line(gw: Gateway) -> No
         rest = [json.loads(line) for line in lines if line]
     assert "error" in rest[-1] and "died" in rest[-1]["error"]
     assert not any(x.get("done") for x in rest)
+
+
+def test_serve_flag_turns_the_ollama_api_on(tiny_model: Path, tmp_path: Path) -> None:
+    gw = Gateway(["--model", str(tiny_model), "--name", "tiny", "--ollama"], tmp_path / "gateway.log")
+    try:
+        gw.wait_ready()
+        assert gw.http.get("/").text == "Ollama is running"
+        assert [m["name"] for m in gw.http.get("/api/tags").json()["models"]] == ["tiny:latest"]
+        r = gw.http.post(
+            "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+        )
+        assert r.status_code == 200 and r.json()["eval_count"] == 2 and r.json()["done_reason"] == "length"
+    finally:
+        gw.stop()
