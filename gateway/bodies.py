@@ -77,12 +77,13 @@ def _most_telling(errors: list[Any]) -> Any:
     return first
 
 
-def validate(model: type[M], data: Any) -> M:
-    """Parse ``data`` into ``model``; the first problem becomes a 400 naming its parameter."""
+def validate(model: type[M], data: Any, context: dict[str, Any] | None = None) -> M:
+    """Parse ``data`` into ``model``; the first problem becomes a 400 naming its parameter.
+    ``context`` reaches the schema's validators (the model's image policy: gateway.media)."""
     if not isinstance(data, dict):
         raise InvalidRequest(f"the body must be a JSON object, not {type(data).__name__}", code="invalid_body")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as e:
         err = _most_telling(e.errors(include_url=False))
         param = _param(tuple(err["loc"])) or None

@@ -51,6 +51,12 @@ class Metrics:
             buckets=LOAD_BUCKETS,
             registry=r,
         )
+        self.omitted_media = Counter(
+            "hearth_omitted_media_blocks",
+            "Image and document blocks replaced by a text note (the model reads text only)",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
         self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 

@@ -83,7 +83,8 @@ class RequestStream:
         self.queue.put_nowait(item)
 
     async def __aiter__(self) -> AsyncIterator[Delta | Done]:
-        """Merging keeps order: text that came after a tool call is not merged in front of it."""
+        """Merging keeps order: text that came after a tool call is not merged in front of it,
+        nor reasoning in front of text that came before it."""
         pending: Delta | Done | Error | Embeddings | None = None
         while True:
             item = pending if pending is not None else await self.queue.get()
@@ -94,20 +95,23 @@ class RequestStream:
                     continue
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 calls = list(item.tool_calls or [])
+                thoughts = [item.reasoning]
                 end: Done | Error | Embeddings | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
                     if not isinstance(nxt, Delta):
                         end = nxt
                         break
-                    if calls and nxt.text:
+                    # a delta's reasoning precedes its text, and its text its calls
+                    if (calls and (nxt.text or nxt.reasoning)) or (nxt.reasoning and any(parts)):
                         pending = nxt
                         break
                     parts.append(nxt.text)
+                    thoughts.append(nxt.reasoning)
                     tokens = nxt.tokens
                     logprobs.extend(nxt.logprobs or [])
                     calls.extend(nxt.tool_calls or [])
-                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None)
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None, "".join(thoughts))
                 if end is None:
                     continue
                 item = end

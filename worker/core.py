@@ -34,6 +34,7 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
+from worker.reasoning import ReasoningBudget, ReasoningSyntax, ReasoningText, ThinkCounter, budget_of
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
@@ -65,6 +66,8 @@ class _Live:
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
     tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
+    reasoning: ReasoningText | None = None  # a chat on a reasoning model: splits reasoning from content
+    thoughts: ThinkCounter | None = None  # counts its reasoning tokens
 
 
 @dataclass
@@ -97,6 +100,7 @@ class EngineCore:
         self.broken: str | None = None  # set when a step failed: the worker must restart
         self._system_pending: set[str] = set()  # requests whose system prompt is being prefilled
         self.tool_syntax = ToolSyntax.of(loaded.tokenizer, cfg.tool_parser)  # None: no tool calling
+        self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -186,15 +190,24 @@ class EngineCore:
         else:
             segments = [tokens[cached:]]
         stop = params.get("stop") or []
+        detok = self.m.tokenizer.detokenizer
+        thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
+        inside = thinking is not None and not prompt.prefill and thinking.opens(tokens)
+        split = ReasoningText(detok, thinking, inside) if thinking is not None else None
+        budget = budget_of(req.input, params) if thinking is not None else None
+        if thinking is not None and budget is not None:
+            processors = [*processors, ReasoningBudget(thinking, budget, inside)]
         live = _Live(
             id=req.id,
             uid=-1,
-            text=TextStream(self.m.tokenizer.detokenizer, [stop] if isinstance(stop, str) else stop),
+            text=TextStream(split or detok, [stop] if isinstance(stop, str) else stop),
             prompt_tokens=len(tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
             cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
+            reasoning=split,
+            thoughts=ThinkCounter(thinking, inside) if thinking is not None else None,
         )
         if prompt.tools and self.tool_syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
@@ -314,6 +327,8 @@ class EngineCore:
                 text += live.text.finish()
         if live.top_logprobs is not None and r.finish_reason != "stop":
             live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
+        if live.thoughts is not None and r.finish_reason != "stop":
+            live.thoughts.feed(r.token)
         finish = r.finish_reason
         if live.text.stopped:
             finish = "stop"
@@ -336,7 +351,7 @@ class EngineCore:
             self._remove(r.uid)
         elif finish is not None:
             self._keep(r.all_tokens, r.prompt_cache)
-        out.extend(self._deltas(live, events))
+        out.extend(self._deltas(live, events, live.reasoning.take() if live.reasoning is not None else ""))
         if finish is not None:
             out.append(self._done(live, finish, now))
             self._system_pending.discard(live.id)
@@ -355,12 +370,16 @@ class EngineCore:
                 if self.prompt_cache is not None:
                     self.prompt_cache.store(tokens[:], cache, SYSTEM)
 
-    def _deltas(self, live: _Live, events: list[str | ToolCall]) -> list[Delta]:
-        """One step's text and tool calls as deltas: each delta's text precedes its calls, so
-        text written after a call starts a new delta. Logprobs ride on the first."""
+    def _deltas(self, live: _Live, events: list[str | ToolCall], reasoning: str = "") -> list[Delta]:
+        """One step's reasoning, text and tool calls as deltas: each delta's text precedes its
+        calls, so text written after a call starts a new delta. Logprobs and the step's
+        reasoning (which precedes its text: a step never holds content and then reasoning, as a
+        marker is a token of its own or released with the text before it) ride on the first."""
         if len(events) == 1 and isinstance(events[0], str):  # no tool calls: the usual case
             logprobs, live.logprobs = live.logprobs or None, []
-            return [Delta(live.id, events[0], live.completion_tokens, logprobs)] if events[0] or logprobs else []
+            if not (events[0] or logprobs or reasoning):
+                return []
+            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning)]
         out: list[Delta] = []
         text, calls = "", list[ToolCall]()
         for ev in events:
@@ -373,11 +392,11 @@ class EngineCore:
                 calls.append(ev)
         if text or calls or not out:
             out.append(Delta(live.id, text, live.completion_tokens, None, calls or None))
-        if live.logprobs:
+        if live.logprobs or reasoning:
             first = out[0]
-            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs, first.tool_calls)
+            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs or None, first.tool_calls, reasoning)
             live.logprobs = []
-        return [d for d in out if d.text or d.logprobs or d.tool_calls]
+        return [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)
@@ -388,6 +407,7 @@ class EngineCore:
                 "prompt_tokens": live.prompt_tokens,
                 "completion_tokens": live.completion_tokens,
                 "cached_tokens": live.cached_tokens,
+                "reasoning_tokens": live.thoughts.count if live.thoughts is not None else 0,
                 **({"loop_cycle_tokens": live.loop[0], "loop_repeats": live.loop[1]} if live.loop else {}),
             },
             timings={

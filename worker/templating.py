@@ -37,6 +37,7 @@ class Prompt:
     tokens: list[int]
     tools: list[dict[str, Any]] = field(default_factory=list)
     prefill: str = ""
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # the reasoning switches it was rendered with
 
 
 def prompt_tokens(tokenizer: Any, inp: dict[str, Any]) -> list[int]:
@@ -66,7 +67,8 @@ def render(
     if tools:
         _check_tools_supported(tokenizer, syntax)
     prefill = _prefill(syntax, choice) if tools else ""
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    switches = thinking_kwargs(inp)
+    kwargs: dict[str, Any] = {**switches, **({"tools": tools} if tools else {})}
     try:
         rendered = tokenizer.apply_chat_template(
             template_messages(messages), add_generation_prompt=True, tokenize=not prefill, **kwargs
@@ -74,8 +76,30 @@ def render(
     except Exception as e:  # jinja raises arbitrary errors for inputs a template refuses
         raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
     if prefill:
-        return Prompt(list(tokenizer.encode(rendered + prefill, add_special_tokens=False)), tools, prefill)
-    return Prompt(list(rendered), tools)
+        text = rendered + _close_reasoning(tokenizer, rendered) + prefill
+        return Prompt(list(tokenizer.encode(text, add_special_tokens=False)), tools, prefill, switches)
+    return Prompt(list(rendered), tools, "", switches)
+
+
+def _close_reasoning(tokenizer: Any, rendered: str) -> str:
+    """The end marker, when the rendered prompt leaves a reasoning block open (a template that
+    opens ``<think>`` in the generation prompt): a forced tool call must not start inside it."""
+    if not getattr(tokenizer, "has_thinking", False):
+        return ""
+    start, end = str(tokenizer.think_start), str(tokenizer.think_end)
+    return end if rendered.rfind(start) > rendered.rfind(end) else ""
+
+
+def thinking_kwargs(inp: dict[str, Any]) -> dict[str, Any]:
+    """The chat template's reasoning switches an input sets: ``enable_thinking`` (Qwen3-style
+    templates; mlx-lm's wrapper renames it for renderers that call it ``thinking``) and
+    ``reasoning_effort`` (gpt-oss-style). A template that reads neither ignores them."""
+    out: dict[str, Any] = {}
+    if inp.get("enable_thinking") is not None:
+        out["enable_thinking"] = bool(inp["enable_thinking"])
+    if inp.get("reasoning_effort") is not None:
+        out["reasoning_effort"] = str(inp["reasoning_effort"])
+    return out
 
 
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +182,7 @@ def system_prefix(tokenizer: Any, inp: dict[str, Any], prompt: Prompt) -> int:
         n += 1
     if n == 0 or n == len(messages):
         return 0
-    kwargs: dict[str, Any] = {"tools": prompt.tools} if prompt.tools else {}
+    kwargs: dict[str, Any] = {**prompt.template_kwargs, **({"tools": prompt.tools} if prompt.tools else {})}
     try:
         head = tokenizer.apply_chat_template(
             template_messages(messages[:n]) + [{"role": "user", "content": ""}], add_generation_prompt=False, **kwargs

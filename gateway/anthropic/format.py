@@ -24,8 +24,7 @@ def anthropic_error(err: HearthError) -> HearthError:
 def message(model: str, result: Result) -> dict[str, Any]:
     blocks = Blocks()
     for d in result.deltas:
-        blocks.text(d.text)
-        blocks.tool_calls(d.tool_calls or [])
+        blocks.delta(d)
     blocks.finish()
     return MessageShape(result.id, model).message(blocks.content, result.done)
 
@@ -48,7 +47,7 @@ class EventStream:
         if isinstance(ev, Done):
             events = [*self.blocks.finish(), *self.shape.end(ev)]
         else:
-            events = [*self.blocks.text(ev.text), *self.blocks.tool_calls(ev.tool_calls or [])]
+            events = self.blocks.delta(ev)
         return [sse.named(name, data) for name, data in events]
 
     def closing(self) -> list[bytes]:

@@ -33,13 +33,22 @@ def details(f: Facts) -> dict[str, Any]:
 def capabilities(cfg: ModelConfig, f: Facts) -> list[str]:
     """What the model really does here: ``embedding`` for an encoder; ``completion`` for a chat
     model, plus ``tools`` when its chat template renders tools (or a tool parser is configured).
-    No ``vision`` (text-only) and no ``thinking`` (Hearth does not separate reasoning yet)."""
+    ``thinking`` when its template has reasoning markers (``thinks``). No ``vision``: Hearth's
+    models read text only."""
     if cfg.kind == "embedding":
         return ["embedding"]
     caps = ["completion"]
     if cfg.tool_parser or "tools" in f.template:
         caps.append("tools")
+    if thinks(f):
+        caps.append("thinking")
     return caps
+
+
+def thinks(f: Facts) -> bool:
+    """Whether the chat template has a reasoning block (``<think>``) or the ``enable_thinking``
+    switch: the models whose reasoning the worker splits out (mlx-lm's ``has_thinking``)."""
+    return "<think>" in f.template or "enable_thinking" in f.template
 
 
 def tag(cfg: ModelConfig, f: Facts) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import media
 from gateway.admin import describe
 from gateway.bodies import read_json, validate
 from gateway.embeddings import embed
@@ -139,12 +140,15 @@ async def chat(request: Request) -> Response:
     gens = _generations(request)
     req = validate(ChatRequest, await _body(request, gens))
     cfg = _model(request, gens, req.model)
-    check_request(req, cfg, images=any(m.images for m in req.messages))
+    images = sum(len(m.images or []) for m in req.messages)
+    check_request(req, cfg, images, _policy(gens, cfg), catalog.thinks(facts(cfg)))
+    headers = media.record(request, images, gens.metrics)
     shape = Shape(req.model, chat=True, t0=t0)
     if not req.messages:
         return await _load_or_unload(request, cfg, req.keep_alive, shape)
     params = params_for(req, cfg, context_of(gens, cfg))
-    return await _generate(request, gens, cfg, Choice(0, 0, chat_input(req), params), req.stream, req.keep_alive, shape)
+    choice = Choice(0, 0, chat_input(req), params)
+    return await _generate(request, gens, cfg, choice, req.stream, req.keep_alive, shape, headers)
 
 
 async def generate(request: Request) -> Response:
@@ -152,13 +156,15 @@ async def generate(request: Request) -> Response:
     gens = _generations(request)
     req = validate(GenerateRequest, await _body(request, gens))
     cfg = _model(request, gens, req.model)
-    check_request(req, cfg, images=bool(req.images))
+    images = len(req.images or [])
+    check_request(req, cfg, images, _policy(gens, cfg), catalog.thinks(facts(cfg)))
+    headers = media.record(request, images, gens.metrics)
     shape = Shape(req.model, chat=False, t0=t0)
     inp = generate_input(req)
     if not req.prompt and not req.system:
         return await _load_or_unload(request, cfg, req.keep_alive, shape)
     params = params_for(req, cfg, context_of(gens, cfg))
-    return await _generate(request, gens, cfg, Choice(0, 0, inp, params), req.stream, req.keep_alive, shape)
+    return await _generate(request, gens, cfg, Choice(0, 0, inp, params), req.stream, req.keep_alive, shape, headers)
 
 
 async def _load_or_unload(request: Request, cfg: ModelConfig, keep_alive: float | None, shape: Shape) -> Response:
@@ -193,12 +199,22 @@ async def _generate(
     stream: bool,
     keep_alive: float | None,
     shape: Shape,
+    headers: dict[str, str],
 ) -> Response:
     want_lp = "logprobs" in choice.params
     if not stream:
         (r,) = await gens.collect(request, cfg, [choice], keep_alive)
-        return _json(shape.final(r.done, r.text, r.tool_calls, r.logprobs if want_lp else None))
-    return await gens.stream(request, cfg, [choice], NdjsonStream(shape, want_lp), keep_alive)
+        thinking = "".join(d.reasoning for d in r.deltas)
+        body = shape.final(r.done, r.text, r.tool_calls, r.logprobs if want_lp else None, thinking)
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    fmt = NdjsonStream(shape, want_lp)
+    fmt.headers.update(headers)
+    return await gens.stream(request, cfg, [choice], fmt, keep_alive)
+
+
+def _policy(gens: Generations, cfg: ModelConfig) -> str:
+    """The model's image policy (gateway.media); Ollama's API defaults to ``reject``, as OpenAI's."""
+    return media.policy_for(gens.config, {"model": cfg.name}, "openai")
 
 
 # -- embeddings -----------------------------------------------------------------------------

@@ -44,16 +44,20 @@ class Shape:
     def _base(self) -> dict[str, Any]:
         return {"model": self.model, "created_at": timestamp()}
 
-    def _body(self, text: str, calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def _body(self, text: str, calls: list[dict[str, Any]] | None, thinking: str = "") -> dict[str, Any]:
+        """Text in ``message.content`` (chat) or ``response`` (generate); a reasoning model's
+        reasoning beside it in ``thinking``, never in the text."""
         if not self.chat:
-            return {"response": text}
+            return {"response": text, "thinking": thinking} if thinking else {"response": text}
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
         if calls:
             message["tool_calls"] = tool_calls_out(calls)
         return {"message": message}
 
     def chunk(self, d: Delta, want_logprobs: bool) -> dict[str, Any]:
-        out = {**self._base(), **self._body(d.text, d.tool_calls), "done": False}
+        out = {**self._base(), **self._body(d.text, d.tool_calls, d.reasoning), "done": False}
         if want_logprobs and d.logprobs:
             out["logprobs"] = d.logprobs
         return out
@@ -64,9 +68,10 @@ class Shape:
         text: str = "",
         calls: list[dict[str, Any]] | None = None,
         logprobs: list[Any] | None = None,
+        thinking: str = "",
     ) -> dict[str, Any]:
         """The last object: the whole text when not streamed, with the counts and durations."""
-        out = {**self._base(), **self._body(text, calls)}
+        out = {**self._base(), **self._body(text, calls, thinking)}
         if logprobs:
             out["logprobs"] = logprobs
         out.update({"done": True, "done_reason": DONE_REASONS.get(done.finish_reason, done.finish_reason)})

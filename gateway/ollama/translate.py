@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from gateway import media
 from gateway.bodies import validate
 from gateway.errors import HearthError, InvalidRequest
 from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, _Generation
@@ -37,12 +38,16 @@ def supports_format() -> bool:
     return "response_format" in GENERATE_PARAMS
 
 
-def check_request(req: _Generation, cfg: ModelConfig, images: bool) -> None:
-    """What a text-only model without thinking or (yet) constrained decoding can't honour."""
-    if images:
-        raise InvalidRequest(f"images: '{cfg.name}' is a text-only model; send no images", param="images")
-    if req.think not in (None, False):
-        raise InvalidRequest(f"think: '{cfg.name}' does not support thinking; leave think out or false", param="think")
+def check_request(req: _Generation, cfg: ModelConfig, images: int, policy: str, thinks: bool) -> None:
+    """What the model can't honour: images under the ``reject`` policy (gateway.media; Hearth's
+    models read text only), ``think`` on a model that does not think (``thinks``: its chat
+    template has reasoning markers), ``format`` until workers take constrained decoding."""
+    if images and policy != "placeholder":
+        raise InvalidRequest(f"images: {media.refusal('image')}", param="images")
+    if req.think not in (None, False) and not thinks:
+        raise InvalidRequest(f"think: '{req.model}' does not support thinking", param="think")
+    if isinstance(req, GenerateRequest) and req.raw and req.think is not None:
+        raise InvalidRequest("think: a raw prompt is not templated, so thinking can't be switched", param="think")
     if req.format not in (None, "") and not supports_format():
         raise InvalidRequest(
             "format: constrained output (json or a JSON Schema) is not supported by this Hearth yet", param="format"
@@ -97,14 +102,33 @@ def params_for(req: _Generation, cfg: ModelConfig, context: int) -> dict[str, An
     return params
 
 
+def thinking_switches(req: _Generation) -> dict[str, Any]:
+    """``think`` as the chat template's switches (they shape the prompt): true/false turn
+    thinking on or off; a level ("high", "medium", "low") turns it on with that effort."""
+    if req.think is None:
+        return {}
+    if isinstance(req.think, bool):
+        return {"enable_thinking": req.think}
+    return {"enable_thinking": True, "reasoning_effort": req.think}
+
+
+def with_notes(text: str, images: list[str] | None) -> str:
+    """Under the ``placeholder`` policy: each image becomes a note after the message's text."""
+    return "\n".join([text, *(media.note("image") for _ in images or [])]) if images else text
+
+
 def chat_input(req: ChatRequest) -> dict[str, Any]:
     """Ollama messages in the worker's (OpenAI) shape: an assistant's tool calls get ids (and
-    arguments as JSON text); a tool result answers the latest call of its ``tool_name``."""
+    arguments as JSON text); a tool result answers the latest call of its ``tool_name``; an
+    earlier turn's ``thinking`` goes back as ``reasoning_content``; images (only here under the
+    ``placeholder`` policy, see ``check_request``) become notes."""
     messages: list[dict[str, Any]] = []
     call_ids: dict[str, str] = {}
     n = 0
     for m in req.messages:
-        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        msg: dict[str, Any] = {"role": m.role, "content": with_notes(m.content, m.images)}
+        if m.thinking is not None and m.role == "assistant":
+            msg["reasoning_content"] = m.thinking
         if m.tool_calls:
             calls = []
             for c in m.tool_calls:
@@ -125,7 +149,7 @@ def chat_input(req: ChatRequest) -> dict[str, Any]:
     inp: dict[str, Any] = {"messages": messages}
     if req.tools:
         inp["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
-    return inp
+    return {**inp, **thinking_switches(req)}
 
 
 def generate_input(req: GenerateRequest) -> dict[str, Any]:
@@ -144,8 +168,11 @@ def generate_input(req: GenerateRequest) -> dict[str, Any]:
             param="template",
         )
     if req.raw:
+        if req.images:
+            raise InvalidRequest("images: a raw prompt gets no template, so no image notes", param="images")
         if req.system:
             raise InvalidRequest("system: a raw prompt gets no template, so no system prompt", param="system")
         return {"prompt": req.prompt}
     messages = [{"role": "system", "content": req.system}] if req.system else []
-    return {"messages": [*messages, {"role": "user", "content": req.prompt}]}
+    user = {"role": "user", "content": with_notes(req.prompt, req.images)}
+    return {"messages": [*messages, user], **thinking_switches(req)}

@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import media
 from gateway.bodies import read_json, validate
 from gateway.openai.format import ChunkStream, response
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -23,13 +24,14 @@ from gateway.openai.translate import (
     chat_input,
     completion_inputs,
     expand,
+    omitted_media,
     params_for,
 )
 from gateway.session import Generations
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _generations(request: Request) -> Generations:
@@ -58,8 +60,9 @@ async def list_models(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     gens = _generations(request)
-    req = validate(ChatCompletionRequest, await read_json(request, gens.config.server.body_limit))
-    return await _generate(request, gens, req, [chat_input(req)], ChatShape)
+    data = await read_json(request, gens.config.server.body_limit)
+    req = validate(ChatCompletionRequest, data, media.context(gens.config, data, "openai"))
+    return await _generate(request, gens, req, [chat_input(req)], ChatShape, omitted_media(req))
 
 
 async def completions(request: Request) -> Response:
@@ -69,15 +72,22 @@ async def completions(request: Request) -> Response:
 
 
 async def _generate(
-    request: Request, gens: Generations, req: SamplingFields, inputs: list[dict[str, Any]], shape_cls: type[Shape]
+    request: Request,
+    gens: Generations,
+    req: SamplingFields,
+    inputs: list[dict[str, Any]],
+    shape_cls: type[Shape],
+    omitted: int = 0,
 ) -> Response:
     cfg = gens.model(request, req.model)
+    headers = media.record(request, omitted, gens.metrics)  # images/documents replaced by a note
     params = params_for(req, cfg)
     choices = expand(inputs, params, req.n)
     want_lp = "logprobs" in params
     if not req.stream:
         results = await gens.collect(request, cfg, choices, req.keep_alive)
-        return _json(response(shape_cls, req.model, results, want_lp))
+        return _json(response(shape_cls, req.model, results, want_lp), headers=headers)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     fmt = ChunkStream(shape_cls, req.model, len(choices), want_lp, include_usage)
+    fmt.headers.update(headers)
     return await gens.stream(request, cfg, choices, fmt, req.keep_alive)

@@ -13,7 +13,14 @@ from shared.protocol import Delta, Done
 def response(shape_cls: type[Shape], model: str, results: list[Result], want_lp: bool) -> dict[str, object]:
     shape = shape_cls(results[0].id, model)
     choices = [
-        shape.choice(r.choice.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls)
+        shape.choice(
+            r.choice.index,
+            r.text,
+            r.done.finish_reason,
+            r.logprobs if want_lp else None,
+            r.tool_calls,
+            "".join(d.reasoning for d in r.deltas),
+        )
         for r in results
     ]
     return shape.response(choices, usage([(r.choice, r.done) for r in results]))
@@ -49,12 +56,8 @@ class ChunkStream:
             self.started = True
             if isinstance(shape, ChatShape):
                 out += [sse.event(shape.chunk(i, None, first=True)) for i in range(self.n)]
-        if isinstance(ev, Delta):
-            lp = ev.logprobs if self.want_lp else None
-            if ev.text or lp or not ev.tool_calls:
-                out.append(sse.event(shape.chunk(choice.index, ev.text, logprobs=lp)))
-            if ev.tool_calls:
-                out.append(sse.event(shape.chunk(choice.index, None, calls=ev.tool_calls)))
+        if isinstance(ev, Delta):  # reasoning, text, then each tool call whole (Shape.delta_chunks)
+            out += [sse.event(c) for c in shape.delta_chunks(choice.index, ev, self.want_lp)]
         else:
             self.dones.append((choice, ev))
             out.append(sse.event(shape.chunk(choice.index, None, finish=ev.finish_reason)))

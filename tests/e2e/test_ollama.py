@@ -16,7 +16,7 @@ import pytest
 
 from shared.config import default_model_path
 from tests.servers import TOOLS, Gateway, free_port, serving
-from tests.tinymodel import build_tiny_model
+from tests.tinymodel import CALL_TEXT, THOUGHT, build_tiny_model
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
 GREEDY = {"temperature": 0, "num_predict": 16}
@@ -28,16 +28,30 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def think_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-think"), think=True)
+
+
+@pytest.fixture(scope="module")
 def ollama_port() -> int:
     return free_port()
 
 
 @pytest.fixture(scope="module")
-def gw(tool_model: Path, ollama_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(
+    tool_model: Path, think_model: Path, ollama_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(think_model / "tokenizer.json"))
+    forced = {t: {"temperature": 0, "logit_bias": {str(tok.token_to_id(t)): 100}} for t in (THOUGHT, CALL_TEXT)}
     models = [
         {"name": "smol", "path": default_model_path(), "defaults": {"top_k": 40}},
         {"name": "minilm", "kind": "embedding"},
         {"name": "tools", "path": str(tool_model), "preload": False},
+        # the reasoning variant, forced to write THOUGHT (or a whole tool call) over and over
+        {"name": "think", "path": str(think_model), "defaults": forced[THOUGHT], "images": "placeholder"},
+        {"name": "think-call", "path": str(think_model), "defaults": forced[CALL_TEXT], "preload": False},
     ]
     server = {"ollama": True, "ollama_port": ollama_port}
     with serving(tmp_path_factory.mktemp("gw-ollama"), models, server) as g:
@@ -59,13 +73,19 @@ def test_root_and_version_answer_as_ollama_does(gw: Gateway, ollama_port: int) -
 
 def test_second_listener_serves_the_same_app(gw: Gateway, ollama_port: int) -> None:
     other = ollama.Client(host=f"http://127.0.0.1:{ollama_port}")
-    assert {m.model for m in other.list().models} == {"smol:latest", "minilm:latest", "tools:latest"}
+    assert {m.model for m in other.list().models} == {
+        "smol:latest",
+        "minilm:latest",
+        "tools:latest",
+        "think:latest",
+        "think-call:latest",
+    }
     assert httpx.get(f"http://127.0.0.1:{ollama_port}/v1/models").status_code == 200
 
 
 def test_list_names_every_configured_model_with_details(client: ollama.Client) -> None:
     models = {m.model: m for m in client.list().models}
-    assert set(models) == {"smol:latest", "minilm:latest", "tools:latest"}
+    assert set(models) == {"smol:latest", "minilm:latest", "tools:latest", "think:latest", "think-call:latest"}
     smol = models["smol:latest"]
     assert smol.details is not None and smol.details.family == "llama" and smol.details.parameter_size == "135M"
     assert smol.size and smol.size > 50_000_000 and smol.digest and len(smol.digest) == 64
@@ -170,6 +190,66 @@ def test_kinds_do_not_mix(client: ollama.Client) -> None:
     assert e.value.status_code == 400 and "embedding model" in e.value.error
 
 
+def test_think_splits_the_reasoning_into_thinking(client: ollama.Client) -> None:
+    assert "thinking" in (client.show("think").capabilities or [])
+    on = client.chat(model="think", messages=QUESTION, think=True, options={"num_predict": 3})
+    assert on.message.thinking == THOUGHT * 3 and on.message.content == "" and on.done_reason == "length"
+    off = client.chat(model="think", messages=QUESTION, think=False, options={"num_predict": 3})
+    assert off.message.content == THOUGHT * 3 and not off.message.thinking
+    assert (off.prompt_eval_count or 0) == (on.prompt_eval_count or 0) + 1  # the template's <think></think>
+    parts = list(client.chat(model="think", messages=QUESTION, think=True, options={"num_predict": 3}, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == THOUGHT * 3
+    assert "".join(p.message.content or "" for p in parts) == ""
+    gen = client.generate(model="think", prompt="hi", think=True, options={"num_predict": 2})
+    assert gen.thinking == THOUGHT * 2 and gen.response == ""
+
+
+def test_a_tool_call_comes_back_in_ollamas_shape(client: ollama.Client) -> None:
+    time_tool = {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    }
+    r = client.chat(model="think-call", messages=QUESTION, tools=[time_tool], think=False, options={"num_predict": 2})
+    assert r.message.tool_calls and [c.function.name for c in r.message.tool_calls] == ["get_time", "get_time"]
+    assert r.message.tool_calls[0].function.arguments == {} and r.message.content == ""
+    assert r.done_reason == "length"  # it writes one whole call per token, on and on
+    parts = list(
+        client.chat(
+            model="think-call",
+            messages=QUESTION,
+            tools=[time_tool],
+            think=False,
+            options={"num_predict": 1},
+            stream=True,
+        )
+    )
+    calls = [c for p in parts for c in p.message.tool_calls or []]
+    assert [c.function.name for c in calls] == ["get_time"] and parts[-1].done
+
+
+def test_images_follow_the_models_policy(gw: Gateway) -> None:
+    image = {"role": "user", "content": "What is in it?", "images": ["aGk="]}
+    r = gw.http.post(
+        "/api/chat",
+        json={"model": "think", "messages": [image], "stream": False, "think": False, "options": {"num_predict": 1}},
+    )
+    assert r.status_code == 200, r.text
+    assert "replaced by a text note" in r.headers["hearth-warning"]
+    plain = gw.http.post(
+        "/api/chat",
+        json={
+            "model": "think",
+            "messages": [{**image, "images": []}],
+            "stream": False,
+            "think": False,
+            "options": {"num_predict": 1},
+        },
+    )
+    assert r.json()["prompt_eval_count"] > plain.json()["prompt_eval_count"]  # the note is in the prompt
+    refused = gw.http.post("/api/chat", json={"model": "smol", "messages": [image]})
+    assert refused.status_code == 400 and "images" in refused.json()["error"]
+
+
 def test_registry_operations_are_refused_clearly(client: ollama.Client, gw: Gateway) -> None:
     for call in (
         lambda: client.pull("llama3.2"),
@@ -247,6 +327,7 @@ def test_tools_and_tool_history_reach_the_prompt(client: ollama.Client, tool_mod
         ("/api/chat", {"model": "smol", "messages": [{"role": "robot", "content": "x"}]}, "role"),
         ("/api/chat", {"model": "smol", "messages": QUESTION, "think": True}, "think"),
         ("/api/chat", {"model": "smol", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images"),
+        ("/api/generate", {"model": "think", "prompt": "x", "raw": True, "think": True}, "think"),
         ("/api/chat", {"model": "smol", "messages": QUESTION, "options": {"mirostat": 1}}, "mirostat"),
         ("/api/chat", {"model": "smol", "messages": QUESTION, "options": {"num_thread": 2}}, "num_thread"),
         ("/api/chat", {"model": "smol", "messages": QUESTION, "options": {"num_ctx": 100000}}, "num_ctx"),

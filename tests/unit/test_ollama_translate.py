@@ -111,37 +111,73 @@ def test_options_hearth_cannot_honour_are_refused_by_name(options: dict[str, Any
     assert words in e.value.message
 
 
+def check(req: Any, images: int = 0, policy: str = "reject", thinks: bool = False) -> None:
+    translate.check_request(req, CFG, images, policy, thinks)
+
+
 def test_format_is_refused_until_workers_take_response_format() -> None:
-    cfg = default_model()
     with pytest.raises(InvalidRequest) as e:
-        translate.check_request(chat_req(format="json"), cfg, images=False)
+        check(chat_req(format="json"))
     assert e.value.param == "format"
-    translate.check_request(chat_req(format=""), cfg, images=False)  # "" means no format
+    check(chat_req(format=""))  # "" means no format
 
 
 def test_format_becomes_response_format_once_workers_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(translate, "GENERATE_PARAMS", (*translate.GENERATE_PARAMS, "response_format"))
-    translate.check_request(chat_req(format="json"), CFG, images=False)
+    check(chat_req(format="json"))
     assert params_for(chat_req(format="json"), CFG, 0)["response_format"] == {"type": "json_object"}
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}}
     assert params_for(chat_req(format=schema), CFG, 0)["response_format"] == {"type": "json_schema", "schema": schema}
 
 
-@pytest.mark.parametrize(("think", "refused"), [(True, True), ("high", True), (False, False), (None, False)])
-def test_think_is_refused_for_models_that_do_not_think(think: Any, refused: bool) -> None:
-    req = chat_req(think=think)
-    if refused:
-        with pytest.raises(InvalidRequest) as e:
-            translate.check_request(req, CFG, images=False)
-        assert e.value.param == "think"
-    else:
-        translate.check_request(req, CFG, images=False)
-
-
-def test_images_are_refused_for_text_only_models() -> None:
+@pytest.mark.parametrize("think", [True, "high"])
+def test_think_is_refused_for_models_that_do_not_think(think: Any) -> None:
     with pytest.raises(InvalidRequest) as e:
-        translate.check_request(chat_req(), CFG, images=True)
-    assert e.value.param == "images" and "text-only" in e.value.message
+        check(chat_req(think=think), thinks=False)
+    assert e.value.param == "think"
+    check(chat_req(think=False), thinks=False)
+    check(chat_req(), thinks=False)
+
+
+@pytest.mark.parametrize(
+    ("think", "switches"),
+    [
+        (True, {"enable_thinking": True}),
+        (False, {"enable_thinking": False}),
+        ("low", {"enable_thinking": True, "reasoning_effort": "low"}),
+        (None, {}),
+    ],
+)
+def test_think_becomes_the_templates_switches(think: Any, switches: dict[str, Any]) -> None:
+    req = chat_req(think=think)
+    check(req, thinks=True)
+    inp = chat_input(req)
+    assert {k: v for k, v in inp.items() if k in ("enable_thinking", "reasoning_effort")} == switches
+    assert {k: v for k, v in generate_input(gen_req(prompt="x", think=think)).items() if k != "messages"} == switches
+    with pytest.raises(InvalidRequest):
+        check(gen_req(prompt="x", raw=True, think=think if think is not None else True), thinks=True)
+
+
+def test_earlier_thinking_goes_back_as_reasoning_content() -> None:
+    req = chat_req(
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "thinking": "hm"}]
+    )
+    assert chat_input(req)["messages"][1] == {"role": "assistant", "content": "yo", "reasoning_content": "hm"}
+
+
+def test_images_follow_the_models_image_policy() -> None:
+    with pytest.raises(InvalidRequest) as e:
+        check(chat_req(), images=1, policy="reject")
+    assert e.value.param == "images" and "text only" in e.value.message
+    check(chat_req(), images=1, policy="placeholder")
+    req = chat_req(messages=[{"role": "user", "content": "what is this?", "images": ["aGk=", "aGk="]}])
+    content = chat_input(req)["messages"][0]["content"]
+    assert content.startswith("what is this?\n[image omitted") and content.count("[image omitted") == 2
+    gen = generate_input(gen_req(prompt="see", images=["aGk="]))
+    assert gen["messages"][-1]["content"].startswith("see\n[image omitted")
+    with pytest.raises(InvalidRequest) as e:
+        generate_input(gen_req(prompt="see", images=["aGk="], raw=True))
+    assert e.value.param == "images"
 
 
 def test_logprobs_ask_the_worker_for_top_logprobs() -> None:
@@ -251,3 +287,22 @@ def test_facts_and_catalog_of_the_packaged_smollm2() -> None:
     assert catalog.capabilities(tools, f) == ["completion", "tools"]
     params = catalog.parameters(ModelConfig(name="p", path="/x", defaults={"repetition_penalty": 1.05, "stop": ["a"]}))
     assert params.split("\n") == [f"{'repeat_penalty':<30} 1.05", f"{'stop':<30} 'a'"]
+
+
+def test_reasoning_goes_to_thinking_never_into_the_text() -> None:
+    chat = Shape("m", chat=True, t0=0).chunk(Delta("r", "", 1, reasoning="Hm."), want_logprobs=False)
+    assert chat["message"] == {"role": "assistant", "content": "", "thinking": "Hm."}
+    gen = Shape("m", chat=False, t0=0).chunk(Delta("r", "ok", 2, reasoning="Hm."), want_logprobs=False)
+    assert gen["response"] == "ok" and gen["thinking"] == "Hm."
+    assert "thinking" not in Shape("m", chat=False, t0=0).chunk(Delta("r", "ok", 2), want_logprobs=False)
+    final = Shape("m", chat=True, t0=0).final(Done("r", "length"), "text", None, None, "Hm.Hm.")
+    assert final["message"] == {"role": "assistant", "content": "text", "thinking": "Hm.Hm."}
+
+
+def test_thinking_capability_follows_the_template() -> None:
+    f = facts(default_model())
+    assert not catalog.thinks(f)
+    import dataclasses
+
+    think = dataclasses.replace(f, template="{% if enable_thinking %}<think>{% endif %}")
+    assert catalog.thinks(think) and "thinking" in catalog.capabilities(default_model(), think)
