@@ -14,7 +14,7 @@ from gateway.errors import HearthError, InvalidRequest
 from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, _Generation
 from gateway.openai.schemas import SamplingFields
 from shared.config import Config, ModelConfig
-from shared.protocol import GENERATE_PARAMS
+from shared import protocol
 
 TAG = ":latest"
 
@@ -34,8 +34,11 @@ def listed_name(name: str) -> str:
 
 
 def supports_format() -> bool:
-    """Whether workers take constrained decoding (``response_format`` among the params)."""
-    return "response_format" in GENERATE_PARAMS
+    """Whether workers take constrained decoding: ``response_format`` among the protocol's
+    params (the constrained-decoding work adds it, as ``OUTPUT_PARAMS``). Until then ``format``
+    is a 400; after, it passes through as ``Generate.params["response_format"]``."""
+    known = (*protocol.GENERATE_PARAMS, *getattr(protocol, "OUTPUT_PARAMS", ()))
+    return "response_format" in known
 
 
 def check_request(req: _Generation, cfg: ModelConfig, images: int, policy: str, thinks: bool) -> None:

@@ -123,7 +123,9 @@ def test_format_is_refused_until_workers_take_response_format() -> None:
 
 
 def test_format_becomes_response_format_once_workers_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(translate, "GENERATE_PARAMS", (*translate.GENERATE_PARAMS, "response_format"))
+    from shared import protocol
+
+    monkeypatch.setattr(protocol, "OUTPUT_PARAMS", ("response_format",), raising=False)
     check(chat_req(format="json"))
     assert params_for(chat_req(format="json"), CFG, 0)["response_format"] == {"type": "json_object"}
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}}
