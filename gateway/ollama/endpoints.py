@@ -41,8 +41,7 @@ from gateway.session import Choice, Generations
 from gateway.supervisor import Supervisor
 from shared.config import ModelConfig
 
-# The Ollama API version whose docs/api.md Hearth follows; clients gate features on it
-# (VS Code Copilot Chat asks for at least 0.6.4).
+# The Ollama API version whose docs/api.md Hearth follows; clients gate features on it.
 OLLAMA_VERSION = "0.13.0"
 RUNNING = "Ollama is running"
 

@@ -55,9 +55,20 @@ class Facts:
 
 
 def facts(cfg: ModelConfig) -> Facts:
+    """What the files say; a model whose files can't be read (a path that is missing until its
+    workers fail, weights elsewhere for workers started on their own) is listed with unknowns,
+    never an error for the whole listing."""
     path = Path(cfg.path).expanduser()
-    st = path.stat()
-    return _read(str(path), st.st_size, st.st_mtime, cfg.dtype)
+    try:
+        st = path.stat()
+        return _read(str(path), st.st_size, st.st_mtime, cfg.dtype)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return unknown(str(path))
+
+
+def unknown(path: str) -> Facts:
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    return Facts("unknown", "unknown", 0, "unknown", 0, 0, "", 0, 0.0, digest)
 
 
 @lru_cache(maxsize=64)

@@ -138,7 +138,9 @@ Format = Literal["", "json"] | dict[str, Any]
 Think = StrictBool | Literal["high", "medium", "low"]
 
 
-class _Generation(_Strict):
+class GenerationRequest(_Strict):
+    """The fields /api/chat and /api/generate share."""
+
     model: Annotated[StrictStr, Field(min_length=1)]
     format: Format | None = None
     options: Options | None = None
@@ -149,12 +151,12 @@ class _Generation(_Strict):
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
 
 
-class ChatRequest(_Generation):
+class ChatRequest(GenerationRequest):
     messages: Annotated[list[Message], Field(max_length=100_000)] = Field(default_factory=list)
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
 
 
-class GenerateRequest(_Generation):
+class GenerateRequest(GenerationRequest):
     prompt: StrictStr = ""
     suffix: StrictStr | None = None
     images: list[StrictStr] | None = None

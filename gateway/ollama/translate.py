@@ -11,7 +11,7 @@ import orjson
 from gateway import media
 from gateway.bodies import validate
 from gateway.errors import HearthError, InvalidRequest
-from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, _Generation
+from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest, Options, GenerationRequest
 from gateway.openai.schemas import SamplingFields
 from shared.config import Config, ModelConfig
 from shared import protocol
@@ -41,7 +41,7 @@ def supports_format() -> bool:
     return "response_format" in known
 
 
-def check_request(req: _Generation, cfg: ModelConfig, images: int, policy: str, thinks: bool) -> None:
+def check_request(req: GenerationRequest, cfg: ModelConfig, images: int, policy: str, thinks: bool) -> None:
     """What the model can't honour: images under the ``reject`` policy (gateway.media; Hearth's
     models read text only), ``think`` on a model that does not think (``thinks``: its chat
     template has reasoning markers), ``format`` until workers take constrained decoding."""
@@ -57,7 +57,7 @@ def check_request(req: _Generation, cfg: ModelConfig, images: int, policy: str, 
         )
 
 
-def params_for(req: _Generation, cfg: ModelConfig, context: int) -> dict[str, Any]:
+def params_for(req: GenerationRequest, cfg: ModelConfig, context: int) -> dict[str, Any]:
     """The model's defaults overlaid with the request's ``options``, in Hearth's names; the
     values are checked by the same ranges as the OpenAI API's, errors naming the option."""
     params = dict(cfg.defaults)
@@ -105,7 +105,7 @@ def params_for(req: _Generation, cfg: ModelConfig, context: int) -> dict[str, An
     return params
 
 
-def thinking_switches(req: _Generation) -> dict[str, Any]:
+def thinking_switches(req: GenerationRequest) -> dict[str, Any]:
     """``think`` as the chat template's switches (they shape the prompt): true/false turn
     thinking on or off; a level ("high", "medium", "low") turns it on with that effort."""
     if req.think is None:

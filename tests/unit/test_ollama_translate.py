@@ -308,3 +308,16 @@ def test_thinking_capability_follows_the_template() -> None:
 
     think = dataclasses.replace(f, template="{% if enable_thinking %}<think>{% endif %}")
     assert catalog.thinks(think) and "thinking" in catalog.capabilities(default_model(), think)
+
+
+def test_facts_of_unreadable_models_are_unknowns_not_errors(tmp_path: Any) -> None:
+    missing = facts(ModelConfig(name="gone", path=str(tmp_path / "nowhere.gguf")))
+    assert missing.family == "unknown" and missing.size == 0 and len(missing.digest) == 64
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert facts(ModelConfig(name="b", path=str(broken))).family == "unknown"
+    bad_gguf = tmp_path / "bad.gguf"
+    bad_gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 7)
+    assert facts(ModelConfig(name="g", path=str(bad_gguf))).format == "unknown"
+    assert catalog.tag(ModelConfig(name="gone", path="/x"), missing)["details"]["family"] == "unknown"
