@@ -57,6 +57,7 @@ class ModelConfig:
     max_queue: int = 64  # requests waiting for a worker before 429
     max_batch: int = 8  # sequences decoded together by one worker (embedding: requests in flight per worker)
     embed_batch: int = 32  # embedding models: inputs encoded together in one forward pass
+    embed_tokens: int = 4096  # embedding models: at most this many (padded) tokens in one forward pass
     prefill_step: int = 512  # prompt tokens per prefill step
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
@@ -202,8 +203,8 @@ def validate_model(m: ModelConfig) -> None:
     if m.kind == "embedding":
         if m.defaults or m.tool_parser is not None:
             raise ConfigError(f"model {m.name}: an embedding model takes no sampling defaults nor tool_parser")
-        if m.embed_batch < 1:
-            raise ConfigError(f"model {m.name}: embed_batch must be positive")
+        if m.embed_batch < 1 or m.embed_tokens < 1:
+            raise ConfigError(f"model {m.name}: embed_batch and embed_tokens must be positive")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:

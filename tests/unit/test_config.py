@@ -366,6 +366,7 @@ CHANGES: dict[str, Any] = {
     "images": "placeholder",
     "kind": "embedding",
     "embed_batch": 16,
+    "embed_tokens": 1000,
 }
 
 

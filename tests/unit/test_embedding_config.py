@@ -39,6 +39,7 @@ def test_an_embedding_path_resolves_against_the_config_folder(tmp_path: Path) ->
         (ModelConfig(name="x", path="/x", kind="embedding", defaults={"temperature": 0}), "sampling defaults"),
         (ModelConfig(name="x", path="/x", kind="embedding", tool_parser="json_tools"), "tool_parser"),
         (ModelConfig(name="x", path="/x", kind="embedding", embed_batch=0), "embed_batch"),
+        (ModelConfig(name="x", path="/x", kind="embedding", embed_tokens=0), "embed_tokens"),
     ],
 )
 def test_bad_embedding_settings_are_config_errors(model: ModelConfig, words: str) -> None:

@@ -181,3 +181,27 @@ def test_core_refuses_generation_and_cancels(core: Any) -> None:
     core.embed(Embed("c", "minilm", SENTENCES))
     core.cancel("c")
     assert not core.has_work and core.step() == []
+
+
+def test_a_step_keeps_to_the_token_budget(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.embedding.core import EmbeddingCore
+
+    cfg = ModelConfig(name="minilm", path="unused", kind="embedding", embed_batch=32, embed_tokens=30)
+    core = EmbeddingCore(model, cfg)
+
+    def seq(n: int) -> list[int]:
+        return [101] + [2003] * (n - 2) + [102]
+
+    sizes = []
+    real = model.encode
+
+    def spy(batch: list[list[int]]) -> Any:
+        sizes.append((len(batch), max(map(len, batch))))
+        return real(batch)
+
+    monkeypatch.setattr(model, "encode", spy)  # the real encoder, with the batch shapes noted
+    core.embed(Embed("a", "minilm", [seq(10), seq(10), seq(10), seq(40), seq(10)]))
+    while core.has_work:
+        done = core.step()
+    assert sizes == [(3, 10), (1, 40), (1, 10)]  # 3 x 10 fits 30; 40 alone (one at least); then the last
+    assert isinstance(done[0], Embeddings) and len(done[0].vectors) == 5

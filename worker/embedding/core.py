@@ -3,8 +3,8 @@
 It has the shape of ``worker.core.EngineCore`` as ``worker.proc`` drives it (``has_work``,
 ``step``, ``cancel``, ``running``/``waiting``), so an embedding worker is the same process shell,
 supervised, watched and unloaded like a chat worker. Inputs of every waiting request are
-batched: one ``step`` encodes up to ``embed_batch`` sequences (oldest requests first) in one
-forward pass; a request is answered when all its inputs are.
+batched: one ``step`` encodes up to ``embed_batch`` sequences (oldest requests first, and at most
+``embed_tokens`` padded tokens) in one forward pass; a request is answered when all its inputs are.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class EmbeddingCore:
         self.m = model
         self.cfg = cfg
         self.batch = cfg.embed_batch
+        self.tokens = cfg.embed_tokens
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self.broken: str | None = None
 
@@ -153,16 +154,28 @@ class EmbeddingCore:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def step(self) -> list[Message]:
-        """Encode the next ``embed_batch`` waiting inputs; answer the requests that are complete."""
+    def _pick(self) -> list[tuple[_Job, int]]:
+        """The next waiting inputs, oldest first: at most ``embed_batch`` of them, and at most
+        ``embed_tokens`` tokens once padded to the longest (one at least), so a step of long
+        inputs stays short enough for the heartbeats that come between steps."""
         picked: list[tuple[_Job, int]] = []
+        longest = 0
         for job in self._jobs.values():
             while job.next < len(job.seqs) and len(picked) < self.batch:
+                n = max(longest, len(job.seqs[job.next]))
+                if picked and n * (len(picked) + 1) > self.tokens:
+                    return picked
                 picked.append((job, job.next))
+                longest = n
                 job.next += 1
-            job.started = job.started or job.next > 0
+                job.started = True
             if len(picked) >= self.batch:
                 break
+        return picked
+
+    def step(self) -> list[Message]:
+        """Encode the next batch of waiting inputs; answer the requests that are complete."""
+        picked = self._pick()
         try:
             vectors = self.m.encode([job.seqs[i] for job, i in picked])
             for (job, i), vec in zip(picked, vectors):
