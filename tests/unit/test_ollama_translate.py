@@ -321,3 +321,23 @@ def test_facts_of_unreadable_models_are_unknowns_not_errors(tmp_path: Any) -> No
     bad_gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 7)
     assert facts(ModelConfig(name="g", path=str(bad_gguf))).format == "unknown"
     assert catalog.tag(ModelConfig(name="gone", path="/x"), missing)["details"]["family"] == "unknown"
+
+
+def test_ndjson_stream_lines_keepalives_and_failures_parse_as_ollama_chunks() -> None:
+    from gateway.errors import WorkerFailed
+    from gateway.ollama.format import NdjsonStream
+    from gateway.session import Choice
+
+    fmt = NdjsonStream(Shape("smol", chat=True, t0=0), want_logprobs=False)
+    assert fmt.media_type == "application/x-ndjson" and fmt.opening("r") == [] and fmt.closing() == []
+    tick = orjson.loads(fmt.keepalive())
+    assert tick["done"] is False and tick["message"] == {"role": "assistant", "content": ""}
+    assert fmt.keepalive().endswith(b"\n") and fmt.keepalive().count(b"\n") == 1
+    choice = Choice(0, 0, {}, {})
+    (line,) = fmt.event(choice, Delta("r", "Hi", 1))
+    assert orjson.loads(line)["message"]["content"] == "Hi"
+    (last,) = fmt.event(choice, Done("r", "stop", usage={"prompt_tokens": 3, "completion_tokens": 1}))
+    assert orjson.loads(last)["done"] is True and orjson.loads(last)["eval_count"] == 1
+    assert orjson.loads(fmt.failure(WorkerFailed("the model worker died"))) == {"error": "the model worker died"}
+    gen = NdjsonStream(Shape("smol", chat=False, t0=0), want_logprobs=False)
+    assert orjson.loads(gen.keepalive())["response"] == ""
