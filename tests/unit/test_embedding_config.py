@@ -65,3 +65,12 @@ def test_ollama_settings_load(tmp_path: Path) -> None:
         write(tmp_path, '[server]\nollama = true\nollama_port = 11434\n[[models]]\nname = "c"\npath = "/m"\n')
     )
     assert cfg.server.ollama and cfg.server.ollama_port == 11434
+
+
+def test_an_embedding_models_memory_estimate_is_its_unpacked_weights() -> None:
+    from gateway.memory import estimate
+
+    est = estimate(ModelConfig(name="e", path=default_embedding_path(), kind="embedding", replicas=2))
+    assert 90_000_000 < est.weights < 92_000_000  # model.safetensors inside the zip, uncompressed
+    assert est.per_replica == est.weights and est.total == 2 * est.weights  # no prompt cache counted
+    assert "zip" in est.how
