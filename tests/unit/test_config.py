@@ -366,6 +366,9 @@ CHANGES: dict[str, Any] = {
     "context_length": 32768,
     "rope_scaling": "linear",
     "images": "placeholder",
+    "kind": "embedding",
+    "embed_batch": 16,
+    "embed_tokens": 1000,
 }
 
 
