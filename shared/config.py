@@ -26,6 +26,7 @@ from shared.units import FOREVER, parse_duration, parse_size
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
+TOOL_MODES = ("auto", "native", "generic", "off")  # a model's ``tools`` setting
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
 
@@ -51,6 +52,10 @@ class ModelConfig:
     warm_cache_bytes: int = 256 << 20  # prompt cache saved at drain for the next worker; 0: off
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
     tool_parser: str | None = None  # an mlx_lm.tool_parsers module; None: what mlx-lm infers from the template
+    # how tools reach the model: native (its chat template renders them), generic (Hearth's JSON
+    # format in the system message, calls held to it by a grammar), auto (native when the template
+    # renders tools, else generic) or off (a request with tools is a 400)
+    tools: str = "auto"
     aliases: list[str] = field(default_factory=list)  # other names it answers to; fnmatch globs allowed
     # drop Claude Code's per-request "x-anthropic-billing-header:" system block before templating:
     # it changes on every request and would defeat the prompt cache
@@ -190,6 +195,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
     if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
         raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
+    if m.tools not in TOOL_MODES:
+        raise ConfigError(f"model {m.name}: tools must be one of {', '.join(TOOL_MODES)}")
     if not all(isinstance(a, str) and a.strip() for a in m.aliases):
         raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: tool calls (Generate.input tools, Delta.tool_calls)
+PROTOCOL_VERSION = 3  # 2: tool calls (Generate.input tools, Delta.tool_calls); 3: response_format, Done.note
 
 
 class Kind(StrEnum):
@@ -61,6 +61,9 @@ GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
 # Tool-calling keys of ``Generate.params``, set by the API layer when the input offers ``tools``:
 # ``tool_choice`` is "auto" | "none" | "required" | {"name": NAME}; ``parallel_tool_calls`` a bool.
 TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")
+# Constrained decoding, ``Generate.params["response_format"]``: {"type": "json_schema", "schema": {...}},
+# {"type": "json_object"}, {"type": "lark", "grammar": "..."} or {"type": "text"} (see shared.grammar).
+OUTPUT_PARAMS = ("response_format",)
 TOOL_CHOICES = ("auto", "none", "required")
 
 
@@ -157,13 +160,15 @@ class Done:
     """The request finished; exactly one ``done`` or ``error`` ends every request.
     ``finish_reason``: stop, length, loop, or tool_calls (it ended after at least one tool call).
     ``stop`` is the stop string that ended it (``finish_reason`` "stop"), None for an
-    end-of-sequence token."""
+    end-of-sequence token. ``note`` says what a client should know about how it ended (a tool
+    call cut off by ``max_tokens`` and left out)."""
 
     id: str
     finish_reason: str
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     stop: str | None = None
+    note: str | None = None
     KIND = Kind.DONE
 
 

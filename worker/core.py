@@ -34,8 +34,10 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
+from worker.grammar import Constraint, grammar_tokenizer, tool_grammar
+from shared.grammar import GrammarError, response_grammar
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
-from worker.templating import TemplateError, render, system_prefix
+from worker.templating import Prompt, TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
 
@@ -57,6 +59,7 @@ class _Live:
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
     tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
+    constraint: Constraint | None = None  # a grammar held the output to a format (response_format, tool calls)
 
 
 @dataclass
@@ -139,13 +142,13 @@ class EngineCore:
         return self.prompt_cache.load(self.warm_folder(), budget)
 
     def count_tokens(self, inp: dict[str, Any]) -> int:
-        return len(render(self.m.tokenizer, inp, self.tool_syntax).tokens)
+        return len(render(self.m.tokenizer, inp, self.tool_syntax, mode=self.cfg.tools).tokens)
 
     def add(self, req: Generate) -> list[Message]:
         """Insert ``req`` into the batch; an input the model can't take is answered at once."""
         params = req.params
         try:
-            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params)
+            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params, self.cfg.tools)
         except TemplateError as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         tokens = prompt.tokens
@@ -166,10 +169,13 @@ class EngineCore:
         try:
             sampler = make_request_sampler(params, self.m.vocab_size)
             processors = make_request_processors(params, self.m.vocab_size)
-        except ParamError as e:
+            constraint = self._constraint(params, prompt)
+        except (ParamError, GrammarError) as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
+        if constraint is not None:
+            processors = [*processors, constraint]  # last: nothing after it can lift the mask
         system_len = system_prefix(self.m.tokenizer, req.input, prompt) if self.prompt_cache is not None else 0
         cache, cached = self.prompt_cache.lookup(tokens, system_len) if self.prompt_cache is not None else (None, 0)
         if cached < system_len:  # prefill the system prompt as a segment of its own, to cache it
@@ -187,10 +193,11 @@ class EngineCore:
             t_start=time.perf_counter(),
             cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
+            constraint=constraint,
         )
-        if prompt.tools and self.tool_syntax is not None:
+        if prompt.tools and prompt.syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
-            live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
+            live.tools = ToolCallStream(prompt.syntax, prompt.tools, prompt.prefill, parallel)
         idle = not self._live  # with others in the batch, their steps share the prefill anyway
         warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
         if idle and warm and cache is not None and len(segments) == 1:
@@ -206,6 +213,28 @@ class EngineCore:
         self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
         self._by_uid[live.uid] = live
         return []
+
+    def _constraint(self, params: dict[str, Any], prompt: Prompt) -> Constraint | None:
+        """The request's grammar as a logits processor: its ``response_format``, or, when tools
+        are offered in a format Hearth has a grammar for, the answer with its tool calls."""
+        grammar = response_grammar(params.get("response_format"))
+        param = "response_format"
+        if prompt.tools and prompt.syntax is not None:
+            if grammar is not None:
+                raise GrammarError(
+                    "response_format",
+                    "a json format can't be combined with tools; "
+                    'send tool_choice "none" or leave out response_format',
+                )
+            tok = grammar_tokenizer(self.m)
+            choice = params.get("tool_choice") or "auto"
+            parallel = params.get("parallel_tool_calls", True) is not False
+            grammar = tool_grammar(tok, prompt.syntax, prompt.tools, choice, parallel)
+            param = "tools"
+        if grammar is None:
+            return None
+        prefill = self.m.tokenizer.encode(prompt.prefill, add_special_tokens=False) if prompt.prefill else []
+        return Constraint(grammar_tokenizer(self.m), grammar, param, prefill)
 
     def _start_direct(
         self,
@@ -321,7 +350,7 @@ class EngineCore:
             if live.tools.closed and finish is None:
                 finish = "stop"  # parallel_tool_calls is off and the one call is complete
             if finish is not None:
-                events += live.tools.finish()
+                events += live.tools.finish(cut=finish != "stop")
                 if finish == "stop" and live.tools.calls:
                     finish = "tool_calls"
         if finish is not None and r.finish_reason is None:
@@ -330,7 +359,11 @@ class EngineCore:
             self._keep(r.all_tokens, r.prompt_cache)
         out.extend(self._deltas(live, events))
         if finish is not None:
-            out.append(self._done(live, finish, now))
+            failed = live.constraint.error if live.constraint is not None else None
+            if failed is not None:  # the grammar lost track: the output can't be vouched for
+                out.append(Error(live.id, ERROR_GENERATION, f"constrained decoding failed: {failed}"))
+            else:
+                out.append(self._done(live, finish, now))
             self._system_pending.discard(live.id)
             self._live.pop(live.id, None)
             self._by_uid.pop(live.uid, None)
@@ -388,6 +421,17 @@ class EngineCore:
                 "decode_tps": round((live.completion_tokens - 1) / decode_s, 3),
             },
             stop=live.text.matched if finish == "stop" else None,
+            note=self._note(live, finish),
+        )
+
+    def _note(self, live: _Live, finish: str) -> str | None:
+        cut = live.tools.cut if live.tools is not None else None
+        if cut is None:
+            return None
+        why = "max_tokens ran out" if finish == "length" else f"the output ended ({finish})"
+        return (
+            f"{why} while the model was writing a tool call, so the incomplete call was left out "
+            f"of the answer ({len(cut)} characters, starting {cut[:60]!r}); raise max_tokens to let it finish"
         )
 
     def _logprob_entry(self, token: int, logprobs: mx.array, top: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ CHECKS: tuple[tuple[str, Any], ...] = (
     ("stop", ["\n\n"]),
     ("logprobs", 3),
     ("loop_guard", True),
+    ("response_format", {"type": "json_object"}),  # also builds llguidance's tokenizer adapter
 )
 MAX_STEPS = 64
 

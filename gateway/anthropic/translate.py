@@ -111,6 +111,9 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     if req.tools and req.tool_choice is not None:
         tc = req.tool_choice
         params["tool_choice"] = {"name": tc.name} if tc.type == "tool" else TOOL_CHOICE[tc.type]
+    schema = req.output_schema()
+    if schema is not None:
+        params["response_format"] = {"type": "json_schema", "schema": schema}
     return params
 
 
@@ -233,7 +236,7 @@ class MessageShape:
 
     def message(self, content: list[dict[str, Any]], done: Done | None) -> dict[str, Any]:
         reason, sequence = stop_reason(done) if done is not None else (None, None)
-        return {
+        out = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -243,6 +246,9 @@ class MessageShape:
             "stop_sequence": sequence,
             "usage": usage(done),
         }
+        if done is not None and done.note:  # Hearth's extension: a tool call cut off by max_tokens
+            out["note"] = done.note
+        return out
 
     def start(self) -> Event:
         """``message_start``: the prompt's token counts are not known before ``done`` (they
@@ -256,7 +262,11 @@ class MessageShape:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "delta": {
+                        "stop_reason": reason,
+                        "stop_sequence": sequence,
+                        **({"note": done.note} if done.note else {}),
+                    },
                     "usage": usage(done),
                 },
             ),

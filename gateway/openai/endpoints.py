@@ -103,7 +103,9 @@ async def _generate(
         rid, results = out
         shape = shape_cls(rid, req.model)
         choices = [
-            shape.choice(spec.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls)
+            shape.choice(
+                spec.index, r.text, r.done.finish_reason, r.logprobs if want_lp else None, r.tool_calls, r.done.note
+            )
             for spec, r in zip(specs, results, strict=True)
         ]
         return _json(shape.response(choices, usage([(spec, r.done) for spec, r in zip(specs, results, strict=True)])))
@@ -245,7 +247,7 @@ async def _sse(
                     yield sse.event(shape.chunk(spec.index, None, calls=ev.tool_calls))
             else:
                 dones.append((spec, ev))
-                yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason))
+                yield sse.event(shape.chunk(spec.index, None, finish=ev.finish_reason, note=ev.note))
                 if len(dones) == n:
                     if include_usage:
                         yield sse.event(shape.usage_chunk(usage(dones)))

@@ -46,6 +46,9 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
             params["parallel_tool_calls"] = req.parallel_tool_calls
     if isinstance(req, CompletionRequest) and req.logprobs is not None:
         params["logprobs"] = req.logprobs
+    fmt = req.response_format.wire() if req.response_format is not None else None
+    if fmt is not None:
+        params["response_format"] = fmt
     return params
 
 
@@ -187,9 +190,13 @@ class Shape:
         finish: str,
         logprobs: list[Any] | None,
         calls: list[dict[str, Any]] | None = None,
+        note: str | None = None,
     ) -> dict[str, Any]:
         lp = self._logprobs(logprobs) if logprobs is not None else None
-        return {"index": index, **self._message(text, calls or []), "logprobs": lp, "finish_reason": finish}
+        out = {"index": index, **self._message(text, calls or []), "logprobs": lp, "finish_reason": finish}
+        if note:  # Hearth's extension: how the output ended (a tool call cut off by max_tokens)
+            out["note"] = note
+        return out
 
     def chunk(
         self,
@@ -199,11 +206,14 @@ class Shape:
         logprobs: list[Any] | None = None,
         first: bool = False,
         calls: list[dict[str, Any]] | None = None,
+        note: str | None = None,
     ) -> dict[str, Any]:
         body = self._base(self.chunk_object)
         lp = self._logprobs(logprobs) if logprobs is not None else None
         delta = self._delta(text, first, calls or [])
         body["choices"] = [{"index": index, **delta, "logprobs": lp, "finish_reason": finish}]
+        if note:
+            body["choices"][0]["note"] = note
         return body
 
     def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:

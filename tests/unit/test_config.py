@@ -357,6 +357,7 @@ CHANGES: dict[str, Any] = {
     "warm_cache_bytes": 777,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
     "tool_parser": "qwen3_coder",
+    "tools": "generic",
     "aliases": ["claude-*"],
     "strip_billing_header": False,
     "keep_alive": "10m",
