@@ -120,6 +120,8 @@ class ToolCallStream:
             return []
         was = self._state[0]
         self._state, held, _ = TextStateMachine.flush(self._state)
+        if cut and was == _TEXT and held and self.syntax.start.startswith(held):
+            self.cut, held = held, ""  # cut inside the call's opening marker
         events = self._events(was, [(was, held)])
         if self.in_call:
             body = self._call

@@ -167,7 +167,7 @@ def test_openai_named_tool_choice_returns_valid_arguments(gw: Gateway, stream: b
 
 
 def test_required_tool_choice_is_a_call_of_an_offered_tool(gw: Gateway) -> None:
-    body = chat("smol", "What time is it?", tools=TOOLS, tool_choice="required", max_tokens=60)
+    body = chat("smol", "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=60)
     r = gw.http.post(CHAT, json=body)
     assert r.status_code == 200, r.text
     (call,) = r.json()["choices"][0]["message"]["tool_calls"]
