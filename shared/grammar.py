@@ -21,7 +21,7 @@ from typing import Any
 # llguidance's JSON compile options (JsonCompileOptions): applied over any "x-guidance" in a schema
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 RESPONSE_FORMATS = ("text", "json_object", "json_schema", "lark")
-_UNIMPLEMENTED = re.compile(r'Unimplemented keys: \[([^\]]*)\]')
+_UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
 
 class GrammarError(ValueError):

@@ -180,7 +180,7 @@ def _tool_grammar(
     forced = choice == "required" or only is not None
     if syntax.name == "generic":
         text = r'TEXT: /(.|\n)*/ & ~/(.|\n)*\{"tool_call"(.|\n)*/'
-        call = f"call: {_lit(GENERIC_MARKER)} ({_functions(tools, only)}) \"}}\""
+        call = f'call: {_lit(GENERIC_MARKER)} ({_functions(tools, only)}) "}}"'
         start = "start: call" if forced else "start: call | TEXT"
         return llguidance.LLMatcher.grammar_from_lark("\n".join([start, call, text]))
     if syntax.name != "json_tools":
