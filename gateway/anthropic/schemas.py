@@ -175,7 +175,7 @@ class OutputConfig(_Strict):
 class ToolChoice(_Strict):
     type: Literal["auto", "any", "tool", "none"]
     name: StrictStr | None = None
-    disable_parallel_tool_use: StrictBool | None = None  # accepted; the worker decides how many calls
+    disable_parallel_tool_use: StrictBool | None = None  # true: at most one call (parallel_tool_calls false)
 
     @model_validator(mode="after")
     def _named(self) -> ToolChoice:

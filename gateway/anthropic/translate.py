@@ -111,6 +111,8 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     if req.tools and req.tool_choice is not None:
         tc = req.tool_choice
         params["tool_choice"] = {"name": tc.name} if tc.type == "tool" else TOOL_CHOICE[tc.type]
+        if tc.disable_parallel_tool_use:
+            params["parallel_tool_calls"] = False
     schema = req.output_schema()
     if schema is not None:
         params["response_format"] = {"type": "json_schema", "schema": schema}
