@@ -34,7 +34,7 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
-from worker.grammar import Constraint, grammar_tokenizer, tool_grammar
+from worker.grammar import Constraint, NoGrammarTokenizer, grammar_tokenizer, tool_grammar
 from shared.grammar import GrammarError, response_grammar
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import Prompt, TemplateError, render, system_prefix
@@ -226,7 +226,10 @@ class EngineCore:
                     "a json format can't be combined with tools; "
                     'send tool_choice "none" or leave out response_format',
                 )
-            tok = grammar_tokenizer(self.m)
+            try:
+                tok = grammar_tokenizer(self.m)
+            except NoGrammarTokenizer:
+                return None  # calls are then parsed, not constrained (as for formats without a grammar)
             choice = params.get("tool_choice") or "auto"
             parallel = params.get("parallel_tool_calls", True) is not False
             grammar = tool_grammar(tok, prompt.syntax, prompt.tools, choice, parallel)

@@ -61,13 +61,23 @@ class GrammarTokenizer:
 _LOCK = threading.Lock()
 
 
+class NoGrammarTokenizer(GrammarError):
+    """llguidance can't read this model's tokenizer (not a fast tokenizer, say)."""
+
+
 def grammar_tokenizer(loaded: Any) -> GrammarTokenizer:
-    """The model's adapter, built on first use and kept on the loaded model."""
+    """The model's adapter, built on first use (the load-time self-check) and kept on the loaded
+    model; a tokenizer llguidance can't take makes constrained requests a 400, not a failed load."""
     with _LOCK:
-        cached = getattr(loaded, "grammar_tokenizer", None)
+        cached = loaded.grammar_tokenizer
         if cached is None:
-            cached = GrammarTokenizer(loaded.tokenizer, loaded.vocab_size)
+            try:
+                cached = GrammarTokenizer(loaded.tokenizer, loaded.vocab_size)
+            except Exception as e:  # whatever the tokenizer or llguidance raise
+                cached = f"constrained decoding is not available for this model's tokenizer: {type(e).__name__}: {e}"
             loaded.grammar_tokenizer = cached
+        if isinstance(cached, str):
+            raise NoGrammarTokenizer("response_format", cached)
         return cached
 
 

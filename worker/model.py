@@ -24,6 +24,7 @@ class LoadedModel:
     folder: Path
     context_length: int
     vocab_size: int
+    grammar_tokenizer: Any = None  # llguidance's adapter, or why it can't be built (worker.grammar)
 
 
 def import_dtype(dtype: str) -> str:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 from shared.protocol import Done, Error, Generate
 from worker.core import EngineCore
+from worker.grammar import NoGrammarTokenizer, grammar_tokenizer
+
+log = logging.getLogger("hearth.worker")
 
 # (parameter, value): one generation each, on top of temperature 0.7 and max_tokens 1.
 CHECKS: tuple[tuple[str, Any], ...] = (
@@ -35,6 +40,15 @@ CHECKS: tuple[tuple[str, Any], ...] = (
 MAX_STEPS = 64
 
 
+def grammar_available(loaded: Any) -> bool:
+    """Builds llguidance's tokenizer adapter (once per model); False when it can't be built."""
+    try:
+        grammar_tokenizer(loaded)
+    except NoGrammarTokenizer:
+        return False
+    return True
+
+
 class SelfCheckError(RuntimeError):
     """A documented parameter failed on this mlx-lm: the worker must not become ready."""
 
@@ -50,6 +64,9 @@ def self_check(core: EngineCore) -> None:
 def _run_checks(core: EngineCore) -> None:
     tokens = list(core.m.tokenizer.encode("Hello"))[:8] or [0]
     for name, value in CHECKS:
+        if name == "response_format" and not grammar_available(core.m):
+            log.warning("%s", core.m.grammar_tokenizer)
+            continue
         params = {"temperature": 0.7, "max_tokens": 1, name: value}
         events = core.add(
             Generate(id=f"self-check-{name}", model=core.cfg.name, input={"tokens": tokens}, params=params)

@@ -202,3 +202,16 @@ def test_a_schema_the_worker_cannot_compile_is_a_bad_request(tiny_model: Path) -
     (err,) = core.add(Generate("x", "t", {"prompt": "a"}, {"response_format": fmt}))
     assert isinstance(err, Error) and err.code == ERROR_BAD_REQUEST
     assert err.param == "response_format" and "uniqueItems" in err.message
+
+
+def test_a_tokenizer_llguidance_cannot_read_makes_constrained_requests_a_400() -> None:
+    """Not a failed load: the adapter's failure is kept and named in each constrained request's 400."""
+    from types import SimpleNamespace
+
+    from worker.grammar import NoGrammarTokenizer, grammar_tokenizer
+
+    m = SimpleNamespace(tokenizer=object(), vocab_size=10, grammar_tokenizer=None)
+    for _ in range(2):
+        with pytest.raises(NoGrammarTokenizer) as e:
+            grammar_tokenizer(m)
+        assert e.value.param == "response_format" and "not available for this model's tokenizer" in str(e.value)
