@@ -1,7 +1,7 @@
 """The structured-output scenario: what constrained decoding costs, side by side in one run.
 
-Two comparisons, each made of steps that run alternately (``rounds`` times) so a noisy machine
-hits both sides alike:
+Two comparisons, each made of steps that run alternately (``rounds`` times, every other round in
+reverse order: A B B A …) so a noisy machine and its drift hit both sides alike:
 
 - ``json-free`` vs ``json-schema``: one stream, the same chat with and without a
   ``response_format`` JSON Schema; the ratio of their median decode tok/s is the constrained
@@ -58,11 +58,13 @@ async def run_structured(target: Target, max_tokens: int, rounds: int, progress:
     }
     pooled: dict[str, tuple[list[RequestResult], float]] = {k: ([], 0.0) for k in kinds}
     progress.start("structured", rounds * sum(n for n, _ in kinds.values()))
-    for _ in range(rounds):
-        for name, (n, constrained) in kinds.items():
+    for r in range(rounds):
+        order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+        for name in order:
+            n, constrained = kinds[name]
             results, wall = await _step(target, n, constrained, max_tokens)
-            for r in results:
-                progress.add(r)
+            for res in results:
+                progress.add(res)
             prev, prev_wall = pooled[name]
             pooled[name] = (prev + results, prev_wall + wall)
     progress.finish()
