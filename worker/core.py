@@ -449,7 +449,8 @@ class EngineCore:
             top_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
             top_vals: list[float] = vals[order].tolist()  # type: ignore[assignment]
             for i, v in zip(top_ids, top_vals, strict=True):
-                entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
+                if v != float("-inf"):  # a token a grammar masked out is impossible, not a candidate
+                    entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
         return entry
 
     def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:

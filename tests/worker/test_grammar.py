@@ -215,3 +215,16 @@ def test_a_tokenizer_llguidance_cannot_read_makes_constrained_requests_a_400() -
         with pytest.raises(NoGrammarTokenizer) as e:
             grammar_tokenizer(m)
         assert e.value.param == "response_format" and "not available for this model's tokenizer" in str(e.value)
+
+
+def test_top_logprobs_leave_out_what_the_grammar_masked(tiny_model: Path) -> None:
+    """With one allowed token, top_logprobs has just that one: impossible tokens are no candidates."""
+    from worker.core import EngineCore
+
+    core = EngineCore(loaded(tiny_model), ModelConfig(name="t", path=str(tiny_model)))
+    fmt = {"type": "json_schema", "schema": {"const": "yes"}}
+    events = run(core, [Generate("lp", "t", {"prompt": "a"}, {"max_tokens": 1, "logprobs": 5, "response_format": fmt})])
+    (delta,) = [e for e in events if isinstance(e, Delta)]
+    (entry,) = delta.logprobs or []
+    assert [t["token"] for t in entry["top_logprobs"]] == [entry["token"]]
+    assert entry["top_logprobs"][0]["logprob"] == pytest.approx(0.0, abs=1e-4)
