@@ -6,29 +6,22 @@
 
 (all on one line). logfmt, because it greps and sorts with the usual tools and is still
 readable; values with spaces or quotes are quoted. Times are seconds. ``ttft`` is from the
-request reaching the gateway's queue to the first token of its first choice; tokens are
-OpenAI's ``usage`` of the response (a prompt counts once whatever ``n``). Fields a request
-never got to (a 400 has no worker, a failure no tokens) are left out. The endpoint records its
-model and generations in ``scope["state"]``; this pure ASGI middleware writes the line after
-the last byte, so a stream is logged when it ends, with its real duration.
+request reaching the gateway's queue to the first token of its first choice reaching the
+gateway; tokens are the request's totals (a prompt counts once whatever ``n``). Fields a
+request never got to (a 400 has no worker, a failure no tokens) are left out. The generation
+session records the model and generations in the request's ``Record``; the request-wrap layer
+(gateway/wrap.py) writes the line after the last byte.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.asgi import StatusRecorder, is_api
-from gateway.openai.translate import usage
+from gateway.record import totals
 
 if TYPE_CHECKING:
-    from gateway.client import RequestStream
-    from gateway.openai.translate import ChoiceSpec
-
-log = logging.getLogger("hearth.access")
+    from gateway.session import Choice
+    from gateway.streams import RequestStream
 
 
 def logfmt(fields: dict[str, Any]) -> str:
@@ -43,14 +36,14 @@ def logfmt(fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def request_fields(generations: list[tuple[ChoiceSpec, RequestStream]]) -> dict[str, Any]:
+def request_fields(generations: list[tuple[Choice, RequestStream]]) -> dict[str, Any]:
     """What the generations of one request add to its line."""
     if not generations:
         return {}
     streams = [rs for _, rs in generations]
     first = streams[0]
-    dones = [(spec, rs.done) for spec, rs in generations if rs.done is not None]
-    use = usage(dones) if dones else {}
+    dones = [(choice, rs.done) for choice, rs in generations if rs.done is not None]
+    use = totals(dones) if dones else {}
     workers = sorted({rs.worker_id for rs in streams if rs.worker_id})
     finishes = [rs.done.finish_reason if rs.done else (rs.error or "none") for rs in streams]
     return {
@@ -58,32 +51,7 @@ def request_fields(generations: list[tuple[ChoiceSpec, RequestStream]]) -> dict[
         "request_id": first.id,
         "prompt_tokens": use.get("prompt_tokens"),
         "completion_tokens": use.get("completion_tokens"),
-        "cached_tokens": use.get("prompt_tokens_details", {}).get("cached_tokens") if use else None,
+        "cached_tokens": use.get("cached_tokens"),
         "ttft": first.t_first - first.t_submit if first.t_first else None,
         "finish_reason": ",".join(finishes),
     }
-
-
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_api(scope):
-            await self.app(scope, receive, send)
-            return
-        t0 = time.monotonic()
-        recorder = StatusRecorder(send)
-        try:
-            await self.app(scope, receive, recorder)
-        finally:
-            state = scope.get("state", {})
-            fields: dict[str, Any] = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": recorder.status or 500,
-                "model": state.get("model"),
-            }
-            fields.update(request_fields(state.get("generations", [])))
-            fields["duration"] = time.monotonic() - t0
-            log.info("%s", logfmt(fields))

@@ -19,7 +19,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, ModelNotFound, Unavailable
+from gateway.errors import InvalidRequest, Unavailable
+from gateway.models import ModelState
 from gateway.supervisor import Supervisor
 from shared.units import FOREVER
 
@@ -35,19 +36,18 @@ def _iso(mono: float | None) -> str | None:
 
 
 def describe(sup: Supervisor, name: str) -> dict[str, Any]:
-    pool = sup.client.pool
-    entry = pool.models[name]
-    cfg = entry.cfg
+    model = sup.models[name]
+    cfg = model.cfg
     est = sup.estimates[name]
     now = time.monotonic()
-    workers = pool.of_model(name)
+    workers = sup.models.pool.of_model(name)
     reported = [w.heartbeat.memory_bytes for w in workers if w.heartbeat]
-    keep_alive = entry.keep_alive_seconds()
+    keep_alive = model.keep_alive_seconds()
     expiry = sup.expires_at(name)
     return {
         "name": name,
-        "state": pool.model_state(name),
-        "detail": entry.failed,
+        "state": model.state.value,
+        "detail": model.reason,
         "path": cfg.path,
         "preload": cfg.preload,
         "pinned": cfg.pin,
@@ -69,14 +69,14 @@ def describe(sup: Supervisor, name: str) -> dict[str, Any]:
             "weights_from": est.how,
         },
         "memory_bytes": sum(reported) if reported else None,
-        "ready_since": _iso(entry.ready_since),
-        "uptime_seconds": round(now - entry.ready_since, 1) if entry.ready_since is not None else None,
-        "running": pool.running(name),
-        "waiting": entry.waiting,
+        "ready_since": _iso(model.ready_since),
+        "uptime_seconds": round(now - model.ready_since, 1) if model.ready_since is not None else None,
+        "running": sup.models.running(model),
+        "waiting": len(model.queue),
         "keep_alive_seconds": None if keep_alive == FOREVER else keep_alive,
         "expires_at": _iso(expiry),
         "expires_in_seconds": round(max(0.0, expiry - now), 1) if expiry is not None else None,
-        "last_used": _iso(entry.last_used) if entry.last_used else None,
+        "last_used": _iso(model.last_used) if model.last_used else None,
     }
 
 
@@ -90,9 +90,7 @@ def _supervisor(request: Request) -> Supervisor:
 
 def _model(request: Request) -> tuple[Supervisor, str]:
     sup = _supervisor(request)
-    name = request.path_params["name"]
-    if name not in sup.runners:
-        raise ModelNotFound(f"the model '{name}' does not exist", param="name")
+    name = sup.models.resolve(request.path_params["name"], param="name").name
     if not sup.runners[name].cfg.replicas:
         raise InvalidRequest(
             f"the model '{name}' has replicas = 0: its workers are started on their own, not by Hearth", param="name"
@@ -103,7 +101,7 @@ def _model(request: Request) -> tuple[Supervisor, str]:
 async def list_models(request: Request) -> Response:
     sup = _supervisor(request)
     models = [describe(sup, n) for n in sup.runners]
-    resident = [m for m in models if sup.client.pool.models[m["name"]].resident]
+    resident = [m for m in models if sup.models[m["name"]].resident]
     return _json(
         {
             "models": models,
@@ -127,15 +125,13 @@ async def load_model(request: Request) -> Response:
         return _json(describe(sup, name), status=202)
     deadline = time.monotonic() + timeout
     await sup.load(name, timeout)
-    pool = sup.client.pool
-    while (state := pool.model_state(name)) != "ready":
-        entry = pool.models[name]
-        if entry.failed:
-            raise Unavailable(f"the model '{name}' failed to start: {entry.failed}", code="model_failed")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Unavailable(f"the model '{name}' did not become ready in time; state: {state}")
-        await pool.wait_change(left)
+    model = sup.models[name]
+    await sup.models.wait_until(
+        model,
+        lambda: True if model.state is ModelState.READY else None,
+        deadline,
+        f"the model '{name}' did not become ready",
+    )
     return _json(describe(sup, name))
 
 

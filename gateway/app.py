@@ -16,7 +16,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import admin, residency
-from gateway.access import AccessLogMiddleware
 from gateway.anthropic.endpoints import count_tokens, messages
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
@@ -24,12 +23,15 @@ from gateway.curve import load_curve
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
 from gateway.memory import Estimate, estimate
-from gateway.metrics import Metrics, RequestMetricsMiddleware
+from gateway.metrics import Metrics
+from gateway.models import Models
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
-from gateway.shutdown import Gate, GateMiddleware
+from gateway.session import Generations
+from gateway.shutdown import Gate
 from gateway.supervisor import Supervisor
+from gateway.wrap import RequestWrap
 from shared.config import Config, ConfigError
 
 log = logging.getLogger("hearth.app")
@@ -91,12 +93,15 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = make_runtime_dir()
-        client = EngineClient(config, default_endpoint(runtime), metrics, curve)
+        models = Models(config)
+        client = EngineClient(config, models, default_endpoint(runtime), metrics, curve)
         await client.start()
-        supervisor = Supervisor(config, client, estimates)
-        metrics.watch_pool(client.pool, supervisor.restarts)
+        supervisor = Supervisor(config, models, client, estimates)
+        metrics.watch_models(models, supervisor.restarts)
+        app.state.models = models
         app.state.client = client
         app.state.supervisor = supervisor
+        app.state.generations = Generations(config, models, client, metrics)
         await supervisor.start()
         try:
             yield
@@ -110,11 +115,7 @@ def create_app(config: Config) -> Starlette:
     metrics = Metrics()
     gate = Gate()
     metrics.watch_gate(gate)
-    middleware = [
-        Middleware(AccessLogMiddleware),
-        Middleware(RequestMetricsMiddleware, metrics=metrics),
-        Middleware(GateMiddleware, gate=gate),
-    ]
+    middleware = [Middleware(RequestWrap, gate=gate, metrics=metrics)]
     if key:
         middleware.append(Middleware(ApiKeyMiddleware, key=key))
     routes = [

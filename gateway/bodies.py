@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import AfterValidator, BaseModel, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -18,13 +18,13 @@ from shared.units import parse_duration
 M = TypeVar("M", bound=BaseModel)
 
 
-def _duration(v: float | str) -> float | str:
-    parse_duration(v)  # its ValueError names the problem
-    return v
+def _duration(v: Any) -> float:
+    return parse_duration(v)  # its ValueError names the problem (and refuses booleans)
 
 
-# The Ollama-style ``keep_alive`` request field (both APIs): seconds, "5m", -1/"forever", 0.
-KeepAlive = Annotated[StrictInt | StrictFloat | StrictStr, AfterValidator(_duration)]
+# The Ollama-style ``keep_alive`` request field (every API): seconds, "5m", -1/"forever", 0;
+# parsed here, once, into seconds (``shared.units.FOREVER`` for never).
+KeepAlive = Annotated[float, BeforeValidator(_duration)]
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -75,12 +75,13 @@ def _most_telling(errors: list[Any]) -> Any:
     return first
 
 
-def validate(model: type[M], data: Any) -> M:
-    """Parse ``data`` into ``model``; the first problem becomes a 400 naming its parameter."""
+def validate(model: type[M], data: Any, context: dict[str, Any] | None = None) -> M:
+    """Parse ``data`` into ``model``; the first problem becomes a 400 naming its parameter.
+    ``context`` reaches the schema's validators (the model's image policy: gateway.media)."""
     if not isinstance(data, dict):
         raise InvalidRequest(f"the body must be a JSON object, not {type(data).__name__}", code="invalid_body")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as e:
         err = _most_telling(e.errors(include_url=False))
         param = _param(tuple(err["loc"])) or None

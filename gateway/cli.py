@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 
 from gateway.shutdown import HearthServer
-from shared.blas import with_openblas
+from gateway.spawn import child_env, worker_command
 from shared.config import DTYPES, ConfigError, ModelConfig, ServerConfig, load_toml, make_config
 
-ROOT = Path(__file__).resolve().parent.parent
 GRACE_AFTER_DRAIN = 5  # seconds uvicorn still gives open responses once shutdown_grace is over
 
 
@@ -96,27 +95,16 @@ def _worker(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("hearth worker needs the model's settings: --config FILE or --path PATH")
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    cmd = [
-        sys.executable, "-m", "worker",
-        "--endpoint", args.connect,
-        "--worker-id", worker_id,
-        "--model-json", model.to_json().decode(),
-    ]  # fmt: skip
-    for flag, value in (("--server-key", args.server_key), ("--key", args.key)):
-        if value:
-            cmd += [flag, str(Path(value).expanduser().resolve())]
-    env = with_openblas(os.environ) or dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    keys = [str(Path(v).expanduser().resolve()) if v else None for v in (args.server_key, args.key)]
+    cmd = worker_command(args.connect, worker_id, model, server_key=keys[0], key=keys[1])
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, cmd, env)
+    os.execve(sys.executable, cmd, child_env())
 
 
 def _import_gguf(args: argparse.Namespace) -> int:
-    env = with_openblas(os.environ) or dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "worker.gguf", args.file, args.out, "--dtype", args.dtype]
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=child_env())
 
 
 def main(argv: list[str] | None = None) -> int:

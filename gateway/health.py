@@ -14,10 +14,10 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    pool = request.app.state.client.pool
+    models = request.app.state.models
     shutting_down = request.app.state.gate.draining
-    ok = pool.is_ready() and not shutting_down
-    body = {"ready": ok, "models": {name: pool.describe(name) for name in pool.models}}
+    ok = models.is_ready() and not shutting_down
+    body = {"ready": ok, "models": {m.name: models.describe(m) for m in models}}
     if shutting_down:
         body["status"] = "shutting down"
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

@@ -6,8 +6,8 @@ before any worker runs, and the gateway never imports MLX, so the estimate comes
 - an MLX folder: the size of its ``*.safetensors`` files (MLX maps them as they are);
 - a GGUF file: its parameter count from the tensor shapes in its header, times the bytes per
   parameter of the dtype the worker will import it to (float32: 4, float16/bfloat16: 2);
-  ``keep`` (and ``auto`` on Apple Silicon, where workers keep the GGUF's quantized weights):
-  the file's size;
+  ``keep`` (and ``auto`` on a GPU — Apple Silicon, or CUDA — where workers keep the GGUF's
+  quantized weights, by the rule in ``shared.device``): the file's size;
 
 plus the model's ``prompt_cache_bytes`` (the KV cache it may keep), all times ``replicas``.
 Activations and the running batch's KV are not counted: the budget is a planning number, and
@@ -16,12 +16,12 @@ Activations and the running batch's KV are not counted: the budget is a planning
 
 from __future__ import annotations
 
-import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from shared import device
 from shared.config import ModelConfig
 
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -42,11 +42,9 @@ class Estimate:
 
 
 def import_dtype_guess(dtype: str) -> str:
-    """The dtype a worker on this machine imports a GGUF to (see worker/model.py import_dtype):
-    ``auto`` keeps the quantized weights on Apple Silicon (Metal) and is float32 elsewhere."""
-    if dtype != "auto":
-        return dtype
-    return "keep" if platform.system() == "Darwin" and platform.machine() == "arm64" else "float32"
+    """The dtype a worker on this machine imports a GGUF to: the worker's own rule
+    (``shared.device``), with the device inferred without importing MLX."""
+    return device.import_dtype(dtype, gpu=device.gpu_expected())
 
 
 def _read(f: BinaryIO, fmt: str) -> int:

@@ -1,8 +1,9 @@
 """Prometheus metrics (prometheus-client), served at /metrics.
 
-Request counts come from a pure ASGI middleware (status as sent, model as the endpoint
-recorded it); latency and token counts from each request's stream; running/waiting requests,
-worker states and restarts are read from the pool at scrape time, so they are never stale.
+Request counts come from the request-wrap layer (gateway/wrap.py: status as sent, model as the
+session resolved it); latency and token counts from each request's stream as the worker's
+events arrive (gateway/streams.py); running/waiting requests, model and worker states and
+restarts are read from the models and their pool at scrape time, so they are never stale.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.asgi import StatusRecorder, is_api
 
 if TYPE_CHECKING:
-    from gateway.pool import Pool
+    from gateway.models import Models
     from gateway.shutdown import Gate
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -53,6 +51,12 @@ class Metrics:
             buckets=LOAD_BUCKETS,
             registry=r,
         )
+        self.omitted_media = Counter(
+            "hearth_omitted_media_blocks",
+            "Image and document blocks replaced by a text note (the model reads text only)",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
         self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 
@@ -61,8 +65,8 @@ class Metrics:
         self.completion_tokens.labels(model).inc(usage.get("completion_tokens", 0))
         self.cached_tokens.labels(model).inc(usage.get("cached_tokens", 0))
 
-    def watch_pool(self, pool: Pool, restarts: dict[str, int]) -> None:
-        self.registry.register(_PoolCollector(pool, restarts))
+    def watch_models(self, models: Models, restarts: dict[str, int]) -> None:
+        self.registry.register(_ModelsCollector(models, restarts))
 
     def watch_gate(self, gate: Gate) -> None:
         self.in_flight.set_function(lambda: gate.inflight)
@@ -72,9 +76,9 @@ class Metrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-class _PoolCollector(Collector):
-    def __init__(self, pool: Pool, restarts: dict[str, int]) -> None:
-        self.pool = pool
+class _ModelsCollector(Collector):
+    def __init__(self, models: Models, restarts: dict[str, int]) -> None:
+        self.models = models
         self.restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
@@ -94,12 +98,13 @@ class _PoolCollector(Collector):
             "hearth_loaded_models", "Models whose workers the supervisor runs (loading, ready or unloading)"
         )
         resident = 0
-        for name, entry in self.pool.models.items():
-            models.add_metric([name, self.pool.model_state(name)], 1)
-            resident += entry.resident
-            ws = self.pool.of_model(name)
+        for model in self.models:
+            name = model.name
+            models.add_metric([name, model.state.value], 1)
+            resident += model.resident
+            ws = self.models.pool.of_model(name)
             running.add_metric([name], sum(w.heartbeat.running for w in ws if w.heartbeat))
-            waiting.add_metric([name], entry.waiting + sum(w.heartbeat.waiting for w in ws if w.heartbeat))
+            waiting.add_metric([name], len(model.queue) + sum(w.heartbeat.waiting for w in ws if w.heartbeat))
             states: dict[str, int] = {}
             for w in ws:
                 key = w.state.value if w.connected else "starting"
@@ -110,22 +115,3 @@ class _PoolCollector(Collector):
             cache.add_metric([name], sum(w.heartbeat.cache_bytes for w in ws if w.heartbeat))
         loaded.add_metric([], resident)
         yield from (running, waiting, workers, restarts, cache, models, loaded)
-
-
-class RequestMetricsMiddleware:
-    """Counts every API response by status; the endpoint puts the model in ``scope["state"]``."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_api(scope):
-            await self.app(scope, receive, send)
-            return
-        recorder = StatusRecorder(send)
-        try:
-            await self.app(scope, receive, recorder)
-        finally:
-            model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(model, scope["path"], str(recorder.status or 500)).inc()

@@ -1,19 +1,19 @@
-"""The gateway's picture of its workers and models: who is connected, in which state, how busy.
+"""The gateway's picture of its workers: who is connected, in which state, how busy, and which
+replica holds which conversation's KV cache.
 
-Both the supervisor (spawns and exits) and the client (messages from workers) update it; the
-probes and /v1/models read it. Every change wakes requests waiting for a ready worker.
+The supervisor adds the workers it spawns and the engine client those that join on their own;
+the client records what they report. Whoever changes it calls ``Models.changed`` (models.py),
+which recomputes the models' states and wakes waiters.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.router import WorkerView, pick
-from shared.config import Config, ModelConfig
 from shared.protocol import Heartbeat, WorkerState
 
 AFFINITY_ENTRIES = 4096  # conversations whose replica the pool remembers
@@ -48,83 +48,26 @@ class WorkerHandle:
         }
 
 
-@dataclass
-class ModelEntry:
-    cfg: ModelConfig
-    failed: str | None = None  # why the supervisor gave up on it
-    queue: deque[object] = field(default_factory=deque)  # tickets of requests waiting, in order
-    resident: bool = False  # the supervisor runs worker processes for it (loading, ready or unloading)
-    unloading: bool = False  # its workers are draining on purpose: no new requests go to them
-    required: bool = False  # /ready waits for it: preloaded, and not unloaded on purpose since
-    last_used: float = 0.0  # monotonic: a request for it started or ended
-    ready_since: float | None = None  # monotonic: its first worker became ready (this load)
-    keep_alive: float | None = None  # the last request's keep_alive override (None: the config's)
-
-    def __post_init__(self) -> None:
-        self.required = self.cfg.preload
-
-    @property
-    def waiting(self) -> int:
-        return len(self.queue)
-
-    def keep_alive_seconds(self) -> float:
-        return self.cfg.keep_alive_seconds() if self.keep_alive is None else self.keep_alive
-
-
 class Pool:
-    def __init__(self, config: Config) -> None:
-        self.models = {m.name: ModelEntry(m) for m in config.models}
+    def __init__(self) -> None:
         self.workers: dict[str, WorkerHandle] = {}
         self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._changed = asyncio.Event()
-
-    # -- changes --------------------------------------------------------------------------------
-
-    def notify(self) -> None:
-        """Wake everyone waiting for a change of the pool."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_change(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def add(self, worker_id: str, model: str) -> WorkerHandle:
         handle = WorkerHandle(worker_id, model)
         self.workers[worker_id] = handle
-        self.notify()
         return handle
 
     def remove(self, worker_id: str) -> WorkerHandle | None:
-        handle = self.workers.pop(worker_id, None)
-        self.notify()
-        return handle
-
-    # -- queries --------------------------------------------------------------------------------
+        return self.workers.pop(worker_id, None)
 
     def of_model(self, model: str) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.model == model]
 
-    def touch(self, model: str) -> None:
-        """A request for ``model`` started or ended: its keep-alive counts from now."""
-        self.models[model].last_used = time.monotonic()
-
-    def running(self, model: str) -> int:
-        """Requests of ``model`` dispatched to its workers and not finished."""
-        return sum(len(w.inflight) for w in self.of_model(model))
-
-    def is_idle(self, model: str) -> bool:
-        """No request for ``model`` is running or waiting."""
-        return not self.models[model].queue and self.running(model) == 0
-
-    def pick(self, model: str, affinity: str | None = None) -> WorkerHandle | None:
-        """A ready worker of ``model`` with room in its batch: the one that served this
-        conversation before if it is about as free as the least loaded, else the least loaded."""
-        if self.models[model].unloading:
-            return None
-        limit = self.models[model].cfg.max_batch
+    def pick(self, model: str, limit: int, affinity: str | None = None) -> WorkerHandle | None:
+        """A ready worker of ``model`` with fewer than ``limit`` requests in flight: the one that
+        served this conversation before if it is about as free as the least loaded, else the
+        least loaded."""
         views = [
             WorkerView(w.worker_id, w.state, len(w.inflight), limit)
             for w in self.of_model(model)
@@ -142,33 +85,3 @@ class Pool:
         self._affinity[key] = worker_id
         if len(self._affinity) > AFFINITY_ENTRIES:
             self._affinity.popitem(last=False)
-
-    def model_state(self, model: str) -> str:
-        entry = self.models[model]
-        if entry.failed:
-            return "failed"
-        if entry.unloading:
-            return "unloading"
-        if entry.cfg.replicas and not entry.resident and not self.of_model(model):
-            return "unloaded"
-        states = {w.state for w in self.of_model(model) if w.connected}
-        # a worker in `failed` is about to exit and be restarted: the model is not failed (yet)
-        for s in (WorkerState.READY, WorkerState.LOADING, WorkerState.DRAINING):
-            if s in states:
-                return s.value
-        return "starting"
-
-    def is_ready(self) -> bool:
-        """Every required model (preloaded, and not unloaded on purpose since) has a ready worker."""
-        return all(self.model_state(n) == "ready" for n, e in self.models.items() if e.required)
-
-    def describe(self, model: str) -> dict[str, Any]:
-        entry = self.models[model]
-        return {
-            "state": self.model_state(model),
-            "preload": entry.cfg.preload,
-            "pinned": entry.cfg.pin,
-            "detail": entry.failed,
-            "waiting": entry.waiting,
-            "workers": [w.describe() for w in self.of_model(model)],
-        }

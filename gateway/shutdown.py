@@ -11,16 +11,15 @@ SIGTERM, SIGKILL) and the process exits 0. A second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.asgi import is_api
-from gateway.errors import Unavailable, error_response
 
 log = logging.getLogger("hearth.shutdown")
 
@@ -37,30 +36,6 @@ class Gate:
         if not self.draining:
             self.draining = True
             self.since = time.monotonic()
-
-
-class GateMiddleware:
-    """Counts API requests until their last byte is sent; refuses new ones while draining.
-
-    A pure ASGI middleware, so a stream counts as in flight until it ends."""
-
-    def __init__(self, app: ASGIApp, gate: Gate) -> None:
-        self.app = app
-        self.gate = gate
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_api(scope):
-            await self.app(scope, receive, send)
-            return
-        if self.gate.draining:
-            err = Unavailable("the server is shutting down; retry on another instance", code="shutting_down")
-            await error_response(err, scope["path"])(scope, receive, send)
-            return
-        self.gate.inflight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.gate.inflight -= 1
 
 
 class HearthServer(uvicorn.Server):
@@ -82,12 +57,23 @@ class HearthServer(uvicorn.Server):
             self.gate.close()
         else:
             super().handle_exit(sig, frame)
-        # uvicorn (0.29+) re-raises the signals it caught after serving, which would end the
-        # process by that signal; a graceful stop is a success (exit 0), as systemd and launchd
-        # expect. The test of SIGTERM checks the exit status, so a uvicorn change shows there.
-        captured = getattr(self, "_captured_signals", None)
-        if isinstance(captured, list):
-            captured.clear()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT go to ``handle_exit`` while serving, as in uvicorn, but are not raised
+        again afterwards (uvicorn 0.29+ does, which would end the process by that signal): a
+        graceful stop is a success (exit 0), as systemd and launchd expect. The test of SIGTERM
+        checks the exit status, so a uvicorn change shows there."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     async def on_tick(self, counter: int) -> bool:
         if self.gate.draining and not self.should_exit:

@@ -8,9 +8,10 @@ gateway goes. A crash restarts the replica with exponential back-off; ``restart_
 crashes within ``restart_window`` seconds mark the model ``failed`` (with the reason) in /ready
 and /v1/models. A worker whose heartbeats stop is killed and counted as a crash.
 
-The ``Supervisor`` loads models on demand (a request for an unloaded model) or by admin, and
-unloads them when their keep-alive runs out, when another model needs their room, or by admin;
-the decisions are gateway/residency.py's. Shutdown escalates: drain, then SIGTERM, then SIGKILL.
+The ``Supervisor`` drives every model's lifecycle (gateway/models.py): it loads models on
+demand (its demand loop sees a request waiting for an unloaded model) or by admin, and unloads
+them when their keep-alive runs out, when another model needs their room, or by admin; the
+decisions are gateway/residency.py's. Shutdown climbs the stop ladder (gateway/stopping.py).
 """
 
 from __future__ import annotations
@@ -19,43 +20,25 @@ import asyncio
 import logging
 import os
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 from gateway import residency
 from gateway.client import EngineClient
 from gateway.errors import Unavailable
 from gateway.memory import Estimate, estimate
-from gateway.pool import ModelEntry
-from shared.blas import with_openblas
+from gateway.models import Model, ModelState, Models
+from gateway.spawn import child_env, worker_command
+from gateway.stopping import stop_ladder
 from shared.config import Config, ModelConfig
-from shared.protocol import Drain, WorkerState
+from shared.protocol import Drain
 
 log = logging.getLogger("hearth.supervisor")
-ROOT = Path(__file__).resolve().parent.parent
 WATCH_EVERY = 1.0
 RESIDENCY_EVERY = 0.25  # how often keep-alive expiry is checked
 MAX_BACKOFF = 30.0
-
-
-def worker_command(endpoint: str, worker_id: str, model: ModelConfig) -> list[str]:
-    return [
-        sys.executable, "-m", "worker",
-        "--endpoint", endpoint,
-        "--worker-id", worker_id,
-        "--model-json", model.to_json().decode(),
-        "--parent-pid", str(os.getpid()),
-    ]  # fmt: skip
-
-
-def worker_env() -> dict[str, str]:
-    env = with_openblas(os.environ) or dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 class ModelRunner:
@@ -75,8 +58,8 @@ class ModelRunner:
         self.unloaded.set()
 
     @property
-    def entry(self) -> ModelEntry:
-        return self.sup.client.pool.models[self.cfg.name]
+    def model(self) -> Model:
+        return self.sup.models[self.cfg.name]
 
     @property
     def running(self) -> bool:
@@ -84,18 +67,13 @@ class ModelRunner:
         return any(not t.done() for t in self.tasks)
 
     def start(self) -> None:
-        entry = self.entry
-        entry.failed = None
-        entry.resident = True
-        entry.unloading = False
-        entry.ready_since = None
-        entry.last_used = time.monotonic()
+        self.model.started()
         self.leaving = False
         self.given_up = 0
         self.unloaded.clear()
         self.tasks = [asyncio.create_task(self._run_replica(r)) for r in range(self.cfg.replicas)]
         log.info("loading %s (%d replica(s))", self.cfg.name, self.cfg.replicas)
-        self.sup.client.pool.notify()
+        self.sup.models.changed()
 
     def unload(self, reason: str) -> None:
         """Drain this model's workers (in-flight requests finish), then let them exit for good."""
@@ -104,32 +82,26 @@ class ModelRunner:
         log.info("unloading %s (%s)", self.cfg.name, reason)
         self.leaving = True
         self.unloads += 1
-        entry = self.entry
-        entry.unloading = True
-        entry.required = False  # unloaded on purpose: /ready no longer waits for it
+        self.model.unloading()
         if self.sup.client.metrics is not None:
             self.sup.client.metrics.unloads.labels(self.cfg.name, reason).inc()
-        pool = self.sup.client.pool
-        for w in pool.of_model(self.cfg.name):
+        for w in self.sup.models.pool.of_model(self.cfg.name):
             proc = self.procs.get(w.worker_id)
             if w.connected:
                 self.sup.client.send(w.worker_id, Drain())
             elif proc is not None and proc.returncode is None:
                 proc.terminate()  # not connected yet: a drain could not reach it
-        pool.notify()
-        self.sup.spawn(self._escalate(self.unloads))
-
-    async def _escalate(self, unload: int) -> None:
-        """Workers that don't exit after the drain timeout get SIGTERM, then SIGKILL."""
-        for sig, wait in (("drain", self.sup.config.server.drain_timeout), ("terminate", 3.0), ("kill", 3.0)):
-            alive = [p for p in self.procs.values() if p.returncode is None]
-            if not alive or not self.leaving or self.unloads != unload:
-                return  # done, or the model was loaded (and maybe unloaded) again meanwhile
-            if sig != "drain":
-                log.warning("%s: %d worker(s) did not exit after draining; %s", self.cfg.name, len(alive), sig)
-                for p in alive:
-                    getattr(p, sig)()
-            await asyncio.wait([asyncio.create_task(p.wait()) for p in alive], timeout=wait)
+        self.sup.models.changed()
+        unload = self.unloads
+        self.sup.spawn(
+            stop_ladder(
+                lambda: self.procs.values(),
+                self.sup.config.server.drain_timeout,
+                self.cfg.name,
+                # stop climbing if the model was loaded (and maybe unloaded) again meanwhile
+                go_on=lambda: self.leaving and self.unloads == unload,
+            )
+        )
 
     async def _run_replica(self, replica: int) -> None:
         try:
@@ -139,15 +111,12 @@ class ModelRunner:
                 self._all_ended()  # the last replica task of this load
 
     def _all_ended(self) -> None:
-        entry = self.entry
-        entry.resident = False
-        entry.unloading = False
-        entry.ready_since = None
+        self.model.exited()
         if self.leaving:
             log.info("unloaded %s", self.cfg.name)
         self.leaving = False
         self.unloaded.set()
-        self.sup.client.pool.notify()
+        self.sup.models.changed()
 
     async def _replica_cycle(self, replica: int) -> None:
         model, sup, client = self.cfg, self.sup, self.sup.client
@@ -155,13 +124,14 @@ class ModelRunner:
         while not (sup.stopping or self.leaving):
             worker_id = f"{self.slug}-r{replica}-g{self.generations[replica]}"
             self.generations[replica] += 1
-            handle = client.pool.add(worker_id, model.name)
+            handle = sup.models.pool.add(worker_id, model.name)
+            sup.models.changed()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *worker_command(client.endpoint, worker_id, model), env=worker_env()
+                    *worker_command(client.endpoint, worker_id, model, parent_pid=os.getpid()), env=child_env()
                 )
             except OSError as e:
-                client.pool.remove(worker_id)
+                sup.models.pool.remove(worker_id)
                 self._give_up(f"cannot start a worker: {e}")
                 return
             handle.pid = proc.pid
@@ -196,13 +166,16 @@ class ModelRunner:
         log.error("a replica of %s stopped restarting: %s", self.cfg.name, why)
         if self.given_up >= self.cfg.replicas:
             log.error("model %s failed: %s", self.cfg.name, why)
-            self.entry.failed = why
-        self.sup.client.pool.notify()
+            self.model.failed(why)
+        self.sup.models.changed()
 
 
 class Supervisor:
-    def __init__(self, config: Config, client: EngineClient, estimates: dict[str, Estimate] | None = None) -> None:
+    def __init__(
+        self, config: Config, models: Models, client: EngineClient, estimates: dict[str, Estimate] | None = None
+    ) -> None:
         self.config = config
+        self.models = models
         self.client = client
         self.estimates = estimates or {m.name: estimate(m) for m in config.models}
         self.limits = residency.Limits(config.server.max_loaded_models, config.server.memory_budget_bytes())
@@ -218,25 +191,24 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
-        """Start the preloaded models' workers now; the others on their first request."""
-        self.client.on_demand = self.ensure_loaded
+        """Start the preloaded models' workers now; the others when a request needs them."""
         for m in self.config.models:
             if m.preload and m.replicas:
                 self.runners[m.name].start()
         self.spawn(self._watchdog())
         self.spawn(self._expire_idle())
+        self.spawn(self._serve_demand())
 
     # -- residency ------------------------------------------------------------------------------
 
     def resident(self, name: str) -> residency.Resident:
-        pool, runner = self.client.pool, self.runners[name]
-        entry = pool.models[name]
+        model, runner = self.models[name], self.runners[name]
         return residency.Resident(
             name=name,
             estimate=self.estimates[name].total,
-            last_used=entry.last_used,
-            idle=pool.is_idle(name),
-            ready=pool.model_state(name) == WorkerState.READY.value,
+            last_used=model.last_used,
+            idle=self.models.is_idle(model),
+            ready=model.state is ModelState.READY,
             pinned=runner.cfg.pin,
             leaving=runner.leaving,
         )
@@ -246,20 +218,18 @@ class Supervisor:
 
     def expires_at(self, name: str) -> float | None:
         """When the model unloads if it stays idle (monotonic; None: never or not loaded yet)."""
-        entry = self.client.pool.models[name]
-        runner = self.runners[name]
-        if runner.cfg.pin or not runner.running or runner.leaving or entry.ready_since is None:
+        model, runner = self.models[name], self.runners[name]
+        if runner.cfg.pin or not runner.running or runner.leaving or model.ready_since is None:
             return None
-        at = residency.expires_at(entry.last_used, entry.ready_since, entry.keep_alive_seconds())
+        at = residency.expires_at(model.last_used, model.ready_since, model.keep_alive_seconds())
         return None if at == residency.FOREVER else at
 
     def ensure_loaded(self, name: str) -> str | None:
         """Load ``name`` if it isn't, evicting idle models to make room; why it can't start yet, if
         so (None: it is loaded or loading). Raises ``Unavailable`` when it can never fit."""
-        runner = self.runners[name]
-        entry = runner.entry
-        if self.stopping or not runner.cfg.replicas or entry.failed:
-            return None  # shutting down, external workers only, or failed (the caller says so)
+        runner, model = self.runners[name], self.models[name]
+        if self.stopping or not runner.cfg.replicas or model.reason:
+            return None  # shutting down, external workers only, or failed (waiters say so)
         if runner.running and not runner.leaving:
             return None
         if runner.leaving:
@@ -274,33 +244,57 @@ class Supervisor:
         runner.start()
         return None
 
+    def _plan(self, model: Model) -> None:
+        """Load a model that requests wait for, recording on it why it must wait (or never can)."""
+        try:
+            blocked = self.ensure_loaded(model.name)
+        except Unavailable as e:
+            model.never = e.message
+            self.models.changed()
+            return
+        if blocked != model.blocked:
+            model.blocked = blocked
+            self.models.changed()
+
+    async def _serve_demand(self) -> None:
+        """The demand loop: whenever something changes, load the models that requests wait for."""
+        while not self.stopping:
+            for model in self.models:
+                if model.demand and not model.never:
+                    self._plan(model)
+            await self.models.wait_change(WATCH_EVERY)
+
     def begin_load(self, name: str) -> str | None:
-        """An admin's load: like a request's (``ensure_loaded``), but a failed model gets a fresh
-        start and a preloaded one counts for /ready again."""
-        runner = self.runners[name]
-        entry = runner.entry
-        if not runner.running:
-            entry.failed = None
-        entry.required = runner.cfg.preload
-        entry.last_used = time.monotonic()
-        return self.ensure_loaded(name)
+        """An admin's load: like a request's, but a failed model gets a fresh start and a
+        preloaded one counts for /ready again. Why it must wait for room, if it must; raises
+        ``Unavailable`` when it can never fit."""
+        model = self.models[name]
+        model.fresh_start()
+        model.never = None
+        self._plan(model)
+        if model.never:
+            raise Unavailable(model.never, code="memory_budget_exceeded")
+        return model.blocked
 
     async def load(self, name: str, timeout: float) -> None:
         """``begin_load``, waiting up to ``timeout`` for room; does not wait for readiness."""
-        deadline = time.monotonic() + timeout
-        blocked = self.begin_load(name)
-        while blocked is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unavailable(f"the model '{name}' could not be loaded in time: {blocked}")
-            await self.client.pool.wait_change(min(left, 1.0))
-            blocked = self.ensure_loaded(name)
+        model = self.models[name]
+        if self.begin_load(name) is None:
+            return
+
+        def room() -> bool | None:
+            self._plan(model)
+            return True if model.blocked is None else None
+
+        await self.models.wait_until(
+            model, room, time.monotonic() + timeout, f"the model '{name}' could not be loaded", load=False
+        )
 
     async def unload(self, name: str, reason: str = "admin") -> None:
         """Unload ``name`` and wait until its workers have exited."""
         runner = self.runners[name]
         runner.unload(reason)
-        self.client.pool.models[name].required = False
+        self.models[name].required = False
         await runner.unloaded.wait()
 
     async def _expire_idle(self) -> None:
@@ -320,7 +314,7 @@ class Supervisor:
         while not self.stopping:
             await asyncio.sleep(WATCH_EVERY)
             now = time.monotonic()
-            for w in list(self.client.pool.workers.values()):
+            for w in list(self.models.pool.workers.values()):
                 if now - w.last_seen <= timeout:
                     continue
                 proc = self.procs.get(w.worker_id)
@@ -338,14 +332,7 @@ class Supervisor:
         self.stopping = True
         self.client.drain(list(self.procs))
         procs = list(self.procs.values())
-        for sig, wait in (("drain", self.config.server.drain_timeout), ("terminate", 3.0), ("kill", 3.0)):
-            alive = [p for p in procs if p.returncode is None]
-            if not alive:
-                break
-            if sig != "drain":
-                for p in alive:
-                    getattr(p, sig)()
-            await asyncio.wait([asyncio.create_task(p.wait()) for p in alive], timeout=wait)
+        await stop_ladder(lambda: procs, self.config.server.drain_timeout, "shutdown")
         tasks = [t for r in self.runners.values() for t in r.tasks] + list(self._tasks)
         for t in tasks:
             t.cancel()

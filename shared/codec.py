@@ -1,21 +1,21 @@
 """Frames <-> typed messages. orjson only; nothing that crosses a socket is ever pickled.
 
 A message is two frames, ``[kind, payload]``. Decoding checks the kind, that the payload is a
-JSON object, that every required field is there and that each field has its declared type; any
-failure is a ``ProtocolError`` so a receive loop can log and drop one bad message and go on.
+JSON object, that every required field is there and that each field has its declared type
+(shared/typecheck.py, the same checker as the configuration's); any failure is a
+``ProtocolError`` so a receive loop can log and drop one bad message and go on.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from functools import cache
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import orjson
+from pydantic import Discriminator, Tag
 
-from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Kind, Message, Step, WorkerState
+from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Error, Kind, Message, Step
+from shared.typecheck import STRICT, TypeProblem, check_json
 
 
 class ProtocolError(ValueError):
@@ -30,32 +30,29 @@ def encode(msg: Message) -> list[bytes]:
     return [msg.KIND.value.encode(), orjson.dumps(msg)]
 
 
-_SIMPLE = {str: str, int: int, float: (int, float), bool: bool, dict: dict, list: list}
+def _event_kind(ev: Any) -> str | None:
+    """Which member of the event union to check (by the pair's kind), so only that one runs."""
+    return ev[0] if isinstance(ev, (list, tuple)) and ev and isinstance(ev[0], str) else None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Field:
-    typ: Any  # what isinstance must accept (None: anything)
-    required: bool
-    nullable: bool
+@dataclass(frozen=True)
+class _StepPayload:
+    """A ``step``'s payload: its events as ``[kind, fields]`` pairs (kinds in ``STEP_KINDS``)."""
+
+    __pydantic_config__ = STRICT
+    events: list[
+        Annotated[
+            Annotated[tuple[Literal["delta"], Delta], Tag("delta")]
+            | Annotated[tuple[Literal["done"], Done], Tag("done")]
+            | Annotated[tuple[Literal["error"], Error], Tag("error")],
+            Discriminator(_event_kind),
+        ]
+    ]
 
 
-@cache
-def _checks(cls: type) -> dict[str, _Field]:
-    """Per field of a message class: its runtime type check, and whether it may be absent or null."""
-    hints = typing.get_type_hints(cls)
-    out: dict[str, _Field] = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
-        nullable = type(None) in args
-        if nullable:
-            hint = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(hint) or hint
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        typ = WorkerState if hint is WorkerState else _SIMPLE.get(origin)
-        out[f.name] = _Field(typ, required, nullable)
-    return out
+assert {Kind.DELTA, Kind.DONE, Kind.ERROR} == set(STEP_KINDS)
+for _cls in MESSAGE_TYPES.values():
+    _cls.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
 
 
 def decode(kind: bytes, payload: bytes) -> Message:
@@ -65,57 +62,25 @@ def decode(kind: bytes, payload: bytes) -> Message:
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError(f"unknown message kind {kind[:32]!r}") from None
     try:
-        obj = orjson.loads(payload)
+        obj = orjson.loads(payload)  # strict JSON: no NaN, UTF-8 only
     except orjson.JSONDecodeError as e:
         raise ProtocolError(f"{k}: payload is not JSON: {e}") from None
-    return _from_obj(k, obj)
-
-
-def _from_obj(k: Kind, obj: Any) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError(f"{k}: payload is not an object")
-    cls = MESSAGE_TYPES[k]
-    args: dict[str, Any] = {}
-    for name, spec in _checks(cls).items():
-        typ = spec.typ
-        if name not in obj:
-            if spec.required:
-                raise ProtocolError(f"{k}: missing field {name!r}")
-            continue
-        value = obj[name]
-        if value is None:
-            if not spec.nullable:
-                raise ProtocolError(f"{k}: field {name!r} is null")
-        elif typ is WorkerState:
-            try:
-                value = WorkerState(value)
-            except ValueError:
-                raise ProtocolError(f"{k}: bad state {value!r}") from None
-        elif typ is not None and not isinstance(value, typ):
-            raise ProtocolError(f"{k}: field {name!r} has type {type(value).__name__}")
-        elif typ is not None and typ is not bool and isinstance(value, bool) and typ in (int, (int, float)):
-            raise ProtocolError(f"{k}: field {name!r} has type bool")
-        args[name] = value
-    if cls is Step:
-        args["events"] = [_step_event(ev) for ev in args["events"]]
-    msg = cls(**args)
-    _check_numbers(k, msg)
+    try:
+        if k is Kind.STEP:
+            msg: Message = Step([ev for _, ev in check_json(_StepPayload, payload).events])
+        else:
+            msg = check_json(MESSAGE_TYPES[k], payload)
+    except TypeProblem as e:
+        raise ProtocolError(f"{k}: field {e.field!r}: {e.message}") from None
     if isinstance(msg, Delta) and msg.tool_calls is not None:
         _check_tool_calls(k, msg.tool_calls)
+    elif isinstance(msg, Step):
+        for ev in msg.events:
+            if isinstance(ev, Delta) and ev.tool_calls is not None:
+                _check_tool_calls(k, ev.tool_calls)
     return msg
-
-
-def _step_event(ev: Any) -> Message:
-    """One event of a ``step``: ``[kind, fields]`` with kind delta, done or error."""
-    if not isinstance(ev, list) or len(ev) != 2 or not isinstance(ev[0], str):
-        raise ProtocolError("step: an event is not [kind, fields]")
-    try:
-        k = Kind(ev[0])
-    except ValueError:
-        raise ProtocolError(f"step: unknown event kind {ev[0][:32]!r}") from None
-    if k not in STEP_KINDS:
-        raise ProtocolError(f"step: a {k} can't be a step event")
-    return _from_obj(k, ev[1])
 
 
 _TOOL_CALL_FIELDS = {"index": int, "id": str, "name": str, "arguments": str}
@@ -130,13 +95,3 @@ def _check_tool_calls(k: Kind, calls: list[Any]) -> None:
             value = call.get(key)
             if not isinstance(value, typ) or isinstance(value, bool):
                 raise ProtocolError(f"{k}: tool call field {key!r} must be {typ.__name__}")
-
-
-def _check_numbers(k: Kind, msg: Message) -> None:
-    """Counters inside a message's dicts are numbers (the gateway adds them up)."""
-    numbers: dict[str, Any] = {}
-    if isinstance(msg, Done):
-        numbers = {**msg.usage, **msg.timings}
-    for key, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{k}: {key!r} must be a number")

@@ -13,13 +13,14 @@ import importlib.util
 import os
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import ValidationError
+
+from shared.typecheck import STRICT_CLOSED, adapter, extra_fields, problem
 
 from shared.units import FOREVER, parse_duration, parse_size
 
@@ -27,7 +28,11 @@ DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
 TOOL_MODES = ("auto", "native", "generic", "off")  # a model's ``tools`` setting
+IMAGE_POLICIES = ("reject", "placeholder")
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -37,6 +42,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load)."""
+
+    __pydantic_config__ = STRICT_CLOSED
 
     name: str
     path: str
@@ -64,6 +71,10 @@ class ModelConfig:
     # 0: as soon as idle. None: forever for a preloaded model, 5 minutes for an on-demand one.
     keep_alive: float | str | None = None
     pin: bool = False  # never unloaded for idleness nor evicted for another model (an admin still may)
+    # images and documents in a request (the models read text only): "reject" (a 400 naming the
+    # part) or "placeholder" (each replaced by a short note). None: placeholder on /v1/messages,
+    # reject on the OpenAI endpoints
+    images: str | None = None
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -85,6 +96,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     """Gateway settings."""
+
+    __pydantic_config__ = STRICT_CLOSED
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -142,46 +155,23 @@ def default_model() -> ModelConfig:
     return ModelConfig(name=DEFAULT_MODEL_NAME, path=default_model_path())
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-    missing = [
-        n
-        for n, f in names.items()
-        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{where}: missing setting(s) {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if not _type_ok(hints[key], value):
-            raise ConfigError(f"{where}: {key} = {value!r} should be {_type_name(hints[key])}")
-    return cls(**data)
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    """A TOML value against a setting's declared type (bool is not an int; an int is a float)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for t in options:
-        origin = typing.get_origin(t) or t
-        if t is type(None) and value is None:
-            return True
-        if origin is bool and isinstance(value, bool):
-            return True
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if origin in (str, dict, list) and isinstance(value, origin):
-            return True
-    return False
-
-
-def _type_name(hint: Any) -> str:
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in options if t is not type(None))
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """A settings table as ``cls``, its types checked by the same checker as wire messages
+    (shared/typecheck.py): unknown and missing settings and wrong types name the setting."""
+    try:
+        return adapter(cls).validate_json(orjson.dumps(data))
+    except TypeError as e:  # a TOML value JSON can't hold (a date)
+        raise ConfigError(f"{where}: {e}") from None
+    except ValidationError as e:
+        unknown = extra_fields(e)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}") from None
+        missing = [".".join(map(str, err["loc"])) for err in e.errors() if err["type"] == "missing"]
+        if missing:
+            raise ConfigError(f"{where}: missing setting(s) {', '.join(missing)}") from None
+        p = problem(e)
+        key = p.field.split(".")[0]
+        raise ConfigError(f"{where}: {key} = {data.get(key)!r}: {p.message}") from None
 
 
 def validate_model(m: ModelConfig) -> None:
@@ -193,6 +183,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:
         raise ConfigError(f"model {m.name}: prompt_cache_bytes, prompt_cache_entries and warm_cache_bytes must be >= 0")
+    if m.images is not None and m.images not in IMAGE_POLICIES:
+        raise ConfigError(f"model {m.name}: images must be one of {', '.join(IMAGE_POLICIES)}")
     if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
         raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
     if m.tools not in TOOL_MODES:
@@ -235,7 +227,7 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
         models.append(_build(ModelConfig, raw, where))
-    keys = {
+    keys: dict[str, Any] = {
         k: str((p.parent / os.path.expanduser(v)).resolve())
         for k in ("curve_secret_key", "curve_authorized_keys")
         if isinstance(v := server_table.get(k), str)

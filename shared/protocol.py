@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-PROTOCOL_VERSION = 3  # 2: tool calls (Generate.input tools, Delta.tool_calls); 3: response_format, Done.note
+# 2: tool calls (Generate.input tools, Delta.tool_calls); 3: reasoning (Delta.reasoning);
+# 4: constrained decoding (Generate.params response_format, Done.note)
+PROTOCOL_VERSION = 4
 
 
 class Kind(StrEnum):
@@ -65,6 +67,13 @@ TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")
 # {"type": "json_object"}, {"type": "lark", "grammar": "..."} or {"type": "text"} (see shared.grammar).
 OUTPUT_PARAMS = ("response_format",)
 TOOL_CHOICES = ("auto", "none", "required")
+# Reasoning: the chat template's switches are ``Generate.input`` keys (they shape the prompt, so
+# ``tokenize`` counts them too): ``enable_thinking`` (bool; false also caps the reasoning at 0
+# tokens) and ``reasoning_effort`` (str, for templates that read it), set by the API layer from
+# Anthropic's ``thinking`` and OpenAI's ``reasoning_effort``. ``Generate.params`` may hold
+# ``thinking_budget`` (int: reasoning tokens before the end marker is forced).
+TEMPLATE_SWITCHES = ("enable_thinking", "reasoning_effort")
+REASONING_PARAMS = ("thinking_budget",)
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ class Generate:
     """Start one generation. ``input`` holds ``messages`` (chat), ``prompt`` (text) or ``tokens``;
     with ``messages`` it may also hold ``tools`` (OpenAI-style function tools). Messages may be
     assistant turns with ``tool_calls`` (OpenAI shape, arguments as JSON text) and
-    ``{"role": "tool", "tool_call_id", "content"}`` results."""
+    ``{"role": "tool", "tool_call_id", "content"}`` results; an assistant turn may carry
+    ``reasoning_content``, and ``input`` the template switches ``TEMPLATE_SWITCHES``."""
 
     id: str
     model: str
@@ -145,13 +155,16 @@ class Delta:
     """New text since the last delta of request ``id`` (never splits a character), then any tool
     calls completed since: each ``{"index", "id", "name", "arguments"}``, whole (``arguments`` is
     complete JSON text, ``index`` counts from 0 within the request). Text that follows a call
-    comes in a later delta, so ``text`` always precedes ``tool_calls``."""
+    comes in a later delta, so ``text`` always precedes ``tool_calls``. ``reasoning`` is new text
+    of the model's reasoning (between its think markers, which are left out); it precedes
+    ``text``, so content followed by more reasoning comes in two deltas."""
 
     id: str
     text: str
     tokens: int
     logprobs: list[Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str = ""
     KIND = Kind.DELTA
 
 
@@ -159,6 +172,8 @@ class Delta:
 class Done:
     """The request finished; exactly one ``done`` or ``error`` ends every request.
     ``finish_reason``: stop, length, loop, or tool_calls (it ended after at least one tool call).
+    ``usage``: prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens (of the
+    completion tokens, those of the reasoning, its markers included).
     ``stop`` is the stop string that ended it (``finish_reason`` "stop"), None for an
     end-of-sequence token. ``note`` says what a client should know about how it ended (a tool
     call cut off by ``max_tokens`` and left out)."""

@@ -46,6 +46,40 @@ CHATML_TOOLS = (
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 TOOL_SPECIALS = ["<tool_call>", "</tool_call>"]
+
+# The reasoning variant: CHATML_TOOLS plus Qwen3-style thinking. The generation prompt opens
+# ``<think>`` (as DeepSeek-R1's does), or renders an empty ``<think></think>`` when
+# ``enable_thinking`` is false; an assistant turn's ``reasoning_content`` re-renders between the
+# markers, exactly where the model wrote it, so a conversation's next turn reuses the KV cache.
+_THINK_TURN = (
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- if message.reasoning_content is defined and message.reasoning_content is not none %}"
+    "{{ '<think>' + message.reasoning_content + '</think>' }}{%- endif %}"
+    "{{ message.content }}"
+)
+CHATML_THINK = (
+    CHATML_TOOLS.replace(
+        "{%- elif message.role == 'tool' %}",
+        "{%- elif message.role == 'assistant' %}" + _THINK_TURN + "{{ '<|im_end|>\\n' }}"
+        "{%- elif message.role == 'tool' %}",
+    )
+    .replace(
+        "{{ '<|im_start|>assistant' }}{%- if message.content %}",
+        "{{ '<|im_start|>assistant' }}"
+        "{%- if message.reasoning_content is defined and message.reasoning_content is not none %}"
+        "{{ '\\n<think>' + message.reasoning_content + '</think>' }}{%- endif %}"
+        "{%- if message.content %}",
+    )
+    .replace(
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}",
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{%- if enable_thinking is defined and not enable_thinking %}{{ '<think></think>' }}"
+        "{%- else %}{{ '<think>' }}{%- endif %}{%- endif %}",
+    )
+)
+THINK_SPECIALS = ["<think>", "</think>"]
+THOUGHT = "Hm."  # an added token: forced by logit_bias, the output is this word, over and over
+CALL_TEXT = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'  # an added token: a whole call
 EMPTY_ARGS = "{}}"  # an added token: forced by logit_bias after a named-call prefill, it completes the call
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
@@ -82,9 +116,13 @@ def _docstrings() -> list[str]:
     return texts
 
 
-def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool = False, vocab: int = 600) -> Path:
+def build_tiny_model(
+    out: Path, seed: int = 0, context: int = 16384, tools: bool = False, vocab: int = 600, think: bool = False
+) -> Path:
     """The model in ``out``; ``tools``: the tool-calling variant (CHATML_TOOLS, <tool_call> tokens);
-    ``vocab`` above 600: a tokenizer trained on English and JSON too (``english_corpus``)."""
+    ``think``: the reasoning variant (CHATML_THINK, tools too, <think>/</think> tokens, THOUGHT and
+    CALL_TEXT as added tokens); ``vocab`` above 600: a tokenizer trained on English and JSON too
+    (``english_corpus``)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -101,16 +139,19 @@ def build_tiny_model(out: Path, seed: int = 0, context: int = 16384, tools: bool
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS + (english_corpus() if vocab > 600 else []), trainer)
-    if tools:
+    if tools or think:
         tok.add_special_tokens(TOOL_SPECIALS)
         tok.add_tokens([EMPTY_ARGS])
+    if think:
+        tok.add_special_tokens(THINK_SPECIALS)
+        tok.add_tokens([THOUGHT, CALL_TEXT])
     tok.save(str(out / "tokenizer.json"))
     eos = tok.token_to_id("<|im_end|>")
     (out / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                "chat_template": CHATML_TOOLS if tools else CHATML,
+                "chat_template": CHATML_THINK if think else CHATML_TOOLS if tools else CHATML,
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
                 "bos_token": None,

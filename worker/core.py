@@ -8,6 +8,7 @@ with ZeroMQ; tests can drive it in-process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.tokenizer_utils import _byte_decoder  # GPT-2's byte <-> unicode table, cached there
 
 from shared.config import ModelConfig
 from shared.protocol import (
@@ -34,11 +34,20 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
-from worker.grammar import Constraint, NoGrammarTokenizer, grammar_tokenizer, tool_grammar
+from worker.grammar import Constraint, NoGrammarTokenizer, grammar_tokenizer, tool_grammar, with_reasoning
 from shared.grammar import GrammarError, response_grammar
+from worker.reasoning import ReasoningBudget, ReasoningSyntax, ReasoningText, ThinkCounter, budget_of
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import Prompt, TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE table, unicode character -> byte (transformers' public helper)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 @dataclass
@@ -60,6 +69,8 @@ class _Live:
     loop: tuple[int, int] | None = None
     tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
     constraint: Constraint | None = None  # a grammar held the output to a format (response_format, tool calls)
+    reasoning: ReasoningText | None = None  # a chat on a reasoning model: splits reasoning from content
+    thoughts: ThinkCounter | None = None  # counts its reasoning tokens
 
 
 @dataclass
@@ -92,6 +103,7 @@ class EngineCore:
         self.broken: str | None = None  # set when a step failed: the worker must restart
         self._system_pending: set[str] = set()  # requests whose system prompt is being prefilled
         self.tool_syntax = ToolSyntax.of(loaded.tokenizer, cfg.tool_parser)  # None: no tool calling
+        self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -166,16 +178,17 @@ class EngineCore:
         room = ctx - len(tokens)
         asked = params.get("max_tokens") or self.cfg.max_tokens or room
         max_tokens = max(1, min(int(asked), room))
+        thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
+        inside = thinking is not None and not prompt.prefill and thinking.opens(tokens)
         try:
             sampler = make_request_sampler(params, self.m.vocab_size)
             processors = make_request_processors(params, self.m.vocab_size)
-            constraint = self._constraint(params, prompt)
+            # a forced call's prefill already closed any reasoning block: the grammar starts after it
+            constraint = self._constraint(params, prompt, None if prompt.prefill else thinking, inside)
         except (ParamError, GrammarError) as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        if constraint is not None:
-            processors = [*processors, constraint]  # last: nothing after it can lift the mask
         system_len = system_prefix(self.m.tokenizer, req.input, prompt) if self.prompt_cache is not None else 0
         cache, cached = self.prompt_cache.lookup(tokens, system_len) if self.prompt_cache is not None else (None, 0)
         if cached < system_len:  # prefill the system prompt as a segment of its own, to cache it
@@ -184,16 +197,25 @@ class EngineCore:
         else:
             segments = [tokens[cached:]]
         stop = params.get("stop") or []
+        detok = self.m.tokenizer.detokenizer
+        split = ReasoningText(detok, thinking, inside) if thinking is not None else None
+        budget = budget_of(req.input, params) if thinking is not None else None
+        if thinking is not None and budget is not None:
+            processors = [*processors, ReasoningBudget(thinking, budget, inside)]
+        if constraint is not None:
+            processors = [*processors, constraint]  # last: nothing after it can lift the mask
         live = _Live(
             id=req.id,
             uid=-1,
-            text=TextStream(self.m.tokenizer.detokenizer, [stop] if isinstance(stop, str) else stop),
+            text=TextStream(split or detok, [stop] if isinstance(stop, str) else stop),
             prompt_tokens=len(tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
             cached_tokens=cached,
             guard=LoopGuard.from_param(params.get("loop_guard")),
             constraint=constraint,
+            reasoning=split,
+            thoughts=ThinkCounter(thinking, inside) if thinking is not None else None,
         )
         if prompt.tools and prompt.syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
@@ -214,9 +236,12 @@ class EngineCore:
         self._by_uid[live.uid] = live
         return []
 
-    def _constraint(self, params: dict[str, Any], prompt: Prompt) -> Constraint | None:
+    def _constraint(
+        self, params: dict[str, Any], prompt: Prompt, thinking: ReasoningSyntax | None, inside: bool
+    ) -> Constraint | None:
         """The request's grammar as a logits processor: its ``response_format``, or, when tools
-        are offered in a format Hearth has a grammar for, the answer with its tool calls."""
+        are offered in a format Hearth has a grammar for, the answer with its tool calls. On a
+        reasoning model a reasoning block (already open when ``inside``) may come first, free."""
         grammar = response_grammar(params.get("response_format"))
         param = "response_format"
         if prompt.tools and prompt.syntax is not None:
@@ -236,8 +261,11 @@ class EngineCore:
             param = "tools"
         if grammar is None:
             return None
+        tok = grammar_tokenizer(self.m)
+        if thinking is not None:
+            grammar = with_reasoning(tok, grammar, thinking.start, thinking.end, inside)
         prefill = self.m.tokenizer.encode(prompt.prefill, add_special_tokens=False) if prompt.prefill else []
-        return Constraint(grammar_tokenizer(self.m), grammar, param, prefill)
+        return Constraint(tok, grammar, param, prefill)
 
     def _start_direct(
         self,
@@ -338,6 +366,8 @@ class EngineCore:
                 text += live.text.finish()
         if live.top_logprobs is not None and r.finish_reason != "stop":
             live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
+        if live.thoughts is not None and r.finish_reason != "stop":
+            live.thoughts.feed(r.token)
         finish = r.finish_reason
         if live.text.stopped:
             finish = "stop"
@@ -360,7 +390,7 @@ class EngineCore:
             self._remove(r.uid)
         elif finish is not None:
             self._keep(r.all_tokens, r.prompt_cache)
-        out.extend(self._deltas(live, events))
+        out.extend(self._deltas(live, events, live.reasoning.take() if live.reasoning is not None else ""))
         if finish is not None:
             failed = live.constraint.error if live.constraint is not None else None
             if failed is not None:  # the grammar lost track: the output can't be vouched for
@@ -383,12 +413,16 @@ class EngineCore:
                 if self.prompt_cache is not None:
                     self.prompt_cache.store(tokens[:], cache, SYSTEM)
 
-    def _deltas(self, live: _Live, events: list[str | ToolCall]) -> list[Delta]:
-        """One step's text and tool calls as deltas: each delta's text precedes its calls, so
-        text written after a call starts a new delta. Logprobs ride on the first."""
+    def _deltas(self, live: _Live, events: list[str | ToolCall], reasoning: str = "") -> list[Delta]:
+        """One step's reasoning, text and tool calls as deltas: each delta's text precedes its
+        calls, so text written after a call starts a new delta. Logprobs and the step's
+        reasoning (which precedes its text: a step never holds content and then reasoning, as a
+        marker is a token of its own or released with the text before it) ride on the first."""
         if len(events) == 1 and isinstance(events[0], str):  # no tool calls: the usual case
             logprobs, live.logprobs = live.logprobs or None, []
-            return [Delta(live.id, events[0], live.completion_tokens, logprobs)] if events[0] or logprobs else []
+            if not (events[0] or logprobs or reasoning):
+                return []
+            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning)]
         out: list[Delta] = []
         text, calls = "", list[ToolCall]()
         for ev in events:
@@ -401,11 +435,11 @@ class EngineCore:
                 calls.append(ev)
         if text or calls or not out:
             out.append(Delta(live.id, text, live.completion_tokens, None, calls or None))
-        if live.logprobs:
+        if live.logprobs or reasoning:
             first = out[0]
-            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs, first.tool_calls)
+            out[0] = Delta(first.id, first.text, first.tokens, live.logprobs or None, first.tool_calls, reasoning)
             live.logprobs = []
-        return [d for d in out if d.text or d.logprobs or d.tool_calls]
+        return [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)
@@ -416,6 +450,7 @@ class EngineCore:
                 "prompt_tokens": live.prompt_tokens,
                 "completion_tokens": live.completion_tokens,
                 "cached_tokens": live.cached_tokens,
+                "reasoning_tokens": live.thoughts.count if live.thoughts is not None else 0,
                 **({"loop_cycle_tokens": live.loop[0], "loop_repeats": live.loop[1]} if live.loop else {}),
             },
             timings={

@@ -224,6 +224,21 @@ def _tool_grammar(
     return llguidance.LLMatcher.grammar_from_lark("\n".join(rules))
 
 
+def with_reasoning(tok: GrammarTokenizer, grammar: str, start: str, end: str, inside: bool) -> str:
+    """``grammar`` after a reasoning model's free reasoning block: ``START … END`` first, if the
+    model writes one (``inside``: the prompt already opened it, so the answer begins in it and
+    must close it). The format holds only the answer, never the reasoning."""
+    subs = list(json.loads(grammar)["grammars"])
+    subs[0] = {**subs[0], "name": "hearth_answer"}
+    if tok.is_special(end):
+        closing = f"closing: THINK {end}"
+    else:
+        closing = f"closing[lazy]: THINK {_lit(end)}"
+    block = "closing" if inside else f"({_marker(tok, start)} closing)?"
+    top = "\n".join([f"start: {block} GAP @hearth_answer", closing, "THINK: /(.|\\n)*/", "GAP: /[ \\n]{0,4}/"])
+    return json.dumps({"grammars": [{"lark_grammar": top}, *subs]})
+
+
 def parse_generic(body: str, tools: Any = None) -> Any:
     """A generic-format call's text after its opening marker: ``{"name", "arguments"}}``."""
     return json.loads(GENERIC_MARKER + body)["tool_call"]

@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm import load as mlx_load
 
+from shared import device
 from shared.config import ModelConfig
 from worker import cpu_attention
 
@@ -28,11 +29,8 @@ class LoadedModel:
 
 
 def import_dtype(dtype: str) -> str:
-    """``auto``: float32 on the CPU, where MLX's quantized kernels are slow and float32 is ~25x
-    faster for prefill; on a GPU (Metal) the GGUF's own quantized weights are the fast choice."""
-    if dtype != "auto":
-        return dtype
-    return "float32" if mx.default_device() == mx.cpu else "keep"
+    """The GGUF import dtype on this worker's device (the rule: ``shared.device.import_dtype``)."""
+    return device.import_dtype(dtype, gpu=mx.default_device() != mx.cpu)
 
 
 def resolve_folder(cfg: ModelConfig) -> Path:

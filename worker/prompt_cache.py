@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import mlx.core as mx
 import orjson
 from mlx_lm.models.cache import (
+    KVCache,
     LRUPromptCache,
     can_trim_prompt_cache,
     load_prompt_cache,
@@ -45,12 +47,19 @@ CONVERSATION = "assistant"  # mlx-lm's name for a whole-conversation entry
 _SUFFIX = ".safetensors"
 
 
+class PromptCacheInternalsError(RuntimeError):
+    """The installed mlx-lm's LRUPromptCache no longer has what warm restarts read."""
+
+
 class PromptCache:
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         sys_entries = max(1, max_entries // 4)
         sys_bytes = max_bytes // 4
         self._conv = LRUPromptCache(max_size=max(1, max_entries - sys_entries), max_bytes=max_bytes - sys_bytes)
         self._system = LRUPromptCache(max_size=sys_entries, max_bytes=sys_bytes)
+        # tokens per stored entry, keyed by the entry's first layer cache: when mlx-lm evicts an
+        # entry its cache objects go, and so does the key (no reading of mlx-lm's internals)
+        self._held: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def lookup(self, tokens: Sequence[int], system_len: int = 0) -> tuple[list[Any] | None, int]:
         """A private copy of the nearest cache and how many leading tokens of ``tokens`` it holds;
@@ -69,6 +78,7 @@ class PromptCache:
         if cache and tokens:
             target = self._system if kind == SYSTEM else self._conv
             target.insert_cache(_KEY, list(tokens), cache, cache_type=kind)
+            self._held[cache[0]] = len(tokens)
 
     @property
     def nbytes(self) -> int:
@@ -77,16 +87,35 @@ class PromptCache:
     @property
     def ntokens(self) -> int:
         """Tokens held by every entry (a prefix shared by two entries counts twice)."""
-        return sum(len(toks) for lru in (self._conv, self._system) for q in lru._lru._lrus.values() for _, toks in q)
+        return sum(self._held.values())
 
     def __len__(self) -> int:
         return len(self._conv) + len(self._system)
 
     # -- warm restarts ----------------------------------------------------------------------
 
+    @staticmethod
+    def check_internals() -> None:
+        """Warm restarts read mlx-lm's LRU order and trie (``_entries``: mlx-lm has no public way
+        to list its entries). The worker's load-time self-check calls this, so an mlx-lm upgrade
+        that changes them fails at load, naming them, instead of at the first drain."""
+        probe, layer = PromptCache(4, 1 << 20), KVCache()
+        layer.update_and_fetch(mx.zeros((1, 1, 3, 2)), mx.zeros((1, 1, 3, 2)))
+        probe.store([1, 2, 3], [layer])
+        try:
+            entries = probe._entries()
+        except (AttributeError, KeyError, TypeError) as e:
+            raise PromptCacheInternalsError(
+                f"mlx-lm's LRUPromptCache._lru._lrus / ._trie changed ({type(e).__name__}: {e}); "
+                "warm restarts (saving the prompt cache) need them"
+            ) from None
+        if [(kind, toks) for kind, toks, _ in entries] != [(CONVERSATION, [1, 2, 3])]:
+            raise PromptCacheInternalsError(f"mlx-lm's LRUPromptCache order reads back wrong: {entries!r}")
+
     def _entries(self) -> list[tuple[str, list[int], list[Any]]]:
         """(kind, tokens, cache), hottest first: system prompts, then conversations, most
-        recently used first. Reads mlx-lm's LRU order (``CacheOrder``)."""
+        recently used first. Reads mlx-lm's LRU order (``CacheOrder``); only at drain (saving),
+        never per step or heartbeat, and checked at load (``check_internals``)."""
         out = []
         for kind, lru in ((SYSTEM, self._system), (CONVERSATION, self._conv)):
             for order in lru._lru._lrus.values():

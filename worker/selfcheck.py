@@ -8,13 +8,13 @@ becomes ready; a request never meets it. It also warms up (compiles) the samplin
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 from shared.protocol import Done, Error, Generate
 from worker.core import EngineCore
 from worker.grammar import NoGrammarTokenizer, grammar_tokenizer
+from worker.prompt_cache import PromptCache
 
 log = logging.getLogger("hearth.worker")
 
@@ -54,6 +54,7 @@ class SelfCheckError(RuntimeError):
 
 
 def self_check(core: EngineCore) -> None:
+    PromptCache.check_internals()  # warm restarts read two mlx-lm internals: fail here, not at drain
     saved, core.prompt_cache = core.prompt_cache, None  # the checks' caches are of no use later
     try:
         _run_checks(core)

@@ -40,6 +40,7 @@ class Prompt:
     tokens: list[int]
     tools: list[dict[str, Any]] = field(default_factory=list)
     prefill: str = ""
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # the reasoning switches it was rendered with
     syntax: ToolSyntax | None = None  # the tool-call format the answer is read with (None: no tools)
 
 
@@ -73,15 +74,16 @@ def render(
         return Prompt(list(tokenizer.encode(text)))
     history = any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in messages)
     fmt = tool_format(tokenizer, syntax, mode) if tools or history else "native"
+    switches = thinking_kwargs(inp)
     if fmt == "generic":
         _check_choice(choice)
-        return _render_generic(tokenizer, messages, tools)
+        return _render_generic(tokenizer, messages, tools, switches)
     if tools:
         _check_tools_supported(tokenizer, syntax)
         if fmt == "off":
             raise TemplateError('tools are turned off for this model (its tools setting is "off")', "tools")
     prefill = _prefill(syntax, choice) if tools else ""
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    kwargs: dict[str, Any] = {**switches, **({"tools": tools} if tools else {})}
     try:
         rendered = tokenizer.apply_chat_template(
             template_messages(messages), add_generation_prompt=True, tokenize=not prefill, **kwargs
@@ -90,8 +92,9 @@ def render(
         raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
     used = syntax if tools else None
     if prefill:
-        return Prompt(list(tokenizer.encode(rendered + prefill, add_special_tokens=False)), tools, prefill, used)
-    return Prompt(list(rendered), tools, "", used)
+        text = rendered + _close_reasoning(tokenizer, rendered) + prefill
+        return Prompt(list(tokenizer.encode(text, add_special_tokens=False)), tools, prefill, switches, used)
+    return Prompt(list(rendered), tools, "", switches, used)
 
 
 def tool_format(tokenizer: Any, syntax: ToolSyntax | None, mode: str) -> str:
@@ -102,14 +105,38 @@ def tool_format(tokenizer: Any, syntax: ToolSyntax | None, mode: str) -> str:
     return mode
 
 
-def _render_generic(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Prompt:
+def _render_generic(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], switches: dict[str, Any]
+) -> Prompt:
+    """The generic tool format (``worker.generic_tools``): the template sees no ``tools``."""
     try:
         tokens = tokenizer.apply_chat_template(
-            generic_messages(template_messages(messages), tools), add_generation_prompt=True
+            generic_messages(template_messages(messages), tools), add_generation_prompt=True, **switches
         )
     except Exception as e:
         raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
-    return Prompt(list(tokens), tools, "", GENERIC if tools else None)
+    return Prompt(list(tokens), tools, "", switches, GENERIC if tools else None)
+
+
+def _close_reasoning(tokenizer: Any, rendered: str) -> str:
+    """The end marker, when the rendered prompt leaves a reasoning block open (a template that
+    opens ``<think>`` in the generation prompt): a forced tool call must not start inside it."""
+    if not getattr(tokenizer, "has_thinking", False):
+        return ""
+    start, end = str(tokenizer.think_start), str(tokenizer.think_end)
+    return end if rendered.rfind(start) > rendered.rfind(end) else ""
+
+
+def thinking_kwargs(inp: dict[str, Any]) -> dict[str, Any]:
+    """The chat template's reasoning switches an input sets: ``enable_thinking`` (Qwen3-style
+    templates; mlx-lm's wrapper renames it for renderers that call it ``thinking``) and
+    ``reasoning_effort`` (gpt-oss-style). A template that reads neither ignores them."""
+    out: dict[str, Any] = {}
+    if inp.get("enable_thinking") is not None:
+        out["enable_thinking"] = bool(inp["enable_thinking"])
+    if inp.get("reasoning_effort") is not None:
+        out["reasoning_effort"] = str(inp["reasoning_effort"])
+    return out
 
 
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,7 +226,8 @@ def system_prefix(tokenizer: Any, inp: dict[str, Any], prompt: Prompt) -> int:
     if n == 0 or n == len(messages):
         return 0
     generic = prompt.syntax is GENERIC
-    kwargs: dict[str, Any] = {"tools": prompt.tools} if prompt.tools and not generic else {}
+    tools_kwarg = {"tools": prompt.tools} if prompt.tools and not generic else {}
+    kwargs: dict[str, Any] = {**prompt.template_kwargs, **tools_kwarg}
     head_messages = template_messages(messages[:n])
     if generic:
         head_messages = generic_messages(head_messages, prompt.tools)

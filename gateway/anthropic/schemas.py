@@ -1,9 +1,10 @@
 """Anthropic Messages API request bodies, validated strictly at the edge.
 
 Types are strict, ranges follow Anthropic's, unknown fields are ignored (Claude Code sends many
-Hearth has no use for). Fields Hearth accepts but does not use (``thinking``, ``metadata``,
-``service_tier`` …) are still type-checked. Content blocks are told apart by ``type``; an image
-or document is refused by name, since the models are text-only.
+Hearth has no use for). Fields Hearth accepts but does not use (``metadata``, ``service_tier``
+…) are still type-checked. Content blocks are told apart by ``type``; an image or document is
+replaced by a note or refused by name (the model's ``images`` policy, gateway.media), since the
+models are text-only.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pydantic import (
     StrictStr,
     Tag,
     field_validator,
+    ValidationInfo,
     model_validator,
 )
 
+from gateway import media
 from gateway.bodies import KeepAlive
 from shared.grammar import GrammarError, check_schema, check_tool_schema
 
@@ -48,23 +51,67 @@ class ToolUseBlock(_Strict):
     input: dict[str, Any]
 
 
+class MediaBlock(_Strict):
+    """An image or document block. The models read text only: under the model's
+    ``images = "placeholder"`` (the default here) it becomes a note in the prompt
+    (gateway.media); under ``reject`` it is refused by name."""
+
+    type: Literal["image", "document"]
+    source: dict[str, Any] | None = None
+    title: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, data: Any, info: ValidationInfo) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if not media.allows(info.context):
+            raise ValueError(
+                f"images are not supported by this text-only model (content block type {kind!r}); "
+                'configure the model with images = "placeholder" to have them replaced by a note'
+            )
+        return data
+
+    def note(self) -> str:
+        source = self.source or {}
+        detail = self.title or source.get("media_type") or source.get("url") or ""
+        return media.note(self.type, detail if isinstance(detail, str) else "")
+
+
+def _text_or_media(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return "Media" if kind in ("image", "document") else "Text"
+
+
+ResultBlock = Annotated[
+    Annotated[TextBlock, Tag("Text")] | Annotated[MediaBlock, Tag("Media")], Discriminator(_text_or_media)
+]
+
+
 class ToolResultBlock(_Strict):
     type: Literal["tool_result"]
     tool_use_id: StrictStr
-    content: SystemPrompt | None = None  # a string or text blocks, like a system prompt
+    content: ToolResultContent | None = None  # a string, or text (and image/document) blocks
     is_error: StrictBool | None = None
 
     def text(self) -> str:
+        """The result as text; an image or document in it becomes its note."""
         if isinstance(self.content, list):
-            return "\n\n".join(b.text for b in self.content)
+            return "\n\n".join(b.text if isinstance(b, TextBlock) else b.note() for b in self.content)
         return self.content or ""
+
+    def omitted(self) -> int:
+        return sum(1 for b in self.content if isinstance(b, MediaBlock)) if isinstance(self.content, list) else 0
 
 
 class ThinkingBlock(_Strict):
-    """A thinking block a client sends back from an earlier turn: accepted and left out of the
-    prompt (Hearth never produces them itself)."""
+    """A thinking block a client sends back from an earlier turn: its text re-renders as that
+    turn's reasoning (``reasoning_content``), where the chat template puts it, so the KV cache
+    still holds the conversation. A ``redacted_thinking`` block (opaque ``data``) is left out:
+    Hearth never produces one. The ``signature`` is not checked."""
 
     type: Literal["thinking", "redacted_thinking"]
+    thinking: StrictStr = ""
+    signature: StrictStr | None = None
 
 
 class _Unsupported(_Strict):
@@ -76,15 +123,13 @@ class _Unsupported(_Strict):
     @classmethod
     def _refuse(cls, data: Any) -> Any:
         kind = data.get("type") if isinstance(data, dict) else None
-        if kind in ("image", "document"):
-            raise ValueError(f"images are not supported by this text-only model (content block type {kind!r})")
-        known = "text, tool_use, tool_result"
+        known = "text, tool_use, tool_result, thinking, image, document"
         raise ValueError(f"unsupported content block type {kind!r}; Hearth takes {known}")
 
 
 # Union members are told apart by the block's ``type`` (so an error speaks of that one member
 # only); the tags are capitalised so error locations leave them out (gateway.bodies._param).
-_TAGS = {"text": "Text", "tool_use": "ToolUse", "tool_result": "ToolResult"}
+_TAGS = {"text": "Text", "tool_use": "ToolUse", "tool_result": "ToolResult", "image": "Media", "document": "Media"}
 
 
 def _block_tag(v: Any) -> str:
@@ -99,6 +144,7 @@ Block = Annotated[
     | Annotated[ToolUseBlock, Tag("ToolUse")]
     | Annotated[ToolResultBlock, Tag("ToolResult")]
     | Annotated[ThinkingBlock, Tag("Thinking")]
+    | Annotated[MediaBlock, Tag("Media")]
     | Annotated[_Unsupported, Tag("Unsupported")],
     Discriminator(_block_tag),
 ]
@@ -111,6 +157,9 @@ def _str_or_list(v: Any) -> str:
 Content = Annotated[Annotated[StrictStr, Tag("Str")] | Annotated[list[Block], Tag("List")], Discriminator(_str_or_list)]
 SystemPrompt = Annotated[
     Annotated[StrictStr, Tag("Str")] | Annotated[list[TextBlock], Tag("List")], Discriminator(_str_or_list)
+]
+ToolResultContent = Annotated[
+    Annotated[StrictStr, Tag("Str")] | Annotated[list[ResultBlock], Tag("List")], Discriminator(_str_or_list)
 ]
 
 
@@ -184,6 +233,24 @@ class ToolChoice(_Strict):
         return self
 
 
+class Thinking(_Strict):
+    """Extended thinking: ``enabled`` (with ``budget_tokens``, the most tokens the reasoning may
+    take before the end marker is forced) or ``adaptive`` turn the chat template's thinking
+    switch on, ``disabled`` turns it off and allows no reasoning output. Budgets under
+    Anthropic's minimum of 1,024 are accepted."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
+
+    @model_validator(mode="after")
+    def _budget(self) -> Thinking:
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise ValueError("budget_tokens: thinking of type 'enabled' needs budget_tokens")
+        if self.type != "enabled" and self.budget_tokens is not None:
+            raise ValueError(f"budget_tokens: only thinking of type 'enabled' takes budget_tokens, not {self.type!r}")
+        return self
+
+
 class PromptFields(_Strict):
     """What becomes the prompt: shared by ``/v1/messages`` and ``/v1/messages/count_tokens``, so
     both translate it the same way and count the same tokens."""
@@ -193,7 +260,7 @@ class PromptFields(_Strict):
     system: SystemPrompt | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    thinking: dict[str, Any] | None = None  # accepted and ignored
+    thinking: Thinking | None = None
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> PromptFields:

@@ -8,21 +8,25 @@ the two agree block for block.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import orjson
 
 from gateway.anthropic.schemas import (
     InputMessage,
+    MediaBlock,
     MessagesRequest,
     PromptFields,
     TextBlock,
+    ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
 )
 from gateway.errors import WorkerFailed
 from shared.config import ModelConfig
-from shared.protocol import Done
+from shared.protocol import Delta, Done
 
 BILLING_HEADER = "x-anthropic-billing-header:"
 JOIN = "\n\n"  # between text blocks of one system prompt or message
@@ -50,9 +54,15 @@ def _message(m: InputMessage) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thoughts: list[str] = []
     for b in m.content:
         if isinstance(b, TextBlock):
             texts.append(b.text)
+        elif isinstance(b, MediaBlock):  # only under the placeholder policy (schemas refuse it otherwise)
+            texts.append(b.note())
+        elif isinstance(b, ThinkingBlock):
+            if b.type == "thinking" and m.role == "assistant":
+                thoughts.append(b.thinking)
         elif isinstance(b, ToolUseBlock):
             arguments = orjson.dumps(b.input).decode()
             calls.append({"id": b.id, "type": "function", "function": {"name": b.name, "arguments": arguments}})
@@ -64,13 +74,23 @@ def _message(m: InputMessage) -> list[dict[str, Any]]:
             if b.is_error:
                 text = TOOL_ERROR_PREFIX + text
             out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": text})
-        # thinking blocks from an earlier turn are left out of the prompt
-    if texts or calls or not out:
+    if texts or calls or thoughts or not out:
         msg: dict[str, Any] = {"role": m.role, "content": JOIN.join(texts)}
+        if thoughts:  # the template re-renders it between its think markers, as the model wrote it
+            msg["reasoning_content"] = "".join(thoughts)
         if calls:
             msg["tool_calls"] = calls
         out.append(msg)
     return out
+
+
+def omitted_media(req: PromptFields) -> int:
+    """How many image and document blocks (tool results' included) became notes."""
+    n = 0
+    for m in req.messages:
+        for b in m.content if isinstance(m.content, list) else []:
+            n += 1 if isinstance(b, MediaBlock) else b.omitted() if isinstance(b, ToolResultBlock) else 0
+    return n
 
 
 def prompt_input(req: PromptFields, cfg: ModelConfig) -> dict[str, Any]:
@@ -94,6 +114,8 @@ def prompt_input(req: PromptFields, cfg: ModelConfig) -> dict[str, Any]:
             }
             for t in req.tools
         ]
+    if req.thinking is not None:  # the chat template's switch (it shapes the prompt, so it is input)
+        inp["enable_thinking"] = req.thinking.type != "disabled"
     return inp
 
 
@@ -116,6 +138,8 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     schema = req.output_schema()
     if schema is not None:
         params["response_format"] = {"type": "json_schema", "schema": schema}
+    if req.thinking is not None and req.thinking.budget_tokens is not None:
+        params["thinking_budget"] = req.thinking.budget_tokens
     return params
 
 
@@ -164,34 +188,50 @@ def tool_input(arguments: str) -> dict[str, Any]:
 Event = tuple[str, dict[str, Any]]
 
 
+def signature(thinking: str) -> str:
+    """A thinking block's ``signature``: Anthropic's is an opaque proof of origin; Hearth's is
+    the SHA-256 of the text (an integrity digest a client can check; Hearth does not verify
+    signatures sent back)."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
+
+
 class Blocks:
     """Builds a message's content blocks from deltas, and the stream events that say the same:
-    consecutive text makes one text block; each tool call its own tool_use block."""
+    consecutive reasoning makes one thinking block (its ``signature_delta`` just before it
+    closes), consecutive text one text block, each tool call its own tool_use block."""
 
     def __init__(self) -> None:
         self.content: list[dict[str, Any]] = []
-        self._text_open = False
-        self._parts: list[str] = []  # the open text block's pieces, joined when it closes
+        self._open: str | None = None  # the kind of the open block: "text" or "thinking"
+        self._parts: list[str] = []  # the open block's pieces, joined when it closes
+
+    def delta(self, ev: Delta) -> list[Event]:
+        """A worker delta's events, in its order: reasoning, text, tool calls."""
+        return [*self.thinking(ev.reasoning), *self.text(ev.text), *self.tool_calls(ev.tool_calls or [])]
 
     def text(self, text: str) -> list[Event]:
+        return self._piece("text", text)
+
+    def thinking(self, text: str) -> list[Event]:
+        return self._piece("thinking", text)
+
+    def _piece(self, kind: str, text: str) -> list[Event]:
         if not text:
             return []
         events: list[Event] = []
-        if not self._text_open:
-            self.content.append({"type": "text", "text": ""})
-            self._text_open = True
+        if self._open != kind:
+            events = self._close()
+            start = {"type": kind, kind: ""} if kind == "text" else {"type": kind, kind: "", "signature": ""}
+            self.content.append(dict(start))
+            self._open = kind
             events.append(
                 (
                     "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": len(self.content) - 1,
-                        "content_block": {"type": "text", "text": ""},
-                    },
+                    {"type": "content_block_start", "index": len(self.content) - 1, "content_block": start},
                 )
             )
         self._parts.append(text)
-        delta = {"type": "text_delta", "text": text}
+        delta = {"type": f"{kind}_delta", kind: text}
         events.append(
             ("content_block_delta", {"type": "content_block_delta", "index": len(self.content) - 1, "delta": delta})
         )
@@ -221,12 +261,18 @@ class Blocks:
         return self._close()
 
     def _close(self) -> list[Event]:
-        if not self._text_open:
+        kind, self._open = self._open, None
+        if kind is None:
             return []
-        self._text_open = False
-        self.content[-1]["text"] = "".join(self._parts)
+        block, i = self.content[-1], len(self.content) - 1
+        block[kind] = "".join(self._parts)
         self._parts = []
-        return [("content_block_stop", {"type": "content_block_stop", "index": len(self.content) - 1})]
+        events: list[Event] = []
+        if kind == "thinking":
+            block["signature"] = signature(block[kind])
+            delta = {"type": "signature_delta", "signature": block["signature"]}
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}))
+        return [*events, ("content_block_stop", {"type": "content_block_stop", "index": i})]
 
 
 class MessageShape:

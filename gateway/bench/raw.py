@@ -14,11 +14,9 @@ The prefix scenario has no in-process counterpart here (it measures a server's p
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,16 +25,13 @@ from gateway.bench.progress import Progress
 from gateway.bench.scenarios import Plan
 from gateway.bench.stats import RequestResult, summarize
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-
 
 def run_raw(plan: Plan, model_path: str | None, quiet: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """Run ``plan``'s single and concurrent steps in a child process: the model folder it
     loaded, and the steps' summaries."""
-    from shared.blas import with_openblas
+    from gateway.spawn import child_env
 
-    env = with_openblas(os.environ) or dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env = child_env()
     job = orjson.dumps({"plan": plan.to_dict(), "model_path": model_path, "quiet": quiet})
     done = subprocess.run(
         [sys.executable, "-m", "gateway.bench.raw"], input=job, stdout=subprocess.PIPE, env=env, check=False

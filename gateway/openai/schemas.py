@@ -21,8 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import media
 from gateway.bodies import KeepAlive
 from shared.grammar import GrammarError, check_schema, check_tool_schema
+from gateway.media import OPENAI_IMAGE_PARTS
 
 MAX_INT = 2**31 - 1
 MAX_N = 16  # choices per request (each is one sequence in the batch)
@@ -108,15 +110,23 @@ class ChatMessage(_Strict):
     name: StrictStr | None = None
     tool_calls: list[ToolCallIn] | None = None  # assistant turns only
     tool_call_id: StrictStr | None = None  # tool results only
+    reasoning_content: StrictStr | None = None  # an earlier assistant turn's reasoning, passed back
 
     @field_validator("content")
     @classmethod
-    def _text_parts(cls, v: Any) -> Any:
+    def _text_parts(cls, v: Any, info: ValidationInfo) -> Any:
+        """Text parts; image and file parts only under the model's ``images = "placeholder"``
+        (gateway.media), where each becomes a note."""
         if isinstance(v, list):
             for i, part in enumerate(v):
                 kind = part.get("type")
-                if kind in ("image_url", "input_image", "image", "input_audio", "file"):
-                    raise ValueError(f"part {i} is {kind}: this model is text-only, send text parts")
+                if kind in OPENAI_IMAGE_PARTS and media.allows(info.context):
+                    continue
+                if kind in (*OPENAI_IMAGE_PARTS, "input_audio"):
+                    raise ValueError(
+                        f"part {i} is {kind}: this model is text-only, send text parts"
+                        + ("" if kind == "input_audio" else ' (or configure the model with images = "placeholder")')
+                    )
                 if kind != "text" or not isinstance(part.get("text"), str):
                     raise ValueError(f"part {i} must be {{'type': 'text', 'text': '...'}}")
         return v
@@ -132,12 +142,27 @@ class ChatMessage(_Strict):
                 raise ValueError("a tool message needs content: the tool's result")
         elif self.tool_call_id is not None:
             raise ValueError("tool_call_id belongs to tool messages only")
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("reasoning_content belongs to assistant messages only")
         return self
 
     def text(self) -> str:
+        """The content as one text; an image or file part (placeholder policy) becomes its note."""
         if isinstance(self.content, list):
-            return "".join(p["text"] for p in self.content)
+            return "".join(p["text"] if p.get("type") == "text" else _part_note(p) for p in self.content)
         return self.content or ""
+
+    def omitted(self) -> int:
+        """How many image or file parts ``text`` replaced by a note."""
+        if not isinstance(self.content, list):
+            return 0
+        return sum(1 for p in self.content if p.get("type") in OPENAI_IMAGE_PARTS)
+
+
+def _part_note(part: dict[str, Any]) -> str:
+    kind = OPENAI_IMAGE_PARTS[str(part.get("type"))]
+    detail = part.get("file", {}).get("filename", "") if isinstance(part.get("file"), dict) else ""
+    return media.note(kind, detail if isinstance(detail, str) else "")
 
 
 FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -216,6 +241,8 @@ class ChatCompletionRequest(SamplingFields):
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
+    # "none": the chat template's thinking switch off (and no reasoning output); any other: on
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     functions: Any = None  # OpenAI's legacy function calling: refused with a pointer to tools
     function_call: Any = None
 

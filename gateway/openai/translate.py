@@ -4,7 +4,6 @@ response objects and stream chunks (chat and text completions) built from ``delt
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,8 +11,10 @@ from pydantic import BaseModel
 from gateway.bodies import validate
 from gateway.errors import HearthError
 from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from gateway.record import totals
+from gateway.session import Choice
 from shared.config import ConfigError, ModelConfig
-from shared.protocol import GENERATE_PARAMS, Done
+from shared.protocol import GENERATE_PARAMS, Delta, Done
 
 
 def check_defaults(cfg: ModelConfig) -> None:
@@ -52,17 +53,7 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
     return params
 
 
-@dataclass(frozen=True)
-class ChoiceSpec:
-    """One generation a request asks for: choice ``index`` of prompt ``prompt``."""
-
-    index: int
-    prompt: int
-    input: dict[str, Any]
-    params: dict[str, Any]
-
-
-def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[ChoiceSpec]:
+def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[Choice]:
     """``n`` choices per input, indexed as OpenAI does (prompt i, sample j -> i * n + j). A seeded
     request gives each extra sample its own seed, so the n answers differ but reproduce."""
     specs = []
@@ -71,7 +62,7 @@ def expand(inputs: list[dict[str, Any]], params: dict[str, Any], n: int) -> list
             p = params
             if j and params.get("seed") is not None:
                 p = {**params, "seed": (params["seed"] + j) % 2**64}
-            specs.append(ChoiceSpec(i * n + j, i, inp, p))
+            specs.append(Choice(i * n + j, i, inp, p))
     return specs
 
 
@@ -84,11 +75,21 @@ def chat_input(req: ChatCompletionRequest) -> dict[str, Any]:
             msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
+        if m.reasoning_content is not None:  # templates re-render it where the model wrote it
+            msg["reasoning_content"] = m.reasoning_content
         messages.append(msg)
     inp: dict[str, Any] = {"messages": messages}
     if req.tools:
         inp["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+    if req.reasoning_effort is not None:  # the chat template's switches (they shape the prompt)
+        inp["enable_thinking"] = req.reasoning_effort != "none"
+        inp["reasoning_effort"] = req.reasoning_effort
     return inp
+
+
+def omitted_media(req: ChatCompletionRequest) -> int:
+    """How many image or file parts ``chat_input`` replaced by a note (gateway.media)."""
+    return sum(m.omitted() for m in req.messages)
 
 
 def openai_tool_calls(calls: list[dict[str, Any]], streaming: bool = False) -> list[dict[str, Any]]:
@@ -109,15 +110,12 @@ def completion_inputs(req: CompletionRequest) -> list[dict[str, Any]]:
     return [{"prompt": p} for p in prompts]
 
 
-def usage(dones: list[tuple[ChoiceSpec, Done]]) -> dict[str, Any]:
+def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
     """OpenAI usage: each prompt counted once, completions summed, plus what the loop guard did."""
-    prompts: dict[int, int] = {}
-    completion = cached = 0
+    counts = totals(dones)
+    reasoning = sum(done.usage.get("reasoning_tokens", 0) for _, done in dones)
     loops = []
     for spec, done in dones:
-        prompts.setdefault(spec.prompt, done.usage.get("prompt_tokens", 0))
-        completion += done.usage.get("completion_tokens", 0)
-        cached += done.usage.get("cached_tokens", 0) if spec.index == spec.prompt else 0
         if done.finish_reason == "loop":
             loops.append(
                 {
@@ -126,12 +124,13 @@ def usage(dones: list[tuple[ChoiceSpec, Done]]) -> dict[str, Any]:
                     "repeats": done.usage.get("loop_repeats", 0),
                 }
             )
-    prompt = sum(prompts.values())
+    prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
     out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_tokens_details": {"cached_tokens": counts["cached_tokens"]},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
     if loops:
         out["loop_guard"] = loops
@@ -174,10 +173,10 @@ class Shape:
             "system_fingerprint": "hearth",
         }
 
-    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    def _message(self, text: str, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
         raise NotImplementedError
 
-    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
         raise NotImplementedError
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
@@ -190,10 +189,12 @@ class Shape:
         finish: str,
         logprobs: list[Any] | None,
         calls: list[dict[str, Any]] | None = None,
+        reasoning: str = "",
         note: str | None = None,
     ) -> dict[str, Any]:
         lp = self._logprobs(logprobs) if logprobs is not None else None
-        out = {"index": index, **self._message(text, calls or []), "logprobs": lp, "finish_reason": finish}
+        message = self._message(text, calls or [], reasoning)
+        out = {"index": index, **message, "logprobs": lp, "finish_reason": finish}
         if note:  # Hearth's extension: how the output ended (a tool call cut off by max_tokens)
             out["note"] = note
         return out
@@ -206,15 +207,30 @@ class Shape:
         logprobs: list[Any] | None = None,
         first: bool = False,
         calls: list[dict[str, Any]] | None = None,
+        reasoning: str = "",
         note: str | None = None,
     ) -> dict[str, Any]:
         body = self._base(self.chunk_object)
         lp = self._logprobs(logprobs) if logprobs is not None else None
-        delta = self._delta(text, first, calls or [])
+        delta = self._delta(text, first, calls or [], reasoning)
         body["choices"] = [{"index": index, **delta, "logprobs": lp, "finish_reason": finish}]
         if note:
             body["choices"][0]["note"] = note
         return body
+
+    def delta_chunks(self, index: int, ev: Delta, logprobs: bool) -> list[dict[str, Any]]:
+        """One worker delta as stream chunks, in its order: the reasoning, the text (with the
+        logprobs, which ride on the first chunk), then each tool call whole."""
+        lp = ev.logprobs if logprobs else None
+        out = []
+        if ev.reasoning:
+            out.append(self.chunk(index, None, logprobs=lp, reasoning=ev.reasoning))
+            lp = None
+        if ev.text or lp or not (ev.tool_calls or ev.reasoning):
+            out.append(self.chunk(index, ev.text, logprobs=lp))
+        if ev.tool_calls:
+            out.append(self.chunk(index, None, calls=ev.tool_calls))
+        return out
 
     def response(self, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
         body = self._base(self.object)
@@ -230,17 +246,25 @@ class Shape:
 
 
 class ChatShape(Shape):
-    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-        if not calls:
-            return {"message": {"role": "assistant", "content": text}}
-        content = text if text.strip() else None  # OpenAI: null content beside tool calls
-        return {"message": {"role": "assistant", "content": content, "tool_calls": openai_tool_calls(calls)}}
+    """Chat completions; a reasoning model's reasoning goes to ``message.reasoning_content`` and
+    streamed ``delta.reasoning_content`` (DeepSeek's and vLLM's field), never into ``content``."""
 
-    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    def _message(self, text: str, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["content"] = text if text.strip() else None  # OpenAI: null content beside tool calls
+            message["tool_calls"] = openai_tool_calls(calls)
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        return {"message": message}
+
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
         if first:
             return {"delta": {"role": "assistant", "content": ""}}
         if calls:
             return {"delta": {"tool_calls": openai_tool_calls(calls, streaming=True)}}
+        if reasoning:
+            return {"delta": {"reasoning_content": reasoning}}
         return {"delta": {"content": text} if text is not None else {}}
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:
@@ -251,10 +275,10 @@ class CompletionShape(Shape):
     prefix = "cmpl"
     object = chunk_object = "text_completion"
 
-    def _message(self, text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"text": text}
+    def _message(self, text: str, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
+        return {"text": text}  # a prompt's output is never split: reasoning stays empty
 
-    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    def _delta(self, text: str | None, first: bool, calls: list[dict[str, Any]], reasoning: str = "") -> dict[str, Any]:
         return {"text": text or ""}
 
     def _logprobs(self, entries: list[Any]) -> dict[str, Any]:

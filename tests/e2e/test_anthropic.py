@@ -33,7 +33,9 @@ GREEDY = {"temperature": 0, "repetition_penalty": 1.5}
 @pytest.fixture(scope="module")
 def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     models = [
-        {"name": "tiny", "path": str(tiny_model), "aliases": ["claude-*"], "defaults": GREEDY},
+        # images = "reject": the image-block case below checks the refusal (the default here is a
+        # placeholder note: tests/e2e/test_images.py)
+        {"name": "tiny", "path": str(tiny_model), "aliases": ["claude-*"], "defaults": GREEDY, "images": "reject"},
         {"name": "tiny-raw", "path": str(tiny_model), "strip_billing_header": False, "defaults": GREEDY},
     ]
     server = {"api_key_env": KEY_ENV, "body_limit": BODY_LIMIT}

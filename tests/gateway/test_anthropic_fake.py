@@ -314,3 +314,25 @@ def test_a_client_that_leaves_mid_stream_cancels_the_generation(gw: Gateway, wor
         assert next(lines) == "event: message_start"
     # the connection is gone: the gateway tells the worker to stop
     assert worker.expect(Cancel, timeout=10).id == gen.id
+
+
+def test_reasoning_and_text_keep_their_order_when_deltas_merge(
+    gw: Gateway, worker: FakeWorker, pool: ThreadPoolExecutor
+) -> None:
+    """Deltas that queue up are merged for a slow reader, but reasoning never moves in front of
+    text that came before it: thinking, text, thinking again, text, then the call."""
+    fut = post(pool, gw, {**CONVERSATION, "thinking": {"type": "enabled", "budget_tokens": 50}})
+    gen = worker.expect(Generate)
+    assert gen.input["enable_thinking"] is True and gen.params["thinking_budget"] == 50
+    for n, (reasoning, text) in enumerate([("a", ""), ("b", ""), ("", "c"), ("", "d"), ("e", ""), ("", "f")], 1):
+        worker.send(Delta(gen.id, text, n, reasoning=reasoning))
+    worker.reply(gen.id, tool_calls=[CALL], finish="tool_calls")
+    msg = fut.result(10).json()
+    assert [(b["type"], b.get("thinking", b.get("text"))) for b in msg["content"]] == [
+        ("thinking", "ab"),
+        ("text", "cd"),
+        ("thinking", "e"),
+        ("text", "f"),
+        ("tool_use", None),
+    ]
+    assert all(b["signature"] for b in msg["content"] if b["type"] == "thinking")

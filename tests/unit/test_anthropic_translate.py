@@ -42,7 +42,7 @@ def test_billing_header_stripping_makes_two_requests_share_their_prefix() -> Non
     assert a == b
 
 
-def test_text_blocks_joined_and_thinking_left_out() -> None:
+def test_text_blocks_joined_and_thinking_passed_back_as_reasoning_content() -> None:
     messages = [
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
         {
@@ -54,7 +54,7 @@ def test_text_blocks_joined_and_thinking_left_out() -> None:
     ]
     assert prompt_input(req(messages=messages), CFG)["messages"] == [
         {"role": "user", "content": "one\n\ntwo"},
-        {"role": "assistant", "content": "ok"},
+        {"role": "assistant", "content": "ok", "reasoning_content": "hm"},  # the template re-renders it
         {"role": "system", "content": "mid-conversation note"},
         {"role": "user", "content": "three"},
     ]

@@ -176,6 +176,8 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
         ('tool_parser = "../evil"', "tool_parser"),
         ('tool_parser = "JSON"', "tool_parser"),
         ("tool_parser = 1", "tool_parser"),
+        ('images = "drop"', "images must be one of reject, placeholder"),
+        ("images = true", "images"),
     ],
 )
 def test_bad_model_values(tmp_path: Path, setting: str, word: str) -> None:
@@ -362,6 +364,7 @@ CHANGES: dict[str, Any] = {
     "strip_billing_header": False,
     "keep_alive": "10m",
     "pin": True,
+    "images": "placeholder",
 }
 
 
