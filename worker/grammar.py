@@ -175,6 +175,14 @@ def _marker(tok: GrammarTokenizer, text: str) -> str:
     return text if tok.is_special(text) else _lit(text)
 
 
+def _free(tok: GrammarTokenizer, *markers: str) -> str:
+    """Free output up to a special-token marker, at the token level: any tokens but the
+    markers and end-of-sequence (text the model writes, special tokens of its own included, as
+    without a grammar; llguidance's byte-level text never matches a special token)."""
+    ids = sorted({*tok.eos, *(i for m in markers for i in tok.ll.tokenize_str(m))})
+    return f"<[^{','.join(str(i) for i in ids)}]>*"
+
+
 def tool_grammar(
     tok: GrammarTokenizer, syntax: ToolSyntax, tools: list[dict[str, Any]], choice: Any, parallel: bool
 ) -> str | None:
@@ -213,14 +221,16 @@ def _tool_grammar(
     body_any = f'"\\n" ({_functions(tools, None)}) "\\n" {_marker(tok, close)}'
     rules = ["TEXT: /(.|\\n)*/"]
     if tok.is_special(open_):
-        rules.append(f"call: TEXT {open_} {body_any}")
+        rules[0] = f"text: {_free(tok, open_)}"
+        rules.append(f"call: text {open_} {body_any}")
     else:
         rules += [f"trigger[lazy]: TEXT {_lit(open_)}", f"call: trigger {body_any}"]
+    rest = "text" if tok.is_special(open_) else "TEXT"
     if forced:
         rules.append(f'first: {_marker(tok, open_)} "\\n" ({_functions(tools, only)}) "\\n" {_marker(tok, close)}')
-        rules.insert(0, "start: first call* TEXT" if parallel else "start: first")
+        rules.insert(0, f"start: first call* {rest}" if parallel else "start: first")
     else:
-        rules.insert(0, "start: call* TEXT" if parallel else "start: call | TEXT")
+        rules.insert(0, f"start: call* {rest}" if parallel else f"start: call | {rest}")
     return llguidance.LLMatcher.grammar_from_lark("\n".join(rules))
 
 
@@ -228,10 +238,12 @@ def with_reasoning(tok: GrammarTokenizer, grammar: str, start: str, end: str, in
     """``grammar`` after a reasoning model's free reasoning block: ``START … END`` first, if the
     model writes one (``inside``: the prompt already opened it, so the answer begins in it and
     must close it). The format holds only the answer, never the reasoning."""
-    subs = list(json.loads(grammar)["grammars"])
+    text = grammar.lstrip()
+    # llguidance's grammar text: a JSON list of grammars, or (grammar_from_lark) one Lark grammar
+    subs = list(json.loads(text)["grammars"]) if text.startswith("{") else [{"lark_grammar": grammar}]
     subs[0] = {**subs[0], "name": "hearth_answer"}
     if tok.is_special(end):
-        closing = f"closing: THINK {end}"
+        closing = f"closing: {_free(tok, end)} {end}"
     else:
         closing = f"closing[lazy]: THINK {_lit(end)}"
     block = "closing" if inside else f"({_marker(tok, start)} closing)?"
