@@ -25,6 +25,8 @@ from gateway.health import health, ready
 from gateway.memory import Estimate, estimate
 from gateway.metrics import Metrics
 from gateway.models import Models
+from gateway.ollama.endpoints import routes as ollama_routes
+from gateway.openai.embeddings import create_embeddings
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
@@ -125,12 +127,15 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", create_embeddings, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/admin/models", admin.list_models, methods=["GET"]),
         Route("/admin/models/{name:path}/load", admin.load_model, methods=["POST"]),
         Route("/admin/models/{name:path}/unload", admin.unload_model, methods=["POST"]),
     ]
+    if config.server.ollama:
+        routes += ollama_routes()
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -27,9 +27,11 @@ def _duration(v: Any) -> float:
 KeepAlive = Annotated[float, BeforeValidator(_duration)]
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, any_type: bool = False) -> Any:
+    """The body as JSON. ``any_type``: whatever the Content-Type says (Ollama's API takes JSON
+    sent as ``curl -d``, i.e. form-encoded by its header)."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+    if not any_type and ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:

@@ -36,7 +36,13 @@ def _serve(args: argparse.Namespace) -> int:
         server = config.server
         overrides = {
             k: v
-            for k, v in (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env))
+            for k, v in (
+                ("host", args.host),
+                ("port", args.port),
+                ("api_key_env", args.api_key_env),
+                ("ollama", args.ollama or None),
+                ("ollama_port", args.ollama_port),
+            )
             if v is not None
         }
         if overrides:
@@ -44,7 +50,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = make_config(server, list(config.models))
     else:
         server = ServerConfig(
-            host=args.host or "127.0.0.1", port=8080 if args.port is None else args.port, api_key_env=args.api_key_env
+            host=args.host or "127.0.0.1",
+            port=8080 if args.port is None else args.port,
+            api_key_env=args.api_key_env,
+            ollama=args.ollama,
+            ollama_port=args.ollama_port,
         )
         models = []
         if args.model:
@@ -68,8 +78,28 @@ def _serve(args: argparse.Namespace) -> int:
         app.state.gate,
         config.server.shutdown_grace,
     )
-    uv.run()
+    sockets = None
+    if config.server.ollama_port:  # one app on two listeners: Hearth's port and Ollama's
+        sockets = [_listen(config.server.host, p) for p in (config.server.port, config.server.ollama_port)]
+        logging.getLogger("hearth").info(
+            "Ollama's API also on http://%s:%s", config.server.host, config.server.ollama_port
+        )
+    uv.run(sockets=sockets)
     return 0 if uv.started else 3  # as uvicorn.run: the app could not start
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn to serve on (it calls listen)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -127,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    s.add_argument("--ollama", action="store_true", help="also serve Ollama's API (/api/chat, /api/tags, ...)")
+    s.add_argument("--ollama-port", type=int, default=None, help="with --ollama: also listen on this port (11434)")
     g = sub.add_parser("import-gguf", help="convert a GGUF file into an MLX model folder")
     g.add_argument("file")
     g.add_argument("out")

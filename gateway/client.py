@@ -3,7 +3,8 @@
 One receive task reads the socket. Worker lifecycle messages (hello, state, heartbeat) update
 the ``Pool`` and call ``Models.changed``; a request's events go into its ``RequestStream``
 (gateway/streams.py). ``dispatch`` sends a generation to the worker the session picked,
-``cancel`` stops one, ``count_tokens`` asks a worker to tokenize. When a worker is lost, every
+``cancel`` stops one, ``count_tokens`` asks a worker to tokenize. An ``embed`` travels the same
+way as a generation (its mailbox gets the one ``embeddings`` answer). When a worker is lost, every
 request it held gets a worker-died error: the session decides whether to dispatch it again.
 Which workers may join is gateway/hello.py's; which worker serves a request, models.py's.
 """
@@ -36,6 +37,7 @@ from shared.protocol import (
     Delta,
     Done,
     Drain,
+    Embeddings,
     Error,
     Heartbeat,
     Hello,
@@ -228,10 +230,10 @@ class EngineClient:
                     answer.set_result(msg.count)
                 else:
                     answer.set_exception(from_worker(msg.code, msg.message, msg.param or "messages"))
-        elif isinstance(msg, (Delta, Done, Error)):
+        elif isinstance(msg, (Delta, Done, Error, Embeddings)):
             self._on_event(handle, msg)
 
-    def _on_event(self, handle: WorkerHandle, msg: Delta | Done | Error) -> None:
+    def _on_event(self, handle: WorkerHandle, msg: Delta | Done | Error | Embeddings) -> None:
         rs = self._streams.get(msg.id)
         if rs is None:
             if isinstance(msg, Delta):  # cancelled, or from before a gateway restart: stop it

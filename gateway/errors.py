@@ -14,7 +14,8 @@
 
 Before the first byte of a response an error is a JSON body; after it, an SSE error event.
 The body's format follows the path: Anthropic's ``{"type": "error", "error": {"type", "message"}}``
-on ``/v1/messages*`` (its ``type`` from the status, ``ANTHROPIC_TYPES``), OpenAI's elsewhere.
+on ``/v1/messages*`` (its ``type`` from the status, ``ANTHROPIC_TYPES``), Ollama's
+``{"error": "message"}`` on ``/api/*``, OpenAI's elsewhere.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ ANTHROPIC_TYPES = {
 def is_anthropic(path: str) -> bool:
     """Paths of the Anthropic Messages API, whose errors take Anthropic's format."""
     return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def is_ollama(path: str) -> bool:
+    """Paths of Ollama's native API, whose errors take Ollama's format."""
+    return path.startswith("/api/")
 
 
 def request_id() -> str:
@@ -157,6 +163,5 @@ def error_response(err: HearthError, path: str = "") -> Response:
         return Response(
             orjson.dumps(err.anthropic_body()), status_code=err.status, media_type="application/json", headers=headers
         )
-    return Response(
-        orjson.dumps(err.body()), status_code=err.status, media_type="application/json", headers=err.headers()
-    )
+    body = {"error": err.message} if is_ollama(path) else err.body()
+    return Response(orjson.dumps(body), status_code=err.status, media_type="application/json", headers=err.headers())

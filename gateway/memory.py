@@ -8,8 +8,10 @@ before any worker runs, and the gateway never imports MLX, so the estimate comes
   parameter of the dtype the worker will import it to (float32: 4, float16/bfloat16: 2);
   ``keep`` (and ``auto`` on a GPU — Apple Silicon, or CUDA — where workers keep the GGUF's
   quantized weights, by the rule in ``shared.device``): the file's size;
+- a zipped embedding model: the uncompressed size of the ``*.safetensors`` inside;
 
-plus the model's ``prompt_cache_bytes`` (the KV cache it may keep), all times ``replicas``.
+plus the model's ``prompt_cache_bytes`` (the KV cache it may keep; not for an embedding model,
+which keeps none), all times ``replicas``.
 Activations and the running batch's KV are not counted: the budget is a planning number, and
 ``GET /admin/models`` shows it beside the memory each worker reports.
 """
@@ -17,6 +19,7 @@ Activations and the running batch's KV are not counted: the budget is a planning
 from __future__ import annotations
 
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,6 +103,10 @@ def gguf_parameters(path: str | Path) -> int:
 def weights_bytes(cfg: ModelConfig) -> tuple[int, str]:
     """Bytes of weights one loaded replica holds, and how that was worked out."""
     path = Path(cfg.path).expanduser()
+    if path.is_file() and zipfile.is_zipfile(path):  # a zipped embedding model: what it unpacks to
+        with zipfile.ZipFile(path) as zf:
+            packed = [i for i in zf.infolist() if i.filename.endswith(".safetensors")]
+        return sum(i.file_size for i in packed), f"{len(packed)} safetensors file(s) in the zip"
     if path.is_file():
         dtype = import_dtype_guess(cfg.dtype)
         if dtype in BYTES_PER_PARAM:
@@ -116,6 +123,7 @@ def weights_bytes(cfg: ModelConfig) -> tuple[int, str]:
 
 
 def estimate(cfg: ModelConfig) -> Estimate:
+    """An embedding model keeps no KV prompt cache, so its ``prompt_cache_bytes`` don't count."""
     weights, how = weights_bytes(cfg)
-    per_replica = weights + cfg.prompt_cache_bytes
+    per_replica = weights + (cfg.prompt_cache_bytes if cfg.kind == "chat" else 0)
     return Estimate(weights, per_replica, per_replica * cfg.replicas, how)

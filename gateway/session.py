@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.client import EngineClient
-from gateway.errors import HearthError, WorkerFailed, from_worker
+from gateway.errors import HearthError, InvalidRequest, WorkerFailed, from_worker
 from gateway.metrics import Metrics
 from gateway.models import Model, Models
 from gateway.record import Record
@@ -124,8 +124,9 @@ class Generations:
         self.client = client
         self.metrics = metrics
 
-    def model(self, request: Request, name: str) -> ModelConfig:
-        """The configured model ``name`` means (404 if none), recorded for the log and metrics."""
+    def model(self, request: Request, name: str, kind: str = "chat") -> ModelConfig:
+        """The configured model ``name`` means (404 if none), recorded for the log and metrics;
+        a 400 if it is not of ``kind`` (an embedding model asked to chat, or the reverse)."""
         record = Record.of(request)
         try:
             model = self.models.resolve(name)
@@ -133,6 +134,13 @@ class Generations:
             record.model = "unknown"
             raise
         record.model = model.name
+        if model.cfg.kind != kind:
+            what = (
+                "an embedding model: it makes embeddings, not text"
+                if kind == "chat"
+                else "a chat model: it makes no embeddings"
+            )
+            raise InvalidRequest(f"'{name}' is {what}", param="model", code="wrong_model_kind")
         return model.cfg
 
     async def collect(
@@ -245,7 +253,7 @@ class _Run:
 
     async def _dispatch(self, rs: RequestStream, since: float, front: bool = False) -> None:
         models = self.gens.models
-        key = affinity_key(rs.msg.input)
+        key = affinity_key(rs.msg.input) if isinstance(rs.msg, Generate) else None
         worker = await models.admit(self.model, since, key, front=front)
         models.pool.remember(self.model.name, key, worker.worker_id)
         self.gens.client.dispatch(rs, worker)

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from gateway.errors import from_worker
-from shared.protocol import ERROR_NOT_READY, ERROR_WORKER_DIED, Delta, Done, Error, Generate
+from gateway.errors import WorkerFailed, from_worker
+from shared.protocol import ERROR_NOT_READY, ERROR_WORKER_DIED, Delta, Done, Embed, Embeddings, Error, Generate
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -35,14 +35,15 @@ class Lost(Exception):
 
 
 class RequestStream:
-    """Deltas, then exactly one ``Done`` (or an exception for ``error``)."""
+    """Deltas, then exactly one ``Done`` (or an exception for ``error``); for an ``Embed``, the
+    one ``Embeddings`` answer (``embeddings()``)."""
 
-    def __init__(self, msg: Generate, metrics: Metrics | None = None) -> None:
+    def __init__(self, msg: Generate | Embed, metrics: Metrics | None = None) -> None:
         self.msg = msg
         self.id = msg.id
         self.metrics = metrics
         self.worker_id: str | None = None
-        self.queue: asyncio.Queue[Delta | Done | Error] = asyncio.Queue()
+        self.queue: asyncio.Queue[Delta | Done | Error | Embeddings] = asyncio.Queue()
         self.started = False  # output reached the gateway
         self.redispatched = False
         self.finished = False  # the session is done with it (read to the end, or closed)
@@ -54,7 +55,7 @@ class RequestStream:
         self._t_last = 0.0  # when the last delta arrived, for inter-token latency
         self._tokens = 0
 
-    def arrive(self, item: Delta | Done | Error) -> None:
+    def arrive(self, item: Delta | Done | Error | Embeddings) -> None:
         """An event from the worker (the receive task): measure, then queue it for the reader."""
         now = time.monotonic()
         metrics, model = self.metrics, self.msg.model
@@ -74,6 +75,9 @@ class RequestStream:
             self.done = item
             if metrics is not None:
                 metrics.observe_done(model, item.usage)
+        elif isinstance(item, Embeddings):
+            if metrics is not None:
+                metrics.observe_done(model, item.usage)
         else:
             self.error = item.code
         self.queue.put_nowait(item)
@@ -81,7 +85,7 @@ class RequestStream:
     async def __aiter__(self) -> AsyncIterator[Delta | Done]:
         """Merging keeps order: text that came after a tool call is not merged in front of it,
         nor reasoning in front of text that came before it."""
-        pending: Delta | Done | Error | None = None
+        pending: Delta | Done | Error | Embeddings | None = None
         while True:
             item = pending if pending is not None else await self.queue.get()
             pending = None
@@ -92,7 +96,7 @@ class RequestStream:
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 calls = list(item.tool_calls or [])
                 thoughts = [item.reasoning]
-                end: Done | Error | None = None
+                end: Done | Error | Embeddings | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
                     if not isinstance(nxt, Delta):
@@ -115,8 +119,28 @@ class RequestStream:
                 self.finished = True
                 yield item
                 return
-            if item.code in RETRYABLE and not self.started:
-                self.error = None
-                raise Lost(item)
+            if isinstance(item, Embeddings):
+                self.finished = True
+                raise WorkerFailed("the worker answered a generation with embeddings")
+            raise self._failure(item)
+
+    async def embeddings(self) -> Embeddings:
+        """The answer to an ``Embed``: its vectors, or the error (``Lost`` as for a generation)."""
+        item = await self.queue.get()
+        if isinstance(item, Embeddings):
             self.finished = True
-            raise from_worker(item.code, item.message, item.param or next(iter(self.msg.input), None))
+            return item
+        if isinstance(item, Error):
+            raise self._failure(item)
+        self.finished = True
+        raise WorkerFailed(f"the worker answered an embed request with {item.KIND}")
+
+    def _failure(self, item: Error) -> Exception:
+        """``Lost`` when the worker (not the request) is at fault before any output, else the
+        request's error, naming the parameter (the input's kind when the worker names none)."""
+        if item.code in RETRYABLE and not self.started:
+            self.error = None
+            return Lost(item)
+        self.finished = True
+        first = next(iter(self.msg.input), None) if isinstance(self.msg, Generate) else "input"
+        return from_worker(item.code, item.message, item.param or first)

@@ -3,7 +3,7 @@ the request counter and the access-log line.
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware), so a streamed response counts as
 in flight until its last byte and is logged when it ends, with its real duration. It looks only
-at API traffic (``/v1/...``); probes, metrics and admin pass through. It creates the request's
+at API traffic (``/v1/...``, Ollama's ``/api/...``); probes, metrics and admin pass through. It creates the request's
 ``Record`` (gateway/record.py), which the generation session fills in.
 """
 
@@ -25,8 +25,8 @@ access_log = logging.getLogger("hearth.access")
 
 
 def is_api(scope: Scope) -> bool:
-    """An HTTP request to the API (``/v1/...``), not a probe, metrics or admin call."""
-    return bool(scope["type"] == "http" and scope["path"].startswith("/v1/"))
+    """An HTTP request to an API (``/v1/...``, ``/api/...``), not a probe, metrics or admin call."""
+    return bool(scope["type"] == "http" and scope["path"].startswith(("/v1/", "/api/")))
 
 
 class RequestWrap:

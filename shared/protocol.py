@@ -12,8 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 # 2: tool calls (Generate.input tools, Delta.tool_calls); 3: reasoning (Delta.reasoning);
-# 4: constrained decoding (Generate.params response_format, Done.note)
-PROTOCOL_VERSION = 4
+# 4: embedding workers (embed / embeddings); 5: constrained decoding (Generate.params response_format, Done.note)
+PROTOCOL_VERSION = 5
 
 
 class Kind(StrEnum):
@@ -24,6 +24,7 @@ class Kind(StrEnum):
     CANCEL = "cancel"
     TOKENIZE = "tokenize"
     DRAIN = "drain"
+    EMBED = "embed"
     # worker -> gateway
     HELLO = "hello"
     STATE = "state"
@@ -33,6 +34,7 @@ class Kind(StrEnum):
     ERROR = "error"
     TOKENS = "tokens"
     STEP = "step"
+    EMBEDDINGS = "embeddings"
 
 
 class WorkerState(StrEnum):
@@ -114,6 +116,20 @@ class Drain:
     """Finish in-flight work, take no more, then exit."""
 
     KIND = Kind.DRAIN
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Embed ``inputs`` (each a text, or a list of the model's token ids) with an embedding
+    model; answered by one ``Embeddings`` (vectors in input order) or an ``Error``. ``params``:
+    ``truncate`` (bool, default false: an input over the model's limit is an error) and
+    ``dimensions`` (int or null: the vector size asked for)."""
+
+    id: str
+    model: str
+    inputs: list[Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    KIND = Kind.EMBED
 
 
 @dataclass(frozen=True)
@@ -217,13 +233,54 @@ class Step:
     KIND = Kind.STEP
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """Answer to ``embed``: one vector per input, in order; ``usage`` has ``prompt_tokens``
+    (every input's tokens, special tokens included)."""
+
+    id: str
+    vectors: list[Any]
+    usage: dict[str, int] = field(default_factory=dict)
+    KIND = Kind.EMBEDDINGS
+
+
 STEP_KINDS = (Kind.DELTA, Kind.DONE, Kind.ERROR)
 
-Message = Generate | Cancel | Tokenize | Drain | Hello | State | Heartbeat | Delta | Done | Error | Tokens | Step
+Message = (
+    Generate
+    | Cancel
+    | Tokenize
+    | Drain
+    | Embed
+    | Hello
+    | State
+    | Heartbeat
+    | Delta
+    | Done
+    | Error
+    | Tokens
+    | Step
+    | Embeddings
+)
 
 MESSAGE_TYPES: dict[Kind, type] = {
     cls.KIND: cls
-    for cls in (Generate, Cancel, Tokenize, Drain, Hello, State, Heartbeat, Delta, Done, Error, Tokens, Step)
+    for cls in (
+        Generate,
+        Cancel,
+        Tokenize,
+        Drain,
+        Embed,
+        Hello,
+        State,
+        Heartbeat,
+        Delta,
+        Done,
+        Error,
+        Tokens,
+        Step,
+        Embeddings,
+    )
 }
 
 # Error codes in `error` messages (worker_died is the gateway's own, for a worker that vanished).

@@ -36,6 +36,7 @@ from shared.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     Drain,
+    Embed,
     Error,
     Generate,
     Heartbeat,
@@ -50,6 +51,9 @@ from shared.protocol import (
 
 if TYPE_CHECKING:
     from worker.core import EngineCore
+    from worker.embedding.core import EmbeddingCore
+
+    Core = EngineCore | EmbeddingCore
 
 log = logging.getLogger("hearth.worker")
 HEARTBEAT_EVERY = 1.0
@@ -59,16 +63,27 @@ HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) 
 
 
 class _Loader(threading.Thread):
-    """Loads the model and runs the sampling self-check off the socket thread."""
+    """Loads the model off the socket thread: the core its ``kind`` needs (for a chat model,
+    with the sampling self-check and the warm prompt cache)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(name="hearth-load", daemon=True)
         self.cfg = cfg
-        self.core: EngineCore | None = None
+        self.core: Core | None = None
         self.error: str | None = None
 
     def run(self) -> None:
         try:
+            if self.cfg.kind == "embedding":
+                from worker.embedding.core import EmbeddingCore
+                from worker.embedding.model import load_embedding_model
+
+                model = load_embedding_model(self.cfg.path)
+                # one real forward pass before `ready`: weights that can't run fail the load (its
+                # detail says why), and the first request does not pay for the first pass
+                model.encode(model.tokenize(["Hearth checks its encoder before it says ready."], truncate=False))
+                self.core = EmbeddingCore(model, self.cfg)
+                return
             from worker.core import EngineCore
             from worker.model import load_model
             from worker.selfcheck import self_check
@@ -82,7 +97,7 @@ class _Loader(threading.Thread):
             self.error = f"{type(e).__name__}: {e}"
 
 
-def _warm(core: EngineCore, save: bool) -> None:
+def _warm(core: Core, save: bool) -> None:
     """Load (at start) or save (at drain) the prompt caches that make a restart warm. Only an
     optimisation: a failure is logged, never a reason not to serve or not to exit."""
     try:
@@ -137,7 +152,7 @@ class WorkerProcess:
         self.sock.connect(endpoint)
         self.endpoint = endpoint
         self.loader = _Loader(cfg)
-        self.core: EngineCore | None = None
+        self.core: Core | None = None
         self.draining = False
         self.stop_signal = False
 
@@ -270,6 +285,8 @@ class WorkerProcess:
                 ]
             for out in events:
                 self.send(out)
+        elif isinstance(msg, Embed):
+            self._embed(msg)
         elif isinstance(msg, Cancel):
             if self.core is not None:
                 self.core.cancel(msg.id)
@@ -285,6 +302,25 @@ class WorkerProcess:
             self._start_drain()
         else:
             log.warning("ignoring a %s message from the gateway", msg.KIND)
+
+    def _embed(self, msg: Embed) -> None:
+        from worker.embedding.core import EmbeddingCore  # the core is loaded: so is MLX
+
+        if self.core is None or self.draining:
+            self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
+            return
+        if not isinstance(self.core, EmbeddingCore):
+            why = f"'{self.cfg.name}' is a chat model: it makes no embeddings"
+            self.send(Error(msg.id, ERROR_BAD_REQUEST, why, "model"))
+            return
+        try:
+            events = self.core.embed(msg)
+        except Exception as e:  # never let one request's input take the worker down
+            log.exception("refusing request %s", msg.id)
+            why = f"the worker could not take this request: {type(e).__name__}: {e}"
+            events = [Error(msg.id, ERROR_BAD_REQUEST, why)]
+        for out in events:
+            self.send(out)
 
     def _start_drain(self) -> None:
         self.draining = True

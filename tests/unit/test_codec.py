@@ -19,6 +19,8 @@ from shared.protocol import (
     Delta,
     Done,
     Drain,
+    Embed,
+    Embeddings,
     Error,
     Generate,
     Heartbeat,
@@ -74,6 +76,13 @@ SAMPLES: list[Any] = [
         param="logit_bias",
     ),
     Tokens(id="t1", count=12),
+    Embed(
+        id="e1",
+        model="minilm",
+        inputs=["Grüße 東京 🚀", [101, 7592, 102]],
+        params={"truncate": True, "dimensions": None},
+    ),
+    Embeddings(id="e1", vectors=[[0.25, -1.0, 3], [0.5, 0.0, -0.125]], usage={"prompt_tokens": 9}),
     Step(
         events=[
             Delta(id="a", text="Grüße", tokens=3),

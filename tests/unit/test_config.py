@@ -365,6 +365,9 @@ CHANGES: dict[str, Any] = {
     "keep_alive": "10m",
     "pin": True,
     "images": "placeholder",
+    "kind": "embedding",
+    "embed_batch": 16,
+    "embed_tokens": 1000,
 }
 
 

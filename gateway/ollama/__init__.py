@@ -1,0 +1,1 @@
+"""Ollama's native API (``/api/*``), so the tools that speak only Ollama find Hearth."""

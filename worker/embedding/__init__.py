@@ -1,0 +1,2 @@
+"""Embedding models: a BERT encoder in MLX, sentence-transformers pooling, and the worker core
+that batches inputs (``kind = "embedding"`` model entries)."""
