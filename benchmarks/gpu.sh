@@ -15,6 +15,7 @@ GPU=${GPU:-/root/gpu}
 MODELS=${MODELS:-/tmp/hearth-models}
 CLIENTS=${CLIENTS:-8,32,64}
 REQUESTS=${REQUESTS:-4}
+MAX_TOKENS=${MAX_TOKENS:-128}
 ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
 HEARTH_PORT=${HEARTH_PORT:-18080}
@@ -25,10 +26,19 @@ export HEARTH_CACHE_DIR=${HEARTH_CACHE_DIR:-$MODELS/cache}
 smol=$MODELS/smollm2-bf16
 [ -f "$smol/config.json" ] || "$PY" -m gateway import-gguf "$GPU/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol" --dtype bfloat16
 big=$MODELS/llama-1b-random
-[ -f "$big/model.safetensors" ] || "$PY" "$GPU/make_model.py" "$smol" "$big" 1b
+case ",$ONLY," in *,llama-1b-random,*)
+  [ -f "$big/model.safetensors" ] || "$PY" "$GPU/make_model.py" "$smol" "$big" 1b ;;
+esac
 
-PIDS=()
-stop_all() { for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+HEARTH_PID=""; MLX_PID=""
+stop_all() {  # Hearth drains on SIGINT; mlx_lm.server needs SIGTERM
+  [ -n "$HEARTH_PID" ] && kill -INT "$HEARTH_PID" 2>/dev/null
+  [ -n "$MLX_PID" ] && kill -TERM "$MLX_PID" 2>/dev/null
+  for _ in $(seq 60); do
+    kill -0 "$HEARTH_PID" 2>/dev/null || kill -0 "$MLX_PID" 2>/dev/null || break; sleep 0.5
+  done
+  HEARTH_PID=""; MLX_PID=""
+}
 trap stop_all EXIT
 
 for name in ${ONLY//,/ }; do
@@ -43,10 +53,10 @@ max_batch = 64
 max_queue = 256
 TOML
   "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.toml" > "$OUTDIR/$name.hearth.log" 2>&1 &
-  HEARTH_PID=$!; PIDS+=("$HEARTH_PID")
+  HEARTH_PID=$!
   "$PY" -m mlx_lm.server --model "$dir" --port "$MLX_PORT" --log-level WARNING \
     --decode-concurrency 64 --prompt-concurrency 64 > "$OUTDIR/$name.mlx_lm.log" 2>&1 &
-  PIDS+=("$!")
+  MLX_PID=$!
   for _ in $(seq 600); do
     curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null && curl -sf "localhost:$MLX_PORT/health" >/dev/null && break
     sleep 0.5
@@ -64,7 +74,7 @@ TOML
   fi
   "$PY" -m gateway bench --url "http://127.0.0.1:$HEARTH_PORT" --model bench --name hearth \
     --compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server \
-    --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" \
+    --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" \
     --quiet --json > "$OUTDIR/$name.json"
   for p in "${SPY[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   stop_all

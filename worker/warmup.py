@@ -7,7 +7,7 @@ load (in the loader thread, while the main loop keeps sending heartbeats) ``warm
 batches of real requests through the real path (``EngineCore.add`` -> mlx-lm's
 ``BatchGenerator``: prefill of the arrivals together, then decode steps) for each batch size
 ``shared.device.warmup_batches`` names: every size up to ``max_batch`` on a GPU; on the CPU,
-where nothing is compiled, only ``max_batch`` (~0.5 s for SmolLM2-135M), which still proves the
+where nothing is compiled, one batch of two (~0.3 s for SmolLM2-135M), which still proves the
 batched path works before the worker says ready.
 ``warmup = false`` in a model's settings skips it.
 """

@@ -25,10 +25,11 @@ def test_auto_imports_float32_on_the_cpu_and_keeps_quantized_weights_on_gpus() -
         assert device.import_dtype("keep", backend) == "keep"
 
 
-def test_gpus_warm_every_batch_size_and_the_cpu_only_the_largest() -> None:
+def test_gpus_warm_every_batch_size_and_the_cpu_one_small_batch() -> None:
     assert device.warmup_batches("cuda", 4) == [4, 3, 2, 1]
     assert device.warmup_batches("metal", 1) == [1]
-    assert device.warmup_batches("cpu", 8) == [8]
+    assert device.warmup_batches("cpu", 8) == [2]
+    assert device.warmup_batches("cpu", 1) == [1]
     assert device.warmup_batches("cuda", 0) == []
 
 
