@@ -6,7 +6,9 @@
 # Llama-3.2-1B shape (make_model.py). For each: Hearth (max_batch 64) and mlx_lm.server (decode and prompt
 # concurrency 64) on the same folder, then `hearth bench --compare --raw` at CLIENTS concurrent streaming
 # clients, REQUESTS requests each, 128 new tokens, greedy. Prints the table last; JSON and logs in OUTDIR.
-# PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs.
+# PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
+# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only). MLX_* settings in the environment
+# (e.g. MLX_CUDA_USE_CUDNN_SDPA=0) reach every process alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -18,6 +20,7 @@ REQUESTS=${REQUESTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-128}
 ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
+COMPARE=${COMPARE:-1}
 HEARTH_PORT=${HEARTH_PORT:-18080}
 MLX_PORT=${MLX_PORT:-18081}
 mkdir -p "$OUTDIR" "$MODELS"
@@ -54,11 +57,16 @@ max_queue = 256
 TOML
   "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.toml" > "$OUTDIR/$name.hearth.log" 2>&1 &
   HEARTH_PID=$!
-  "$PY" -m mlx_lm.server --model "$dir" --port "$MLX_PORT" --log-level WARNING \
-    --decode-concurrency 64 --prompt-concurrency 64 > "$OUTDIR/$name.mlx_lm.log" 2>&1 &
-  MLX_PID=$!
+  cmp=()
+  if [ "$COMPARE" = 1 ]; then
+    "$PY" -m mlx_lm.server --model "$dir" --port "$MLX_PORT" --log-level WARNING \
+      --decode-concurrency 64 --prompt-concurrency 64 > "$OUTDIR/$name.mlx_lm.log" 2>&1 &
+    MLX_PID=$!
+    cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server)
+  fi
   for _ in $(seq 600); do
-    curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null && curl -sf "localhost:$MLX_PORT/health" >/dev/null && break
+    curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null \
+      && { [ "$COMPARE" != 1 ] || curl -sf "localhost:$MLX_PORT/health" >/dev/null; } && break
     sleep 0.5
   done
   curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null || { echo "hearth never became ready"; tail -30 "$OUTDIR/$name.hearth.log"; exit 1; }
@@ -73,8 +81,7 @@ TOML
     done
   fi
   "$PY" -m gateway bench --url "http://127.0.0.1:$HEARTH_PORT" --model bench --name hearth \
-    --compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server \
-    --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" \
+    "${cmp[@]}" --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" \
     --quiet --json > "$OUTDIR/$name.json"
   for p in "${SPY[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   stop_all
