@@ -25,7 +25,7 @@ differs between them is decided by the pure functions below, from the backend's 
   which builds (and compiles) a graph for every new prompt shape, and a server meets new shapes
   all the time. Measured on the H200 (docs/benchmarks.md): in-process BatchGenerator steps of
   SmolLM2-135M at 32 sequences went from 13.6-17.7 ms to 10.2-10.9 ms, and Hearth's aggregate at
-  8/32/64 clients rose 6-28%. Prefill attention then runs as plain matmul + softmax, one
+  8/32/64 clients rose 5-28%. Prefill attention then runs as plain matmul + softmax, one
   ``prefill_step`` of queries at a time, so its scores stay bounded.
 
 Two callers need the backend without the same means: the worker asks MLX itself

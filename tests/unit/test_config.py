@@ -367,6 +367,7 @@ CHANGES: dict[str, Any] = {
     "kind": "embedding",
     "embed_batch": 16,
     "embed_tokens": 1000,
+    "warmup": False,
 }
 
 
