@@ -6,8 +6,8 @@ before any worker runs, and the gateway never imports MLX, so the estimate comes
 - an MLX folder: the size of its ``*.safetensors`` files (MLX maps them as they are);
 - a GGUF file: its parameter count from the tensor shapes in its header, times the bytes per
   parameter of the dtype the worker will import it to (float32: 4, float16/bfloat16: 2);
-  ``keep`` (and ``auto`` on a GPU — Apple Silicon, or CUDA — where workers keep the GGUF's
-  quantized weights, by the rule in ``shared.device``): the file's size;
+  ``keep`` (and ``auto`` on a GPU backend, Metal or CUDA, where workers keep the GGUF's
+  quantized weights: ``shared.device.import_dtype``): the file's size;
 - a zipped embedding model: the uncompressed size of the ``*.safetensors`` inside;
 
 plus the model's ``prompt_cache_bytes`` (the KV cache it may keep; not for an embedding model,
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from shared import device
 from shared.config import ModelConfig
+from shared.device import import_dtype, installed_backend
 
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2}
 # GGUF metadata value types: fixed sizes; 8 is a string, 9 an array
@@ -45,9 +45,9 @@ class Estimate:
 
 
 def import_dtype_guess(dtype: str) -> str:
-    """The dtype a worker on this machine imports a GGUF to: the worker's own rule
-    (``shared.device``), with the device inferred without importing MLX."""
-    return device.import_dtype(dtype, gpu=device.gpu_expected())
+    """The dtype a worker on this machine imports a GGUF to: ``shared.device.import_dtype`` (the
+    rule the worker applies too) for the backend the installed MLX wheels give (no MLX import)."""
+    return import_dtype(dtype, installed_backend())
 
 
 def _read(f: BinaryIO, fmt: str) -> int:

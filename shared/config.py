@@ -54,7 +54,7 @@ class ModelConfig:
     kind: str = "chat"
     replicas: int = 1  # worker processes the gateway spawns; 0: only workers started on their own
     preload: bool = True
-    dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on Metal
+    dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on a GPU
     max_queue: int = 64  # requests waiting for a worker before 429
     max_batch: int = 8  # sequences decoded together by one worker (embedding: requests in flight per worker)
     embed_batch: int = 32  # embedding models: inputs encoded together in one forward pass
@@ -82,6 +82,9 @@ class ModelConfig:
     # part) or "placeholder" (each replaced by a short note). None: placeholder on /v1/messages,
     # reject on the OpenAI endpoints
     images: str | None = None
+    # at load, run every batch shape up to max_batch once (prefill + decode), so first-use kernel
+    # compiles (seconds on a GPU) land before ready, not on the first requests (worker.warmup)
+    warmup: bool = True
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm import load as mlx_load
 
-from shared import device
+from shared import device as device_rules
 from shared.config import ModelConfig
-from worker import cpu_attention
+from worker import cpu_attention, device
 
 FALLBACK_CONTEXT = 4096
 
@@ -29,8 +28,8 @@ class LoadedModel:
 
 
 def import_dtype(dtype: str) -> str:
-    """The GGUF import dtype on this worker's device (the rule: ``shared.device.import_dtype``)."""
-    return device.import_dtype(dtype, gpu=mx.default_device() != mx.cpu)
+    """The dtype to import a GGUF to on this worker's backend (the rule: ``shared.device``)."""
+    return device_rules.import_dtype(dtype, device.backend())
 
 
 def resolve_folder(cfg: ModelConfig) -> Path:
@@ -48,7 +47,7 @@ def resolve_folder(cfg: ModelConfig) -> Path:
 def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
     model, tokenizer, config = mlx_load(str(folder), return_config=True)  # type: ignore[misc]
-    cpu_attention.install()  # the model's module is imported now; a no-op on Metal
+    cpu_attention.install()  # the model's module is imported now; only on the CPU backend
     ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or FALLBACK_CONTEXT)
     vocab = int(config.get("vocab_size") or len(tokenizer))
     return LoadedModel(model, tokenizer, folder, ctx, vocab)

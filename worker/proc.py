@@ -64,7 +64,7 @@ HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) 
 
 class _Loader(threading.Thread):
     """Loads the model off the socket thread: the core its ``kind`` needs (for a chat model,
-    with the sampling self-check and the warm prompt cache)."""
+    with the sampling self-check, the warm-up and the warm prompt cache)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(name="hearth-load", daemon=True)
@@ -86,10 +86,21 @@ class _Loader(threading.Thread):
                 return
             from worker.core import EngineCore
             from worker.model import load_model
+            from worker.device import describe
             from worker.selfcheck import self_check
+            from worker.warmup import warm_up
 
             core = EngineCore(load_model(self.cfg), self.cfg)
             self_check(core)
+            if self.cfg.warmup:
+                t = time.perf_counter()
+                shapes = warm_up(core)
+                log.info(
+                    "warmed up batch shapes %s in %.2fs (%s)",
+                    ", ".join(f"{n}: {s:.2f}s" for n, s in shapes),
+                    time.perf_counter() - t,
+                    describe(),
+                )
             _warm(core, save=False)
             self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail
@@ -327,7 +338,7 @@ class WorkerProcess:
         self.send(State(WorkerState.DRAINING))
 
     def _heartbeat(self) -> None:
-        import mlx.core as mx
+        from worker.device import memory_bytes
 
         core = self.core
         self.send(
@@ -336,7 +347,7 @@ class WorkerProcess:
                 waiting=core.waiting if core else 0,
                 cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
                 cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
-                memory_bytes=int(mx.get_active_memory()),
+                memory_bytes=memory_bytes(),
             )
         )
 

@@ -368,6 +368,7 @@ CHANGES: dict[str, Any] = {
     "kind": "embedding",
     "embed_batch": 16,
     "embed_tokens": 1000,
+    "warmup": False,
 }
 
 
