@@ -280,7 +280,11 @@ class _Run:
                     return
                 except Lost as lost:
                     self._leave_probation(rs)
-                    await self._again(rs, lost)
+                    try:
+                        await self._again(rs, lost)
+                    except HearthError:
+                        rs.finished = True  # no worker holds it: nothing to cancel
+                        raise
         finally:
             self._leave_probation(rs)
 
