@@ -50,7 +50,10 @@ def openai_stream(gw: Gateway, prompt: str, max_tokens: int, seen: threading.Eve
     once two content chunks came."""
     body = chat("tiny", prompt, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
     out: dict[str, Any] = {"text": "", "finish": [], "usage": None, "errors": [], "chunks": 0, "done": 0}
-    with httpx.Client(base_url=gw.url, timeout=120) as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+    with (
+        httpx.Client(base_url=gw.url, timeout=120) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             if not line.startswith("data: "):
@@ -76,8 +79,13 @@ def openai_stream(gw: Gateway, prompt: str, max_tokens: int, seen: threading.Eve
 
 
 def anthropic_stream(gw: Gateway, prompt: str, max_tokens: int, seen: threading.Event | None = None) -> dict[str, Any]:
-    body = {"model": "tiny", "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": prompt}]}
+    body = {
+        "model": "tiny",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }
     out: dict[str, Any] = {"text": "", "finish": [], "usage": None, "errors": [], "chunks": 0, "done": 0}
     with httpx.Client(base_url=gw.url, timeout=120) as http, http.stream("POST", "/v1/messages", json=body) as r:
         assert r.status_code == 200, r.read()
@@ -135,7 +143,9 @@ def test_sigkill_mid_stream_under_four_streams_loses_nothing(
     gw: Gateway, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
     undisturbed = [f(gw, p, 300) for f, p in zip(STREAMS, PROMPTS, strict=True)]
-    assert all(not u["errors"] and u["chunks"] >= 2 for u in undisturbed), [(u["errors"], u["chunks"]) for u in undisturbed]
+    assert all(not u["errors"] and u["chunks"] >= 2 for u in undisturbed), [
+        (u["errors"], u["chunks"]) for u in undisturbed
+    ]
     before = metric(gw, "hearth_resumes_total")
     got = kill_mid_stream(gw, pool, 300, worker_pid(gw))
     for want, have in zip(undisturbed, got, strict=True):
