@@ -70,7 +70,12 @@ class Progress:
 
     def resume(self) -> dict[str, Any]:
         """``Generate.params["resume"]``: what the next worker forces and what it must not resend."""
-        return {"tokens": list(self.tokens), "text": self.text, "tool_calls": self.tool_calls, "reasoning": self.reasoning}
+        return {
+            "tokens": list(self.tokens),
+            "text": self.text,
+            "tool_calls": self.tool_calls,
+            "reasoning": self.reasoning,
+        }
 
 
 def died(held: Sequence[Progress]) -> None:

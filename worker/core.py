@@ -439,7 +439,9 @@ class EngineCore:
         out = [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
         if out:
             first = out[0]
-            out[0] = Delta(first.id, first.text, first.tokens, first.logprobs, first.tool_calls, first.reasoning, live.ids)
+            out[0] = Delta(
+                first.id, first.text, first.tokens, first.logprobs, first.tool_calls, first.reasoning, live.ids
+            )
             live.ids = []
         return out
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from shared.protocol import RESUME_PARAM, Delta, Message
 
+
 class ResumeMismatch(ValueError):
     """The replayed tokens do not give what the client already has (they should, always)."""
 

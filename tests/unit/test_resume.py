@@ -26,7 +26,8 @@ def test_progress_keeps_tokens_text_and_calls_in_order() -> None:
         Delta("r", "lo", 5, tool_calls=[{"index": 0, "id": "c", "name": "f", "arguments": "{}"}], token_ids=[4, 5])
     )
     assert p.started and p.complete
-    assert p.resume() == {"tokens": [1, 2, 3, 4, 5], "text": 5, "tool_calls": 1}
+    p.forwarded(Delta("r", "", 6, reasoning="hmm", token_ids=[6]))
+    assert p.resume() == {"tokens": [1, 2, 3, 4, 5, 6], "text": 5, "tool_calls": 1, "reasoning": 3}
 
 
 def test_a_delta_without_token_ids_makes_it_unresumable() -> None:
@@ -111,8 +112,17 @@ def test_the_backstop_ends_a_bystander_that_keeps_losing_workers() -> None:
 
 def test_resume_param_is_checked() -> None:
     assert Resume.of({}, 10) is None
-    assert Resume.of({"resume": {"tokens": [1, 9], "text": 3}}, 10) == Resume([1, 9], 3, 0)
-    for bad in ({"tokens": []}, {"tokens": [10]}, {"tokens": [True]}, {"tokens": [1], "text": -1}, []):
+    assert Resume.of({"resume": {"tokens": [1, 9], "text": 3}}, 10) == Resume([1, 9], 3, 0, 0)
+    assert Resume.of({"resume": {"tokens": [1], "tool_calls": 2, "reasoning": 5}}, 10) == Resume([1], 0, 2, 5)
+    bad_ones = (
+        {"tokens": []},
+        {"tokens": [10]},
+        {"tokens": [True]},
+        {"tokens": [1], "text": -1},
+        {"tokens": [1], "reasoning": "x"},
+        [],
+    )
+    for bad in bad_ones:
         with pytest.raises(ValueError):
             Resume.of({"resume": bad}, 10)
 
@@ -121,17 +131,27 @@ CALL = {"index": 0, "id": "call_1", "name": "f", "arguments": "{}"}
 
 
 def test_unsent_drops_what_the_client_has_and_keeps_the_held_back_rest() -> None:
-    replay = [Delta("r", "Hello", 1), Delta("r", " wor", 2, tool_calls=[CALL]), Delta("r", "ld", 3), Done("r", "stop")]
-    events, rest = unsent(Resume([1, 2, 3], 9, 1), replay)
-    assert events == ["ld"] and rest == [Done("r", "stop")]
-    events, _ = unsent(Resume([1, 2], 7, 0), replay[:2])
-    assert events == ["or", CALL]
+    replay = [
+        Delta("r", "", 1, reasoning="Let me see"),
+        Delta("r", "Hello", 2),
+        Delta("r", " wor", 3, tool_calls=[CALL]),
+        Delta("r", "ld", 4),
+        Done("r", "stop"),
+    ]
+    deltas, rest = unsent(Resume([1, 2, 3, 4], 9, 1, 10), replay)
+    assert deltas == [Delta("r", "ld", 4, None, None, "", [])] and rest == [Done("r", "stop")]
+    deltas, rest = unsent(Resume([1, 2, 3], 7, 0, 6), replay[:3])
+    assert deltas == [
+        Delta("r", "", 1, None, None, " see", []),
+        Delta("r", "or", 3, None, [CALL], "", []),
+    ]
+    assert rest == []
 
 
-def test_unsent_refuses_a_replay_that_does_not_match_what_was_sent() -> None:
+def test_unsent_refuses_a_replay_that_gives_less_than_was_sent() -> None:
     with pytest.raises(ResumeMismatch):
         unsent(Resume([1], 10, 0), [Delta("r", "short", 1)])
     with pytest.raises(ResumeMismatch):
-        unsent(Resume([1], 0, 1), [Delta("r", "text first", 1, tool_calls=[CALL])])
+        unsent(Resume([1], 0, 2), [Delta("r", "text", 1, tool_calls=[CALL])])
     with pytest.raises(ResumeMismatch):
-        unsent(Resume([1], 2, 1), [Delta("r", "text", 1, tool_calls=[CALL])])
+        unsent(Resume([1], 0, 0, 3), [Delta("r", "text", 1)])

@@ -84,3 +84,60 @@ def test_a_resume_that_claims_more_text_than_its_tokens_give_fails_clearly(core)
 def test_a_bad_resume_parameter_is_refused_naming_it(core) -> None:  # type: ignore[no-untyped-def]
     events = run(core, gen("bad", {"temperature": 0, "resume": {"tokens": [-1]}}))
     assert len(events) == 1 and isinstance(events[0], Error) and events[0].param == "resume", events
+
+
+# -- reasoning, its budget, and tool calls: the tiny model's reasoning variant ------------------
+
+TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+
+@pytest.fixture(scope="module")
+def think(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.tinymodel import build_tiny_model
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-think-resume"), think=True)
+    cfg = ModelConfig(name="t", path=str(path))
+    return EngineCore(load_model(cfg), cfg)
+
+
+def answer(deltas: list[Delta]) -> tuple[str, str, list[tuple[int, str, str]]]:
+    """What a client assembles: reasoning, text, and the calls (ids are random per worker)."""
+    calls = [(c["index"], c["name"], c["arguments"]) for d in deltas for c in d.tool_calls or []]
+    return "".join(d.reasoning for d in deltas), "".join(d.text for d in deltas), calls
+
+
+@pytest.mark.parametrize("case", ["budget", "tool-calls"])
+def test_reasoning_its_budget_and_tool_calls_carry_over_a_resume(think: Any, case: str) -> None:
+    from tests.tinymodel import CALL_TEXT, THOUGHT
+
+    forced = think.m.tokenizer.convert_tokens_to_ids(THOUGHT if case == "budget" else CALL_TEXT)
+    params: dict[str, Any] = {"temperature": 0, "max_tokens": 8, "logit_bias": {str(forced): 100}}
+    params["thinking_budget"] = 3 if case == "budget" else 1
+    inp: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    if case == "tool-calls":
+        inp["tools"] = TOOLS
+    events = run(think, Generate("whole", "t", inp, params))
+    deltas = [e for e in events if isinstance(e, Delta)]
+    (done,) = [e for e in events if isinstance(e, Done)]
+    whole = answer(deltas)
+    if case == "budget":  # 3 thoughts, the forced end marker, then content: the budget was kept
+        assert whole[:2] == (THOUGHT * 3, THOUGHT * 4)
+    else:  # a call inside the reasoning is reasoning; after it, each is a call
+        assert whole[0] == CALL_TEXT and len(whole[2]) >= 2
+    for cut in range(1, len(deltas)):
+        had = deltas[:cut]
+        resume = {
+            "tokens": [t for d in had for t in d.token_ids or []],
+            "text": sum(len(d.text) for d in had),
+            "reasoning": sum(len(d.reasoning) for d in had),
+            "tool_calls": sum(len(d.tool_calls or []) for d in had),
+        }
+        more = run(think, Generate(f"r{cut}", "t", inp, {**params, "resume": resume}))
+        assert not [e for e in more if isinstance(e, Error)], more
+        (again,) = [e for e in more if isinstance(e, Done)]
+        assert answer(had + [e for e in more if isinstance(e, Delta)]) == whole, f"cut after delta {cut}"
+        assert again.finish_reason == done.finish_reason
+        assert again.usage["completion_tokens"] == done.usage["completion_tokens"]
+        assert again.usage["reasoning_tokens"] == done.usage["reasoning_tokens"]
