@@ -282,8 +282,9 @@ class _Run:
                     self._leave_probation(rs)
                     try:
                         await self._again(rs, lost)
-                    except HearthError:
+                    except HearthError as e:
                         rs.finished = True  # no worker holds it: nothing to cancel
+                        rs.error = e.code  # for the access log
                         raise
         finally:
             self._leave_probation(rs)

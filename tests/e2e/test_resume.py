@@ -65,6 +65,7 @@ def openai_stream(gw: Gateway, prompt: str, max_tokens: int, seen: threading.Eve
             if "error" in ev:
                 out["errors"].append(ev["error"])
                 continue
+            out["id"] = ev["id"].removeprefix("chatcmpl-")
             for c in ev.get("choices", []):
                 if c["delta"].get("content"):
                     out["text"] += c["delta"]["content"]
@@ -132,6 +133,17 @@ def kill_mid_stream(
     return [f.result(120) for f in futs]
 
 
+def access_line(gw: Gateway, request_id: str) -> str:
+    """The access-log line of request ``request_id`` (written once its response ended)."""
+    deadline = time.monotonic() + 10
+    while True:
+        for line in gw.log_path.read_text(errors="replace").splitlines():
+            if "hearth.access" in line and f"request_id={request_id}" in line:
+                return line
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.1)
+
+
 def metric(gw: Gateway, name: str) -> float:
     for line in gw.http.get("/metrics").text.splitlines():
         if line.startswith(f'{name}{{model="tiny"}}'):
@@ -158,6 +170,8 @@ def test_sigkill_mid_stream_under_four_streams_loses_nothing(
         assert have["usage"]["prompt_tokens"] == want["usage"]["prompt_tokens"]
     assert got[3]["usage"]["output_tokens"] == undisturbed[3]["usage"]["output_tokens"]
     assert metric(gw, "hearth_resumes_total") == before + 4
+    line = access_line(gw, got[0]["id"])
+    assert " resumed=1" in line and f" finish_reason={got[0]['finish'][0]}" in line, line
     assert "resuming request" in gw.log_path.read_text(errors="replace")
 
 
@@ -199,6 +213,7 @@ def test_a_poison_request_fails_while_the_others_complete(
         assert not have["errors"], (have, gw.log())
         assert have["text"] == want["text"] and have["done"] == 1
     assert metric(gw, "hearth_poison_requests_total") == before + 1
+    assert " finish_reason=poison_request" in access_line(gw, bad["id"])
     r = gw.http.post("/v1/chat/completions", json=chat("tiny", max_tokens=5))
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
 
