@@ -24,6 +24,9 @@ from tests.servers import Gateway, chat, serving
 
 MARKER = "POISON-7f3a"
 PROMPTS = ["Tell me about rivers", "Count some sheep", "A story of the sea", "Why is the sky blue"]
+# greedy still, with penalties: the tiny model's plain greedy text is mostly one repeated token;
+# these make it varied (multi-byte characters included) and make the penalties' history matter
+VARIED = {"presence_penalty": 1.0, "frequency_penalty": 0.5}
 
 
 def gateway(tiny_model: Path, tmp: Path, replicas: int) -> Any:
@@ -48,7 +51,7 @@ def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 def openai_stream(gw: Gateway, prompt: str, max_tokens: int, seen: threading.Event | None = None) -> dict[str, Any]:
     """One OpenAI chat stream: its text, finish reasons, usage and error events; ``seen`` is set
     once two content chunks came."""
-    body = chat("tiny", prompt, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+    body = chat("tiny", prompt, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}, **VARIED)
     out: dict[str, Any] = {"text": "", "finish": [], "usage": None, "errors": [], "chunks": 0, "done": 0}
     with (
         httpx.Client(base_url=gw.url, timeout=120) as http,
@@ -176,7 +179,7 @@ def test_sigkill_mid_stream_under_four_streams_loses_nothing(
 
 
 def test_a_whole_response_is_resumed_too(gw: Gateway, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-    body = chat("tiny", PROMPTS[0], max_tokens=300)
+    body = chat("tiny", PROMPTS[0], max_tokens=300, **VARIED)
     want = gw.http.post("/v1/chat/completions", json=body).json()
     pid = worker_pid(gw)
     seen = threading.Event()

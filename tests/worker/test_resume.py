@@ -32,7 +32,7 @@ def run(core, req: Generate, steps: int = 500) -> list[Any]:  # type: ignore[no-
 
 
 def gen(rid: str, params: dict[str, Any]) -> Generate:
-    return Generate(rid, "tiny", {"messages": [{"role": "user", "content": "resume me"}]}, params)
+    return Generate(rid, "tiny", {"messages": [{"role": "user", "content": "Why is the sky blue"}]}, params)
 
 
 def resumed_from(core, params: dict[str, Any], deltas: list[Delta], cut: int) -> tuple[str, Done]:  # type: ignore[no-untyped-def]
@@ -54,8 +54,8 @@ def resumed_from(core, params: dict[str, Any], deltas: list[Delta], cut: int) ->
     "params",
     [
         {"temperature": 0, "max_tokens": 40},
-        {"temperature": 0, "max_tokens": 40, "repetition_penalty": 1.3, "presence_penalty": 0.5},
-        {"temperature": 0, "max_tokens": 40, "stop": ["ab", "the"]},
+        {"temperature": 0, "max_tokens": 40, "presence_penalty": 1.0, "frequency_penalty": 0.5},
+        {"temperature": 0, "max_tokens": 40, "presence_penalty": 1.0, "stop": ["ab", "of o"]},
         {"temperature": 1.0, "seed": 7, "max_tokens": 40},
     ],
     ids=["greedy", "penalties", "stop-strings", "seeded"],
@@ -84,6 +84,43 @@ def test_a_resume_that_claims_more_text_than_its_tokens_give_fails_clearly(core)
 def test_a_bad_resume_parameter_is_refused_naming_it(core) -> None:  # type: ignore[no-untyped-def]
     events = run(core, gen("bad", {"temperature": 0, "resume": {"tokens": [-1]}}))
     assert len(events) == 1 and isinstance(events[0], Error) and events[0].param == "resume", events
+
+
+def test_text_held_back_for_a_stop_string_is_sent_after_the_resume(core) -> None:  # type: ignore[no-untyped-def]
+    varied = {"temperature": 0, "max_tokens": 40, "presence_penalty": 1.0, "frequency_penalty": 0.5}
+    plain = [e for e in run(core, gen("plain", varied)) if isinstance(e, Delta)]
+    text = "".join(d.text for d in plain)
+    chars_at = {0: 0}  # tokens generated -> characters a run without hold-back has sent
+    for d in plain:
+        chars_at[d.tokens] = chars_at[max(chars_at)] + len(d.text)
+    # a stop string that starts with the last character of a token written in the middle and can
+    # never complete: that character is held back after the token, and sent with the next one
+    middle = next(d for d in plain[len(plain) // 2 :] if len(d.token_ids or []) == 1 and len(d.text.strip()) >= 2)
+    params = {**varied, "stop": [middle.text[-1] + "\u2603"]}
+    deltas = [e for e in run(core, gen("held", params)) if isinstance(e, Delta)]
+    assert "".join(d.text for d in deltas) == text
+    held = [
+        cut
+        for cut in range(1, len(deltas))
+        if sum(len(d.text) for d in deltas[:cut]) < chars_at[deltas[cut - 1].tokens]
+    ]
+    assert held, "no delta ended while text was held back"
+    for cut in held:
+        got, _ = resumed_from(core, params, deltas, cut)
+        assert got == text, f"cut after delta {cut}"
+
+
+def test_logprobs_cover_every_token_once_across_a_resume(core) -> None:  # type: ignore[no-untyped-def]
+    params = {"temperature": 0, "max_tokens": 20, "logprobs": 2, "presence_penalty": 1.0}
+    events = run(core, gen("lp", params))
+    deltas = [e for e in events if isinstance(e, Delta)]
+    whole = [e["token"] for d in deltas for e in d.logprobs or []]
+    assert len(whole) == 20
+    cut = len(deltas) // 2
+    had = deltas[:cut]
+    resume = {"tokens": [t for d in had for t in d.token_ids or []], "text": sum(len(d.text) for d in had)}
+    more = [e for e in run(core, gen("lp2", {**params, "resume": resume})) if isinstance(e, Delta)]
+    assert [e["token"] for d in had + more for e in d.logprobs or []] == whole
 
 
 # -- reasoning, its budget, and tool calls: the tiny model's reasoning variant ------------------
