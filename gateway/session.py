@@ -45,7 +45,16 @@ from gateway.resume import Fate, fate
 from gateway.router import affinity_key
 from gateway.streams import Lost, RequestStream
 from shared.config import Config, ModelConfig
-from shared.protocol import ERROR_NOT_READY, ERROR_POISON, ERROR_WORKER_DIED, RESUME_PARAM, Delta, Done, Generate
+from shared.protocol import (
+    ERROR_NOT_READY,
+    ERROR_POISON,
+    ERROR_WORKER_DIED,
+    RESUME_PARAM,
+    Delta,
+    Done,
+    Error,
+    Generate,
+)
 
 log = logging.getLogger("hearth.session")
 DISCONNECT_POLL = 0.5  # seconds between looks at the client's connection
@@ -293,38 +302,23 @@ class _Run:
         """Dispatch ``rs`` again after ``lost``, resumed if it had output, or raise its error."""
         err, progress = lost.error, rs.progress
         why = rs.lost_why or err.message
-        if err.code == ERROR_NOT_READY:  # turned away before any output: one more try
+        if err.code == ERROR_NOT_READY:  # turned away (draining, loading): one more try, as it was
             if rs.redispatched:
                 raise from_worker(err.code, err.message) from None
             rs.redispatched = True
+            log.warning("worker %s turned request %s away (%s); dispatching it again", rs.worker_id, rs.id, why)
         else:
-            verdict = fate(progress, self.gens.config.server.resume_attempts)
-            if verdict is Fate.POISON:
+            self._unless_failed(rs, fate(progress, self.gens.config.server.resume_attempts), err, why)
+            if progress.started:  # the client has output: the next worker continues it
+                params = {**rs.msg.params, RESUME_PARAM: progress.resume()}
+                rs.msg = dataclasses.replace(rs.msg, params=params)
+                progress.resumes += 1
                 if self.gens.metrics is not None:
-                    self.gens.metrics.poison.labels(self.model.name).inc()
-                log.error("request %s killed its worker again (%s): failing it as a poison request", rs.id, why)
-                raise WorkerFailed(
-                    f"the model worker died while running this request, {progress.charged} times; "
-                    f"it is not tried again ({why})",
-                    code=ERROR_POISON,
-                )
-            if verdict is Fate.WORKER_DIED:
-                raise from_worker(err.code, err.message) from None
-        if progress.started:
-            params = {**rs.msg.params, RESUME_PARAM: progress.resume()}
-            rs.msg = dataclasses.replace(rs.msg, params=params)
-            progress.resumes += 1
-            if self.gens.metrics is not None:
-                self.gens.metrics.resumes.labels(self.model.name).inc()
-            log.warning(
-                "worker %s died (%s); resuming request %s after %d tokens",
-                rs.worker_id,
-                why,
-                rs.id,
-                len(progress.tokens),
-            )
-        else:
-            log.warning("worker %s died (%s); re-dispatching request %s", rs.worker_id, why, rs.id)
+                    self.gens.metrics.resumes.labels(self.model.name).inc()
+                n = len(progress.tokens)
+                log.warning("worker %s died (%s); resuming request %s after %d tokens", rs.worker_id, why, rs.id, n)
+            else:
+                log.warning("worker %s died (%s); re-dispatching request %s", rs.worker_id, why, rs.id)
         since = time.monotonic()
         try:
             if progress.isolate:
@@ -334,6 +328,21 @@ class _Run:
             raise WorkerFailed(
                 f"the model worker died and no other took over: {e.message}", code=ERROR_WORKER_DIED
             ) from None
+
+    def _unless_failed(self, rs: RequestStream, verdict: Fate, err: Error, why: str) -> None:
+        """Raise the request's error when its ``fate`` is to fail (counting a poison request)."""
+        progress = rs.progress
+        if verdict is Fate.POISON:
+            if self.gens.metrics is not None:
+                self.gens.metrics.poison.labels(self.model.name).inc()
+            log.error("request %s killed its worker again (%s): failing it as a poison request", rs.id, why)
+            raise WorkerFailed(
+                f"the model worker died while running this request, {progress.charged} times; "
+                f"it is not tried again ({why})",
+                code=ERROR_POISON,
+            )
+        if verdict is Fate.WORKER_DIED:
+            raise from_worker(err.code, err.message)
 
     async def _enter_probation(self, rs: RequestStream, since: float) -> None:
         """Wait for the model's probation slot: one suspect of a poison hunt runs at a time."""

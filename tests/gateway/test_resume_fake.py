@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.protocol import Delta, Done, Generate
+from shared.protocol import Delta, Done, Error, Generate
 from tests.gateway.fakes import FakeWorker
 from tests.gateway.gateways import fake_gateway
 from tests.servers import Gateway, chat
@@ -122,3 +122,21 @@ def test_several_suspects_run_one_at_a_time_and_the_culprit_is_found(
     assert done[by_id[first.id]]["text"] == "xyz" and done[by_id[first.id]]["errors"] == []
     assert done[by_id[first.id]]["usage"]["resumed"] == 2
     assert done[by_id[second.id]]["text"] == "xy" and done[by_id[second.id]]["errors"] == ["poison_request"]
+
+
+def test_a_resume_turned_away_by_its_worker_is_sent_again_as_it_was(
+    gw: Gateway, fakes: Callable[..., FakeWorker], pool: ThreadPoolExecutor
+) -> None:
+    w = fakes()
+    fut = pool.submit(stream, gw, "away")
+    gen = w.expect(Generate)
+    w.send(Delta(gen.id, "a", 1, token_ids=[3]))
+    reconnect(w)
+    resumed = w.expect(Generate)
+    w.send(Error(gen.id, "not_ready", "the worker is draining"))
+    again = w.expect(Generate)
+    assert again.params == resumed.params and again.params["resume"]["tokens"] == [3]
+    w.send(Delta(gen.id, "b", 2, token_ids=[4]))
+    w.send(Done(gen.id, "stop", {"prompt_tokens": 2, "completion_tokens": 2, "cached_tokens": 0}))
+    got = fut.result(10)
+    assert got["text"] == "ab" and got["errors"] == [] and got["usage"]["resumed"] == 1
