@@ -143,7 +143,8 @@ class RequestStream:
 
     def _failure(self, item: Error) -> Exception:
         """``Lost`` when the worker (not the request) is at fault (it died, or turned the request
-        away): the session decides what comes next (gateway/resume.py); else the request's error, naming the parameter (the input's kind when the worker names none)."""
+        away): the session decides what comes next (gateway/resume.py); else the request's
+        error, naming the parameter (the input's kind when the worker names none)."""
         if item.code in RETRYABLE:  # (not_ready only ever comes before a dispatch's first output)
             self.error = None
             return Lost(item)
