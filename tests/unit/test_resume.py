@@ -4,6 +4,8 @@ split of a replay into what the client has and what it does not (worker/resume.p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.resume import BYSTANDER_DEATHS, Fate, Progress, died, fate
@@ -155,3 +157,18 @@ def test_unsent_refuses_a_replay_that_gives_less_than_was_sent() -> None:
         unsent(Resume([1], 0, 2), [Delta("r", "text", 1, tool_calls=[CALL])])
     with pytest.raises(ResumeMismatch):
         unsent(Resume([1], 0, 0, 3), [Delta("r", "text", 1)])
+
+
+def test_resume_attempts_is_one_by_default_and_never_negative(tmp_path: Path) -> None:
+    from shared.config import ConfigError, load_toml
+
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[[models]]\nname = "a"\npath = "x"\n')
+    assert load_toml(ok).server.resume_attempts == 1
+    off = tmp_path / "off.toml"
+    off.write_text('[server]\nresume_attempts = 0\n[[models]]\nname = "a"\npath = "x"\n')
+    assert load_toml(off).server.resume_attempts == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nresume_attempts = -1\n[[models]]\nname = "a"\npath = "x"\n')
+    with pytest.raises(ConfigError, match="resume_attempts"):
+        load_toml(bad)
