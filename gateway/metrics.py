@@ -57,6 +57,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.resumes = Counter(
+            "hearth_resumes",
+            "Generations resumed on another worker after theirs died mid-stream",
+            ["model"],
+            registry=r,
+        )
+        self.poison = Counter(
+            "hearth_poison_requests",
+            "Generations failed as poison_request: their worker died twice while they were the suspect",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
         self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 

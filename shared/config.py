@@ -130,6 +130,8 @@ class ServerConfig:
     def memory_budget_bytes(self) -> int:
         return parse_size(self.memory_budget)
 
+    # times a generation whose worker died mid-stream is resumed on another (0: it fails, worker_died)
+    resume_attempts: int = 1
     shutdown_grace: float = 30.0  # on SIGTERM/SIGINT: how long in-flight requests may take to finish
     ollama: bool = False  # also serve Ollama's API (/api/*, and "/" answers as Ollama does)
     ollama_port: int | None = None  # with ollama: a second listener (11434 in Ollama's place) on host
@@ -282,6 +284,8 @@ def validate_server(s: ServerConfig) -> None:
     needs CURVE (or an explicit opt-out)."""
     if s.sse_keepalive < 0:
         raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
+    if s.resume_attempts < 0:
+        raise ConfigError("server: resume_attempts must be >= 0 (0: a worker that dies mid-stream fails its requests)")
     if s.max_loaded_models < 0:
         raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
     try:

@@ -12,7 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 # 2: tool calls (Generate.input tools, Delta.tool_calls); 3: reasoning (Delta.reasoning);
-# 4: embedding workers (embed / embeddings); 5: constrained decoding (Generate.params response_format, Done.note)
+# 4: embedding workers (embed / embeddings); resuming a generation elsewhere (Delta.token_ids,
+# Generate.params["resume"]); 5: constrained decoding (Generate.params response_format, Done.note)
 PROTOCOL_VERSION = 5
 
 
@@ -181,6 +182,9 @@ class Delta:
     logprobs: list[Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     reasoning: str = ""
+    # the ids of every token generated since the previous delta, those whose text is still held
+    # back included: the gateway keeps them to resume the generation elsewhere if this worker dies
+    token_ids: list[int] | None = None
     KIND = Kind.DELTA
 
 
@@ -289,3 +293,7 @@ ERROR_GENERATION = "generation_failed"
 ERROR_NOT_READY = "not_ready"
 ERROR_BAD_REQUEST = "invalid_request"
 ERROR_WORKER_DIED = "worker_died"
+ERROR_POISON = "poison_request"  # the gateway's own: the request killed its worker twice
+
+# ``Generate.params["resume"]``: the generation continues one whose worker died (worker/resume.py)
+RESUME_PARAM = "resume"

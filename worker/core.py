@@ -36,6 +36,8 @@ from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
 from worker.grammar import Constraint, NoGrammarTokenizer, grammar_tokenizer, tool_grammar, with_reasoning
 from shared.grammar import GrammarError, response_grammar
+from worker.resume import Resume, ResumeMismatch, fast_forward, unsent
+from worker import testhook
 from worker.reasoning import ReasoningBudget, ReasoningSyntax, ReasoningText, ThinkCounter, budget_of
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
 from worker.templating import Prompt, TemplateError, render, system_prefix
@@ -71,6 +73,8 @@ class _Live:
     constraint: Constraint | None = None  # a grammar held the output to a format (response_format, tool calls)
     reasoning: ReasoningText | None = None  # a chat on a reasoning model: splits reasoning from content
     thoughts: ThinkCounter | None = None  # counts its reasoning tokens
+    ids: list[int] = field(default_factory=list)  # token ids not yet sent in a delta (Delta.token_ids)
+    exit_at: int = 0  # the test hook's trigger (worker/testhook.py); 0 always outside its tests
 
 
 @dataclass
@@ -79,7 +83,7 @@ class _Token:
 
     uid: int
     token: int
-    logprobs: mx.array
+    logprobs: mx.array | None  # None for a token replayed by a resume (no logprobs asked)
     finish_reason: str | None
     all_tokens: list[int]
     prompt_cache: list[Any]
@@ -175,13 +179,19 @@ class EngineCore:
                     f"the prompt has {len(tokens)} tokens; the model's context is {ctx} tokens",
                 )
             ]
+        try:
+            resume = Resume.of(params, self.m.vocab_size)
+        except ValueError as e:
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e), "resume")]
+        forced = resume.tokens if resume is not None else []
         room = ctx - len(tokens)
         asked = params.get("max_tokens") or self.cfg.max_tokens or room
-        max_tokens = max(1, min(int(asked), room))
+        max_tokens = max(1, min(int(asked), room)) - len(forced)  # what is left of the whole answer's
+        tokens = tokens + forced  # a resume continues the tokens generated so far (prompt.tokens: the prompt)
         thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
-        inside = thinking is not None and not prompt.prefill and thinking.opens(tokens)
+        inside = thinking is not None and not prompt.prefill and thinking.opens(prompt.tokens)
         try:
-            sampler = make_request_sampler(params, self.m.vocab_size)
+            sampler = make_request_sampler(params, self.m.vocab_size, draws=len(forced))
             processors = make_request_processors(params, self.m.vocab_size)
             # a forced call's prefill already closed any reasoning block: the grammar starts after it
             constraint = self._constraint(params, prompt, None if prompt.prefill else thinking, inside)
@@ -208,22 +218,34 @@ class EngineCore:
             id=req.id,
             uid=-1,
             text=TextStream(split or detok, [stop] if isinstance(stop, str) else stop),
-            prompt_tokens=len(tokens),
+            prompt_tokens=len(prompt.tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
-            cached_tokens=cached,
+            cached_tokens=min(cached, len(prompt.tokens)),
             guard=LoopGuard.from_param(params.get("loop_guard")),
             constraint=constraint,
             reasoning=split,
             thoughts=ThinkCounter(thinking, inside) if thinking is not None else None,
+            exit_at=testhook.exit_at(req.input, len(forced)),
         )
         if prompt.tools and prompt.syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
             live.tools = ToolCallStream(prompt.syntax, prompt.tools, prompt.prefill, parallel)
+        replayed: list[Message] = []
+        if resume is not None:
+            try:
+                fast_forward(processors, prompt.tokens, forced, self.m.vocab_size)
+                replayed = self._replay(live, resume, max_tokens)
+            except ResumeMismatch as e:
+                replayed = [Error(req.id, ERROR_GENERATION, f"the generation could not be resumed: {e}")]
+            if replayed and not isinstance(replayed[-1], Delta):
+                # an error, or a forced token ended it (it cannot: its done went out with that token)
+                self._system_pending.discard(req.id)
+                return replayed
         idle = not self._live  # with others in the batch, their steps share the prefill anyway
         warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
         if idle and warm and cache is not None and len(segments) == 1:
-            return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
+            return replayed + self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
         (live.uid,) = self._gen.insert_segments(
             [segments],
             max_tokens=[max_tokens],
@@ -234,7 +256,21 @@ class EngineCore:
         )
         self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
         self._by_uid[live.uid] = live
-        return []
+        return replayed
+
+    def _replay(self, live: _Live, resume: Resume, left: int) -> list[Message]:
+        """A resume's forced tokens through the per-token path (worker/resume.py), without
+        logprobs; returns what of their output the client does not have yet. With nothing
+        ``left`` of ``max_tokens``, the last forced token ends the generation (``length``)."""
+        top, live.top_logprobs = live.top_logprobs, None
+        out: list[Message] = []
+        last = len(resume.tokens) - 1
+        for i, token in enumerate(resume.tokens):
+            finish = "length" if i == last and left < 1 else None
+            out.extend(self._respond(live, _Token(-1, token, None, finish, [], []), time.perf_counter()))
+        live.top_logprobs, live.t_first, live.ids = top, 0.0, []
+        deltas, rest = unsent(resume, out)
+        return [*deltas, *rest]
 
     def _constraint(
         self, params: dict[str, Any], prompt: Prompt, thinking: ReasoningSyntax | None, inside: bool
@@ -358,13 +394,16 @@ class EngineCore:
         out: list[Message] = []
         live.completion_tokens += 1
         live.t_first = live.t_first or now
+        live.ids.append(r.token)
+        if live.exit_at and live.completion_tokens >= live.exit_at:
+            testhook.die()
         if r.finish_reason == "stop":  # an end-of-sequence token: not part of the text
             text = live.text.finish()
         else:
             text = live.text.push(r.token)
             if r.finish_reason == "length":
                 text += live.text.finish()
-        if live.top_logprobs is not None and r.finish_reason != "stop":
+        if live.top_logprobs is not None and r.finish_reason != "stop" and r.logprobs is not None:
             live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
         if live.thoughts is not None and r.finish_reason != "stop":
             live.thoughts.feed(r.token)
@@ -421,8 +460,9 @@ class EngineCore:
         if len(events) == 1 and isinstance(events[0], str):  # no tool calls: the usual case
             logprobs, live.logprobs = live.logprobs or None, []
             if not (events[0] or logprobs or reasoning):
-                return []
-            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning)]
+                return []  # its token ids ride on the next delta
+            ids, live.ids = live.ids, []
+            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning, ids)]
         out: list[Delta] = []
         text, calls = "", list[ToolCall]()
         for ev in events:
@@ -439,7 +479,14 @@ class EngineCore:
             first = out[0]
             out[0] = Delta(first.id, first.text, first.tokens, live.logprobs or None, first.tool_calls, reasoning)
             live.logprobs = []
-        return [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
+        out = [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
+        if out:
+            first = out[0]
+            out[0] = Delta(
+                first.id, first.text, first.tokens, first.logprobs, first.tool_calls, first.reasoning, live.ids
+            )
+            live.ids = []
+        return out
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)

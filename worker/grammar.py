@@ -100,7 +100,10 @@ class Constraint:
 
     The first call sees the prompt as its context; every later call sees the tokens sampled
     since, and feeds them to the matcher before masking. ``prefill`` are tokens the prompt
-    already ends with that belong to the grammar (a tool call's opening)."""
+    already ends with that belong to the grammar (a tool call's opening). ``stateful``: a resumed
+    generation replays the calls it had (``worker.resume.fast_forward``) to bring the matcher on."""
+
+    stateful = True
 
     def __init__(self, tok: GrammarTokenizer, grammar: str, param: str, prefill: Sequence[int] = ()) -> None:
         self.tok = tok

@@ -162,12 +162,15 @@ def usage(done: Done | None) -> dict[str, int]:
     from the worker's KV prompt cache (their sum is what ``count_tokens`` says)."""
     u = done.usage if done is not None else {}
     cached = u.get("cached_tokens", 0)
-    return {
+    out = {
         "input_tokens": u.get("prompt_tokens", 0) - cached,
         "output_tokens": u.get("completion_tokens", 0),
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
     }
+    if u.get("resumed"):
+        out["resumed"] = u["resumed"]  # times the generation was resumed after its worker died
+    return out
 
 
 def tool_use_id(call_id: str) -> str:

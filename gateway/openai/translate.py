@@ -134,6 +134,9 @@ def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
     }
     if loops:
         out["loop_guard"] = loops
+    resumed = sum(done.usage.get("resumed", 0) for _, done in dones)
+    if resumed:
+        out["resumed"] = resumed  # times a generation was resumed after its worker died
     return out
 
 

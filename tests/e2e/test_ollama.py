@@ -53,7 +53,8 @@ def gw(
         {"name": "think", "path": str(think_model), "defaults": forced[THOUGHT], "images": "placeholder"},
         {"name": "think-call", "path": str(think_model), "defaults": forced[CALL_TEXT], "preload": False},
     ]
-    server = {"ollama": True, "ollama_port": ollama_port}
+    # resume_attempts = 0: a worker dying mid-stream ends the NDJSON with an error line (tested below)
+    server = {"ollama": True, "ollama_port": ollama_port, "resume_attempts": 0}
     with serving(tmp_path_factory.mktemp("gw-ollama"), models, server) as g:
         yield g
 
