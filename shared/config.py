@@ -80,6 +80,15 @@ class ModelConfig:
     # at load, run every batch shape up to max_batch once (prefill + decode), so first-use kernel
     # compiles (seconds on a GPU) land before ready, not on the first requests (worker.warmup)
     warmup: bool = True
+    # bound on MLX's buffer cache (freed buffers kept for reuse) per worker; None: a tenth of the
+    # model's budget (weights + prompt_cache_bytes), 64 MiB to 2 GiB; 0: no cache (worker/memory.py)
+    cache_limit_bytes: int | None = None
+    # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
+    # if still above, restarts: bytes or "6GiB"; 0: no ceiling
+    memory_ceiling: int | str = 0
+
+    def memory_ceiling_bytes(self) -> int:
+        return parse_size(self.memory_ceiling)
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -231,6 +240,12 @@ def validate_model(m: ModelConfig) -> None:
         m.keep_alive_seconds()
     except ValueError as e:
         raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
+    if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
+        raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
+    try:
+        m.memory_ceiling_bytes()
+    except ValueError as e:
+        raise ConfigError(f"model {m.name}: memory_ceiling: {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
