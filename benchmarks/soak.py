@@ -51,8 +51,11 @@ TOOLS = [
 KINDS = {"stream": 30, "shared_prefix": 20, "drop": 10, "cancel": 8, "bad_input": 8, "tools": 12, "anthropic": 12}
 
 
-def words(rng: random.Random, lo: int = 10, hi: int = 400) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+MAX_WORDS = [400]  # --max-words
+
+
+def words(rng: random.Random, lo: int = 10, hi: int = 0) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, max(lo, hi or MAX_WORDS[0]))))
 
 
 def rss(pid: int) -> int:
@@ -326,11 +329,13 @@ def main() -> int:
     p.add_argument("--kill-every", type=float, default=0, help="SIGKILL a worker this often (0: never)")
     p.add_argument("--unload-every", type=float, default=0, help="unload via keep_alive 0 this often (0: never)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-words", type=int, default=400, help="longest prompt in words (shortest: 10)")
     p.add_argument("--out", help="write the rows and outcomes as JSON here")
     args = p.parse_args()
     host = urlsplit(args.url).hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1"):
         p.error("the soak runs against loopback only")
+    MAX_WORDS[0] = args.max_words
     soak = Soak(args)
     soak.run()
     summary = {"rows": soak.rows, "outcomes": dict(soak.outcomes), "errors": dict(soak.errors)}

@@ -8,6 +8,8 @@
 #   KILL_EVERY=180    SIGKILL a worker this often (0: never)
 #   UNLOAD_EVERY=150  unload the model through keep_alive 0 this often (0: never)
 #   SAMPLE_EVERY=60   seconds between rows
+#   MAX_WORDS=400     longest prompt (words)
+#   HEARTBEAT_TIMEOUT=120  generous: on a shared 2-core machine one step can take long
 #   MODEL_PATH=default   the embedded SmolLM2 (or an MLX folder / GGUF file)
 #   MODEL_EXTRA='memory_ceiling = "2GiB"'   more [[models]] settings, one TOML line
 #   ROOT=$PWD         the source tree to serve (another checkout for a before/after comparison)
@@ -26,6 +28,7 @@ cat > "$TMP/hearth.toml" <<TOML
 host = "127.0.0.1"
 port = $PORT
 restart_limit = 1000
+heartbeat_timeout = ${HEARTBEAT_TIMEOUT:-120}
 
 [[models]]
 name = "soak"
@@ -41,7 +44,7 @@ for _ in $(seq 600); do curl -sf "127.0.0.1:$PORT/ready" >/dev/null && break; sl
 curl -sf "127.0.0.1:$PORT/ready" >/dev/null || { tail -40 "$TMP/gateway.log"; exit 1; }
 ARGS=(--url "http://127.0.0.1:$PORT" --model soak --gateway-pid "$GW" --concurrency "${CONCURRENCY:-4}"
       --sample-every "${SAMPLE_EVERY:-60}" --kill-every "${KILL_EVERY:-180}" --unload-every "${UNLOAD_EVERY:-150}"
-      --out "$OUT")
+      --max-words "${MAX_WORDS:-400}" --out "$OUT")
 if [ -n "${REQUESTS:-}" ]; then ARGS+=(--requests "$REQUESTS" --sample-requests "${SAMPLE_REQUESTS:-25}");
 else ARGS+=(--duration "${DURATION:-600}"); fi
 "$PY" "$HERE/benchmarks/soak.py" "${ARGS[@]}"

@@ -20,7 +20,6 @@ requests it turned away; back under ``RESUME_AT`` of the ceiling, it admits agai
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 from dataclasses import dataclass
@@ -107,15 +106,19 @@ class _RusageInfoV2(ctypes.Structure):
 
 
 _RUSAGE_INFO_V2 = 2
-_libproc: ctypes.CDLL | None = None
+_libsystem: ctypes.CDLL | None = None
 
 
 def _darwin_footprint() -> int:
-    global _libproc
-    if _libproc is None:
-        _libproc = ctypes.CDLL(ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib", use_errno=True)
+    """``ri_phys_footprint`` of ``proc_pid_rusage`` (libSystem): the physical footprint, Metal
+    buffers included, as Activity Monitor's Memory column and the kernel's pressure see it."""
+    global _libsystem
+    if _libsystem is None:
+        _libsystem = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+        _libsystem.proc_pid_rusage.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        _libsystem.proc_pid_rusage.restype = ctypes.c_int
     info = _RusageInfoV2()
-    if _libproc.proc_pid_rusage(os.getpid(), _RUSAGE_INFO_V2, ctypes.byref(info)) != 0:
+    if _libsystem.proc_pid_rusage(os.getpid(), _RUSAGE_INFO_V2, ctypes.byref(info)) != 0:
         return 0
     return int(info.ri_phys_footprint)
 

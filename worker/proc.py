@@ -29,7 +29,6 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from shared.codec import ProtocolError, decode, encode
-from shared.units import format_size
 from shared.config import ModelConfig
 from shared.protocol import (
     ERROR_BAD_REQUEST,
@@ -49,6 +48,7 @@ from shared.protocol import (
     Tokens,
     WorkerState,
 )
+from shared.units import format_size
 from worker import memory
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
 EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key, or no handshake can succeed
 EXIT_MEMORY = 6  # over its memory_ceiling even after a trim: drained, exits for a fresh worker
+# idle this long: MLX's buffer cache and glibc's free heap pages go back to the OS. Not at once:
+# a release took up to ~50 ms on the 2-core CPU, which back-to-back requests would wait for
+IDLE_RELEASE_AFTER = 2.0
 HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) before giving up
 
 
@@ -173,6 +176,7 @@ class WorkerProcess:
         self.stop_signal = False
         self.phase = memory.Phase.SERVING  # against the model's memory_ceiling
         self.exit_code = 0
+        self.idle_since = 0.0  # when the batch last emptied (0: released since, or never busy)
 
     def send(self, msg: Message) -> None:
         self.sock.send_multipart(encode(msg))
@@ -207,7 +211,7 @@ class WorkerProcess:
                 elif events:
                     self.send(events[0])
                 if not self.core.has_work:
-                    memory.release()  # idle: MLX's buffer cache goes back to the allocator
+                    self.idle_since = time.monotonic()  # caches are released once it stays idle
             if self.core is not None and self.core.broken:  # a step, or a direct first token, failed
                 log.error("a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken)
                 self.send(State(WorkerState.FAILED, self.core.broken))
@@ -349,6 +353,10 @@ class WorkerProcess:
 
     def _heartbeat(self) -> None:
         core = self.core
+        if core is not None and not core.has_work and self.idle_since:
+            if time.monotonic() - self.idle_since >= IDLE_RELEASE_AFTER:
+                memory.release(heap=True)
+                self.idle_since = 0.0
         m = self._watch_memory() if core is not None else memory.read()
         self.send(
             Heartbeat(
