@@ -137,10 +137,10 @@ def model_bytes(model: nn.Module) -> int:
     return sum((int(v.nbytes) for _, v in leaves), 0)
 
 
-def bound_cache(configured: int | None, model: nn.Module, prompt_cache_bytes: int) -> int:
-    """Set MLX's buffer cache bound for this worker (``cache_limit``) and release what loading
-    left in it; the bound set."""
-    limit = cache_limit(configured, model_bytes(model) + prompt_cache_bytes)
+def bound_cache(configured: int | None, budget: int) -> int:
+    """Set MLX's buffer cache bound for this worker (``cache_limit`` of the model's ``budget``)
+    and release what loading left in it; the bound set."""
+    limit = cache_limit(configured, budget)
     mx.set_cache_limit(limit)
     release()
     return limit

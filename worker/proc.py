@@ -89,6 +89,7 @@ class _Loader(threading.Thread):
                 # detail says why), and the first request does not pay for the first pass
                 model.encode(model.tokenize(["Hearth checks its encoder before it says ready."], truncate=False))
                 self.core = EmbeddingCore(model, self.cfg)
+                memory.bound_cache(self.cfg.cache_limit_bytes, 0)  # no prompt cache: the smallest bound
                 return
             from worker.core import EngineCore
             from worker.model import load_model
@@ -108,7 +109,8 @@ class _Loader(threading.Thread):
                     describe(),
                 )
             _warm(core, save=False)
-            limit = memory.bound_cache(self.cfg.cache_limit_bytes, core.m.model, self.cfg.prompt_cache_bytes)
+            budget = memory.model_bytes(core.m.model) + self.cfg.prompt_cache_bytes
+            limit = memory.bound_cache(self.cfg.cache_limit_bytes, budget)
             log.info("MLX buffer cache bounded at %s", format_size(limit))
             self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail

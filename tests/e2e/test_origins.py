@@ -116,6 +116,16 @@ def test_a_cross_site_text_plain_generation_is_refused_before_any_work(gw: Gatew
     assert_forbidden(r, "", anthropic=True)
     r = gw.http.post("/v1/messages/count_tokens", json=ANTHROPIC_BODY, headers=as_json)
     assert_forbidden(r, "", anthropic=True)
+    # Ollama's native API and embeddings too, each in its own error format
+    for path, body in (
+        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": False}),
+        ("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False}),
+        ("/api/show", {"model": "tiny"}),
+    ):
+        r = gw.http.post(path, json=body, headers=as_json)
+        assert r.status_code == 403 and EVIL in r.json()["error"], (path, r.text)
+    r = gw.http.post("/v1/embeddings", json={"model": "tiny", "input": "x"}, headers=as_json)
+    assert_forbidden(r, "origin_not_allowed")
     # a foreign page's preflight is refused too (no CORS headers, so the browser stops there)
     pre = {"Origin": EVIL, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     assert_forbidden(gw.http.options(CHAT, headers=pre), "origin_not_allowed")
