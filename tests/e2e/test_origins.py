@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ROOT, Gateway, chat, free_port, sse_events, write_config
+from tests.servers import ROOT, Gateway, chat, free_port, serving, sse_events, write_config
 
 TRUSTED = "http://localhost:3000"
 EVIL = "http://evil.example"
@@ -215,3 +215,20 @@ def test_bad_browser_settings_fail_fast(tiny_model: Path, tmp_path: Path) -> Non
         cfg = write_config(tmp_path / "hearth.toml", [{"name": "tiny", "path": str(tiny_model)}], server=server)
         p = _serve(cfg)
         assert p.returncode == 2 and named in p.stderr, p.stdout + p.stderr
+
+
+def test_cors_star_lets_any_page_in_and_says_so(tiny_model: Path, tmp_path: Path) -> None:
+    with serving(tmp_path, [{"name": "tiny", "path": str(tiny_model)}], server={"cors_origins": "*"}) as g:
+        warnings = g.http.get("/ready").json()["warnings"]
+        assert any("ANY web page" in w for w in warnings), warnings
+        assert "cors_origins" in g.log() and "SECURITY" in g.log()
+        r = g.http.post(CHAT, json=chat("tiny", max_tokens=1), headers={"Origin": EVIL})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*", r.text
+        pre = {"Origin": EVIL, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+        r = g.http.options(CHAT, headers=pre)
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+        assert g.http.post(CHAT, headers={"Host": "evil.example"}).status_code == 403  # the Host check still holds
+
+
+def test_no_warnings_by_default(gw: Gateway) -> None:
+    assert "warnings" not in gw.http.get("/ready").json()
