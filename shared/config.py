@@ -85,6 +85,15 @@ class ModelConfig:
     # at load, run every batch shape up to max_batch once (prefill + decode), so first-use kernel
     # compiles (seconds on a GPU) land before ready, not on the first requests (worker.warmup)
     warmup: bool = True
+    # bound on MLX's buffer cache (freed buffers kept for reuse) per worker; None: a tenth of the
+    # model's budget (weights + prompt_cache_bytes), 64 MiB to 2 GiB; 0: no cache (worker/memory.py)
+    cache_limit_bytes: int | None = None
+    # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
+    # if still above, restarts: bytes or "6GiB"; 0: no ceiling
+    memory_ceiling: int | str = 0
+
+    def memory_ceiling_bytes(self) -> int:
+        return parse_size(self.memory_ceiling)
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -112,6 +121,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key_env: str | None = None  # name of the environment variable holding the API key
+    # Host names served besides loopback ones (DNS rebinding guard, gateway/origins.py); "*.x.y" globs, "*": any
+    allowed_hosts: list[str] = field(default_factory=list)
+    # web page origins (scheme://host[:port]) allowed to call the API from a browser (CORS); "*": any page
+    cors_origins: list[str] | str = field(default_factory=list)
+    require_api_key_off_loopback: bool = False  # refuse to start off loopback without an API key
     body_limit: int = 8 * 1024 * 1024
     endpoint: str | None = None  # an extra endpoint for workers started on their own (tcp://HOST:PORT)
     curve_secret_key: str | None = None  # the gateway's CURVE secret certificate (hearth keys)
@@ -233,6 +247,12 @@ def validate_model(m: ModelConfig) -> None:
         m.keep_alive_seconds()
     except ValueError as e:
         raise ConfigError(f"model {m.name}: keep_alive: {e}") from None
+    if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
+        raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
+    try:
+        m.memory_ceiling_bytes()
+    except ValueError as e:
+        raise ConfigError(f"model {m.name}: memory_ceiling: {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
@@ -279,9 +299,31 @@ def is_loopback(host: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "[::1]", "::1")
 
 
+ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+HOST_RE = re.compile(r"(\*\.)?[a-z0-9_.-]+|\[[0-9a-f:.]+\]|\*", re.IGNORECASE)
+
+
+def validate_browser_settings(s: ServerConfig) -> None:
+    """``allowed_hosts`` are names as a Host header carries them (no scheme, no port; a wildcard
+    only as ``*.example.com``); ``cors_origins`` are origins as a browser sends them."""
+    if not all(isinstance(h, str) and HOST_RE.fullmatch(h) for h in s.allowed_hosts):
+        raise ConfigError(
+            f"[server] allowed_hosts = {s.allowed_hosts!r}: each must be a host name or address without "
+            'scheme or port ("hearth.lan", "*.example.com", "[fd00::1]"), or "*"'
+        )
+    origins = [s.cors_origins] if isinstance(s.cors_origins, str) else s.cors_origins
+    for o in origins:
+        if not isinstance(o, str) or (o != "*" and not ORIGIN_RE.fullmatch(o)):
+            raise ConfigError(
+                f"[server] cors_origins: {o!r} is not an origin: scheme://host[:port] with no path "
+                '(e.g. "http://localhost:3000"), or "*"'
+            )
+
+
 def validate_server(s: ServerConfig) -> None:
     """Server settings that must hold together; a worker endpoint reachable from other machines
     needs CURVE (or an explicit opt-out)."""
+    validate_browser_settings(s)
     if s.sse_keepalive < 0:
         raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
     if s.resume_attempts < 0:

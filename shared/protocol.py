@@ -157,13 +157,18 @@ class State:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Sent every second; also proves the worker's loop makes progress."""
+    """Sent every second; also proves the worker's loop makes progress. ``memory_bytes`` is the
+    process's footprint as the OS sees it (RSS on Linux, physical footprint on macOS), what
+    Hearth shows and budgets with; MLX's own counters come beside it (worker/memory.py)."""
 
     running: int = 0
     waiting: int = 0
     cache_tokens: int = 0
     cache_bytes: int = 0
     memory_bytes: int = 0
+    mlx_active_bytes: int = 0
+    mlx_cache_bytes: int = 0
+    mlx_peak_bytes: int = 0
     KIND = Kind.HEARTBEAT
 
 

@@ -15,13 +15,6 @@ def backend() -> str:
     return "metal" if mx.metal.is_available() else "cuda"
 
 
-def memory_bytes() -> int:
-    """Memory this worker holds, from MLX's own allocator for its device (device memory on a GPU):
-    arrays alive plus the freed buffers MLX keeps cached for reuse, which the device can't give
-    to another process either."""
-    return int(mx.get_active_memory()) + int(mx.get_cache_memory())
-
-
 def describe() -> dict[str, Any]:
     """The device, for the worker's log line at ready: backend, name, total memory if known."""
     info: dict[str, Any] = {"backend": backend()}

@@ -369,6 +369,8 @@ CHANGES: dict[str, Any] = {
     "embed_batch": 16,
     "embed_tokens": 1000,
     "warmup": False,
+    "cache_limit_bytes": 1 << 20,
+    "memory_ceiling": "2GiB",
 }
 
 
