@@ -54,4 +54,5 @@ def request_fields(generations: list[tuple[Choice, RequestStream]]) -> dict[str,
         "cached_tokens": use.get("cached_tokens"),
         "ttft": first.t_first - first.t_submit if first.t_first else None,
         "finish_reason": ",".join(finishes),
+        "resumed": sum(rs.progress.resumes for rs in streams) or None,
     }

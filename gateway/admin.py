@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequest, Unavailable
+from gateway.memory import reported, reported_total
 from gateway.models import ModelState
 from gateway.supervisor import Supervisor
 from shared.units import FOREVER
@@ -41,7 +42,6 @@ def describe(sup: Supervisor, name: str) -> dict[str, Any]:
     est = sup.estimates[name]
     now = time.monotonic()
     workers = sup.models.pool.of_model(name)
-    reported = [w.heartbeat.memory_bytes for w in workers if w.heartbeat]
     keep_alive = model.keep_alive_seconds()
     expiry = sup.expires_at(name)
     return {
@@ -58,7 +58,7 @@ def describe(sup: Supervisor, name: str) -> dict[str, Any]:
                 "pid": w.pid,
                 "state": w.describe()["state"],
                 "running": len(w.inflight),
-                "memory_bytes": w.heartbeat.memory_bytes if w.heartbeat else None,
+                **reported(w.heartbeat),
             }
             for w in workers
         ],
@@ -68,7 +68,7 @@ def describe(sup: Supervisor, name: str) -> dict[str, Any]:
             "per_replica_bytes": est.per_replica,
             "weights_from": est.how,
         },
-        "memory_bytes": sum(reported) if reported else None,
+        **reported_total(w.heartbeat for w in workers),  # footprint, with MLX's counters beside it
         "ready_since": _iso(model.ready_since),
         "uptime_seconds": round(now - model.ready_since, 1) if model.ready_since is not None else None,
         "running": sup.models.running(model),
@@ -107,6 +107,7 @@ async def list_models(request: Request) -> Response:
             "models": models,
             "loaded": len(resident),
             "memory_estimate_bytes": sum(m["memory_estimate_bytes"] for m in resident),
+            "memory_bytes": sum(m["memory_bytes"] or 0 for m in resident),  # what the workers really hold
             "max_loaded_models": sup.limits.max_loaded,
             "memory_budget_bytes": sup.limits.budget,
         }

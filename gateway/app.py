@@ -29,6 +29,7 @@ from gateway.ollama.endpoints import routes as ollama_routes
 from gateway.openai.embeddings import create_embeddings
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
+from gateway.origins import BrowserGuard, binding_warnings, check_binding
 from gateway.responses import endpoints as responses
 from gateway.responses.store import ResponseStore
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
@@ -115,11 +116,18 @@ def create_app(config: Config) -> Starlette:
             remove_runtime_dir(runtime)
 
     key = api_key(config)
+    check_binding(config.server, has_key=key is not None)
+    warnings = binding_warnings(config.server, has_key=key is not None)
+    for line in warnings:
+        log.warning("SECURITY: %s", line)
     curve = load_curve(config.server)
     metrics = Metrics()
     gate = Gate()
     metrics.watch_gate(gate)
-    middleware = [Middleware(RequestWrap, gate=gate, metrics=metrics)]
+    middleware = [
+        Middleware(BrowserGuard, server=config.server),  # first: a web page's request does nothing
+        Middleware(RequestWrap, gate=gate, metrics=metrics),
+    ]
     if key:
         middleware.append(Middleware(ApiKeyMiddleware, key=key))
     routes = [
@@ -147,6 +155,7 @@ def create_app(config: Config) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HearthError: _hearth_error, HTTPException: _http_error, Exception: _server_error},
     )
+    app.state.warnings = warnings  # shown in /ready's body
     app.state.gate = gate  # flipped by gateway.shutdown.HearthServer on SIGTERM/SIGINT
     app.state.responses = ResponseStore(config.server.responses_store_entries, config.server.responses_store_size())
     return app

@@ -5,7 +5,8 @@ the ``Pool`` and call ``Models.changed``; a request's events go into its ``Reque
 (gateway/streams.py). ``dispatch`` sends a generation to the worker the session picked,
 ``cancel`` stops one, ``count_tokens`` asks a worker to tokenize. An ``embed`` travels the same
 way as a generation (its mailbox gets the one ``embeddings`` answer). When a worker is lost, every
-request it held gets a worker-died error: the session decides whether to dispatch it again.
+request it held gets a worker-died error, and the death is counted (and charged, see
+gateway/resume.py) over all of them at once: the session decides whether to run each again.
 Which workers may join is gateway/hello.py's; which worker serves a request, models.py's.
 """
 
@@ -28,6 +29,7 @@ from gateway.hello import judge
 from gateway.metrics import Metrics
 from gateway.models import Models
 from gateway.pool import WorkerHandle
+from gateway.resume import died
 from gateway.streams import RequestStream
 from shared.codec import ProtocolError, decode, encode
 from shared.config import Config
@@ -159,11 +161,11 @@ class EngineClient:
     def _settle(self, handle: WorkerHandle, why: str) -> None:
         """Every request ``handle`` held is lost: each gets a worker-died error."""
         held, handle.inflight = handle.inflight, set()
-        for rid in held:
-            rs = self._streams.pop(rid, None)
-            if rs is not None:
-                rs.lost_why = why
-                rs.arrive(Error(rid, ERROR_WORKER_DIED, f"the model worker died mid-request ({why})"))
+        lost = [rs for rid in held if (rs := self._streams.pop(rid, None)) is not None]
+        died([rs.progress for rs in lost])  # who is to blame is decided over all of them at once
+        for rs in lost:
+            rs.lost_why = why
+            rs.arrive(Error(rs.id, ERROR_WORKER_DIED, f"the model worker died mid-request ({why})"))
 
     def drain(self, worker_ids: Iterable[str]) -> None:
         for wid in worker_ids:

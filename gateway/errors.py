@@ -3,6 +3,7 @@
     HearthError                 status, OpenAI error type, code, param
     ├── InvalidRequest          400  invalid_request_error
     ├── Unauthorized            401  authentication_error
+    ├── Forbidden               403  a web page's request (Host or Origin; gateway/origins.py)
     ├── NotFound                404  (unknown path)
     │   └── ModelNotFound       404  model_not_found
     ├── MethodNotAllowed        405
@@ -95,6 +96,12 @@ class Unauthorized(HearthError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class Forbidden(HearthError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
 
 
 class NotFound(HearthError):

@@ -20,4 +20,6 @@ async def ready(request: Request) -> Response:
     body = {"ready": ok, "models": {m.name: models.describe(m) for m in models}}
     if shutting_down:
         body["status"] = "shutting down"
+    if request.app.state.warnings:  # e.g. listening off loopback without an API key (gateway/origins.py)
+        body["warnings"] = request.app.state.warnings
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

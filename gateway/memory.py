@@ -6,26 +6,29 @@ before any worker runs, and the gateway never imports MLX, so the estimate comes
 - an MLX folder: the size of its ``*.safetensors`` files (MLX maps them as they are);
 - a GGUF file: its parameter count from the tensor shapes in its header, times the bytes per
   parameter of the dtype the worker will import it to (float32: 4, float16/bfloat16: 2);
-  ``keep`` (and ``auto`` on a GPU — Apple Silicon, or CUDA — where workers keep the GGUF's
-  quantized weights, by the rule in ``shared.device``): the file's size;
+  ``keep`` (and ``auto`` on a GPU backend, Metal or CUDA, where workers keep the GGUF's
+  quantized weights: ``shared.device.import_dtype``): the file's size;
 - a zipped embedding model: the uncompressed size of the ``*.safetensors`` inside;
 
 plus the model's ``prompt_cache_bytes`` (the KV cache it may keep; not for an embedding model,
 which keeps none), all times ``replicas``.
-Activations and the running batch's KV are not counted: the budget is a planning number, and
-``GET /admin/models`` shows it beside the memory each worker reports.
+Activations and the running batch's KV are not counted: the estimate is a planning number.
+Once a model's workers report their real footprint (``reported``), the budget counts the larger
+of the two (``held``), and ``GET /admin/models`` shows both.
 """
 
 from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from shared import device
 from shared.config import ModelConfig
+from shared.device import import_dtype, installed_backend
+from shared.protocol import Heartbeat
 
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2}
 # GGUF metadata value types: fixed sizes; 8 is a string, 9 an array
@@ -45,9 +48,9 @@ class Estimate:
 
 
 def import_dtype_guess(dtype: str) -> str:
-    """The dtype a worker on this machine imports a GGUF to: the worker's own rule
-    (``shared.device``), with the device inferred without importing MLX."""
-    return device.import_dtype(dtype, gpu=device.gpu_expected())
+    """The dtype a worker on this machine imports a GGUF to: ``shared.device.import_dtype`` (the
+    rule the worker applies too) for the backend the installed MLX wheels give (no MLX import)."""
+    return import_dtype(dtype, installed_backend())
 
 
 def _read(f: BinaryIO, fmt: str) -> int:
@@ -127,3 +130,37 @@ def estimate(cfg: ModelConfig) -> Estimate:
     weights, how = weights_bytes(cfg)
     per_replica = weights + (cfg.prompt_cache_bytes if cfg.kind == "chat" else 0)
     return Estimate(weights, per_replica, per_replica * cfg.replicas, how)
+
+
+# -- what workers report ---------------------------------------------------------------------
+# A worker's heartbeat carries its footprint as the OS sees it (RSS on Linux, the physical
+# footprint on macOS: ``memory_bytes``) and MLX's own counters beside it (worker/memory.py).
+# Every figure the gateway shows or budgets with is the footprint; the MLX ones explain it.
+
+REPORTED = ("memory_bytes", "mlx_active_bytes", "mlx_cache_bytes", "mlx_peak_bytes")
+
+
+def reported(hb: Heartbeat | None) -> dict[str, int | None]:
+    """One worker's memory figures (None before its first heartbeat)."""
+    return {k: (getattr(hb, k) if hb is not None else None) for k in REPORTED}
+
+
+def reported_total(heartbeats: Iterable[Heartbeat | None]) -> dict[str, int | None]:
+    """The figures summed over a model's workers (None when none has reported yet)."""
+    beats = [hb for hb in heartbeats if hb is not None]
+    return {k: (sum(getattr(hb, k) for hb in beats) if beats else None) for k in REPORTED}
+
+
+def held(estimate: int, heartbeats: Iterable[Heartbeat | None]) -> int:
+    """What a resident model counts for under ``memory_budget``: its estimate until its workers
+    report, then the larger of the estimate and their real footprint (a worker that outgrew its
+    estimate makes room for fewer other models)."""
+    footprint = sum(hb.memory_bytes for hb in heartbeats if hb is not None)
+    return max(estimate, footprint)
+
+
+def memory_kinds(heartbeats: Iterable[Heartbeat | None]) -> list[tuple[str, int]]:
+    """``hearth_worker_memory_bytes`` samples of a model's workers, by kind (none before a heartbeat)."""
+    total = reported_total(heartbeats)
+    names = ("footprint", "mlx_active", "mlx_cache", "mlx_peak")
+    return [(kind, value) for kind, key in zip(names, REPORTED, strict=True) if (value := total[key]) is not None]

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.memory import memory_kinds
+
 if TYPE_CHECKING:
     from gateway.models import Models
     from gateway.shutdown import Gate
@@ -57,6 +59,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.resumes = Counter(
+            "hearth_resumes",
+            "Generations resumed on another worker after theirs died mid-stream",
+            ["model"],
+            registry=r,
+        )
+        self.poison = Counter(
+            "hearth_poison_requests",
+            "Generations failed as poison_request: their worker died twice while they were the suspect",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
         self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 
@@ -91,6 +105,12 @@ class _ModelsCollector(Collector):
             "hearth_worker_restarts", "Worker exits the supervisor restarted", labels=["model"]
         )
         cache = GaugeMetricFamily("hearth_prompt_cache_bytes", "KV prompt cache held by workers", labels=["model"])
+        memory = GaugeMetricFamily(
+            "hearth_worker_memory_bytes",
+            "Workers' memory: kind=footprint is what the OS charges them (RSS / physical footprint), "
+            "mlx_active, mlx_cache and mlx_peak are MLX's own counters",
+            labels=["model", "kind"],
+        )
         models = GaugeMetricFamily(
             "hearth_models", "Models by state (1 for the state each model is in)", labels=["model", "state"]
         )
@@ -113,5 +133,7 @@ class _ModelsCollector(Collector):
                 workers.add_metric([name, state], count)
             restarts.add_metric([name], self.restarts.get(name, 0))
             cache.add_metric([name], sum(w.heartbeat.cache_bytes for w in ws if w.heartbeat))
+            for kind, value in memory_kinds(w.heartbeat for w in ws):
+                memory.add_metric([name, kind], value)
         loaded.add_metric([], resident)
-        yield from (running, waiting, workers, restarts, cache, models, loaded)
+        yield from (running, waiting, workers, restarts, cache, memory, models, loaded)

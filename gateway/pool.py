@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.memory import reported
 from gateway.router import WorkerView, pick
 from shared.protocol import Heartbeat, WorkerState
 
@@ -44,7 +45,7 @@ class WorkerHandle:
             "detail": self.detail or None,
             "running": hb.running if hb else 0,  # as the worker last reported
             "waiting": hb.waiting if hb else 0,
-            "memory_bytes": hb.memory_bytes if hb else None,
+            **reported(hb),  # the footprint (RSS / physical footprint), MLX's counters beside it
             "prompt_cache_bytes": hb.cache_bytes if hb else 0,
             "context_length": self.context_length or None,  # known once it is ready
             "trained_context_length": self.trained_context or None,  # set when RoPE-scaled beyond it

@@ -1,7 +1,8 @@
 """``hearth ps``: what a running Hearth has loaded, as a table (like ``ollama ps``) or JSON.
 
 It reads ``GET /admin/models``; the API key comes from ``--api-key-env NAME`` or
-``HEARTH_API_KEY``.
+``HEARTH_API_KEY``. MEMORY is what the workers really hold (RSS on Linux, the physical
+footprint on macOS); MLX ACTIVE and MLX CACHE are MLX's own counters of it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import orjson
 
 from shared.units import format_duration, format_size
 
-COLUMNS = ("NAME", "STATE", "REPLICAS", "EST. MEMORY", "REPORTED", "RUNNING", "WAITING", "UPTIME", "UNTIL")
+COLUMNS = (
+    "NAME", "STATE", "REPLICAS", "EST. MEMORY", "MEMORY", "MLX ACTIVE", "MLX CACHE", "RUNNING", "WAITING", "UPTIME",
+    "UNTIL",
+)  # fmt: skip
 
 
 def _until(m: dict[str, Any]) -> str:
@@ -45,7 +49,9 @@ def rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
                 m["state"],
                 f"{ready}/{m['replicas']}",
                 format_size(m["memory_estimate_bytes"]),
-                format_size(m["memory_bytes"]),
+                format_size(m["memory_bytes"]),  # the workers' footprint (RSS / physical footprint)
+                format_size(m.get("mlx_active_bytes")),
+                format_size(m.get("mlx_cache_bytes")),
                 str(m["running"]),
                 str(m["waiting"]),
                 format_duration(uptime) if uptime is not None else "-",

@@ -8,7 +8,8 @@ rest, the same way for every API:
 - admission: each choice waits its turn for a worker with room (gateway/models.py: 429 when
   the queue is full, 503 after ``request_wait``), loading the model if it must;
 - dispatch through the engine client, and dispatch again (once) when the worker is lost before
-  the request produced anything;
+  the request produced anything; when it dies mid-stream, the generation is resumed on another
+  worker (gateway/resume.py: up to ``resume_attempts`` times, poison requests failed);
 - waits for the first event with keep-alive ticks, so an error found at once is still a plain
   JSON error, while a slow first token (a queue, a long prefill) keeps the connection alive;
   after that, a tick whenever nothing came for ``sse_keepalive`` seconds;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -39,10 +41,20 @@ from gateway.errors import HearthError, InvalidRequest, WorkerFailed, from_worke
 from gateway.metrics import Metrics
 from gateway.models import Model, Models
 from gateway.record import Record
+from gateway.resume import Fate, fate
 from gateway.router import affinity_key
 from gateway.streams import Lost, RequestStream
 from shared.config import Config, ModelConfig
-from shared.protocol import ERROR_WORKER_DIED, Delta, Done, Generate
+from shared.protocol import (
+    ERROR_NOT_READY,
+    ERROR_POISON,
+    ERROR_WORKER_DIED,
+    RESUME_PARAM,
+    Delta,
+    Done,
+    Error,
+    Generate,
+)
 
 log = logging.getLogger("hearth.session")
 DISCONNECT_POLL = 0.5  # seconds between looks at the client's connection
@@ -124,6 +136,8 @@ class Generations:
         self.models = models
         self.client = client
         self.metrics = metrics
+        # per model: the probation slot, held by the one suspect of a poison hunt that runs now
+        self.probation: dict[str, asyncio.Lock] = {}
 
     def model(self, request: Request, name: str, kind: str = "chat") -> ModelConfig:
         """The configured model ``name`` means (404 if none), recorded for the log and metrics;
@@ -261,25 +275,96 @@ class _Run:
         self.gens.client.dispatch(rs, worker)
 
     async def _choice(self, rs: RequestStream) -> AsyncIterator[Delta | Done]:
-        """One choice's events; a worker lost before any output gets one more try elsewhere."""
-        while True:
-            try:
-                async for ev in rs:
-                    yield ev
-                return
-            except Lost as lost:
-                err = lost.error
-                if rs.redispatched:
-                    raise from_worker(err.code, err.message) from None
-                rs.redispatched = True
-                why = rs.lost_why or err.message
-                log.warning("worker %s died (%s); re-dispatching request %s", rs.worker_id, why, rs.id)
+        """One choice's events, as one stream whatever happens to its workers: a worker that
+        turned it away before any output gets one more try elsewhere; one that died gets it
+        dispatched again, or resumed where it was if it had output (``_again``)."""
+        progress = rs.progress
+        try:
+            while True:
                 try:
-                    await self._dispatch(rs, since=time.monotonic(), front=True)
-                except HearthError as e:
-                    raise WorkerFailed(
-                        f"the model worker died and no other took over: {e.message}", code=ERROR_WORKER_DIED
-                    ) from None
+                    async for ev in rs:
+                        if isinstance(ev, Delta):
+                            progress.forwarded(ev)
+                        elif progress.resumes:
+                            ev = dataclasses.replace(ev, usage={**ev.usage, "resumed": progress.resumes})
+                        yield ev
+                    return
+                except Lost as lost:
+                    self._leave_probation(rs)
+                    try:
+                        await self._again(rs, lost)
+                    except HearthError as e:
+                        rs.finished = True  # no worker holds it: nothing to cancel
+                        rs.error = e.code  # for the access log
+                        raise
+        finally:
+            self._leave_probation(rs)
+
+    async def _again(self, rs: RequestStream, lost: Lost) -> None:
+        """Dispatch ``rs`` again after ``lost``, resumed if it had output, or raise its error."""
+        err, progress = lost.error, rs.progress
+        why = rs.lost_why or err.message
+        if err.code == ERROR_NOT_READY:  # turned away (draining, loading): one more try, as it was
+            if rs.redispatched:
+                raise from_worker(err.code, err.message) from None
+            rs.redispatched = True
+            log.warning("worker %s turned request %s away (%s); dispatching it again", rs.worker_id, rs.id, why)
+        else:
+            self._unless_failed(rs, fate(progress, self.gens.config.server.resume_attempts), err, why)
+            if progress.started:  # the client has output: the next worker continues it
+                params = {**rs.msg.params, RESUME_PARAM: progress.resume()}
+                rs.msg = dataclasses.replace(rs.msg, params=params)
+                progress.resumes += 1
+                if self.gens.metrics is not None:
+                    self.gens.metrics.resumes.labels(self.model.name).inc()
+                n = len(progress.tokens)
+                log.warning("worker %s died (%s); resuming request %s after %d tokens", rs.worker_id, why, rs.id, n)
+            else:
+                log.warning("worker %s died (%s); re-dispatching request %s", rs.worker_id, why, rs.id)
+        since = time.monotonic()
+        try:
+            if progress.isolate:
+                await self._enter_probation(rs, since)
+            await self._dispatch(rs, since=since, front=True)
+        except HearthError as e:
+            raise WorkerFailed(
+                f"the model worker died and no other took over: {e.message}", code=ERROR_WORKER_DIED
+            ) from None
+
+    def _unless_failed(self, rs: RequestStream, verdict: Fate, err: Error, why: str) -> None:
+        """Raise the request's error when its ``fate`` is to fail (counting a poison request)."""
+        progress = rs.progress
+        if verdict is Fate.POISON:
+            if self.gens.metrics is not None:
+                self.gens.metrics.poison.labels(self.model.name).inc()
+            log.error("request %s killed its worker again (%s): failing it as a poison request", rs.id, why)
+            raise WorkerFailed(
+                f"the model worker died while running this request, {progress.charged} times; "
+                f"it is not tried again ({why})",
+                code=ERROR_POISON,
+            )
+        if verdict is Fate.WORKER_DIED:
+            raise from_worker(err.code, err.message)
+
+    async def _enter_probation(self, rs: RequestStream, since: float) -> None:
+        """Wait for the model's probation slot: one suspect of a poison hunt runs at a time."""
+        slot = self.gens.probation.setdefault(self.model.name, asyncio.Lock())
+        wait = max(0.0, since + self.gens.config.server.request_wait - time.monotonic())
+        try:
+            await asyncio.wait_for(slot.acquire(), wait)
+        except TimeoutError:
+            raise WorkerFailed(
+                f"the model worker died; this request waited {wait:.0f}s to run again on its own "
+                "(other requests of its worker's are suspected of killing it) and gave up",
+                code=ERROR_WORKER_DIED,
+            ) from None
+        rs.progress.on_probation = True
+        log.info("request %s runs on probation (suspected of killing its worker)", rs.id)
+
+    def _leave_probation(self, rs: RequestStream) -> None:
+        if rs.progress.on_probation:
+            rs.progress.on_probation = False
+            self.gens.probation[self.model.name].release()
 
     async def events(self) -> AsyncGenerator[Event]:
         """Every choice's events in arrival order (opening them first). Closing it cancels

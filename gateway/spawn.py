@@ -1,5 +1,6 @@
 """How every Hearth child process is started: the one place for the worker's command line and
-for a child's environment (Hearth's source on ``PYTHONPATH``, OpenBLAS preloaded on Linux).
+for a child's environment (Hearth's source on ``PYTHONPATH``, OpenBLAS preloaded on a Linux
+CPU, the MLX backend's settings).
 
 Workers are exec'd (``python -m worker``), never forked; the supervisor's workers get
 ``--parent-pid`` so they exit when the gateway goes, a worker started on its own (``hearth
@@ -16,14 +17,18 @@ from pathlib import Path
 
 from shared.blas import with_openblas
 from shared.config import ModelConfig
+from shared.device import apply_worker_env, installed_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (the process's environment) with OpenBLAS preloaded and Hearth importable."""
+    """``base`` (the process's environment) with OpenBLAS preloaded (CPU backend), the backend's
+    MLX settings where unset (``shared.device.worker_env``: the ``--raw`` reference then runs MLX
+    as the workers do) and Hearth importable."""
     base = os.environ if base is None else base
     env = with_openblas(base) or dict(base)
+    apply_worker_env(env, installed_backend())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 

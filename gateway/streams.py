@@ -6,8 +6,10 @@ worker's events reach the gateway, however fast or slow the client reads). The g
 session iterates the stream: deltas (merged when several wait, so a slow reader gets fewer,
 larger ones), then exactly one ``Done``, or an exception for an ``error``.
 
-A worker lost before the request produced anything raises ``Lost``: the session may dispatch
-the request again (its ``redispatched`` flag says whether it already was).
+A worker that died (at any point), or that turned the request away (``not_ready``, before it
+did anything for it: a fresh request, or a resumed one), raises ``Lost``: the session may
+dispatch the request again, or resume it elsewhere (gateway/resume.py; ``progress`` is what the
+session forwarded of it and its worker deaths).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from gateway.errors import WorkerFailed, from_worker
+from gateway.resume import Progress
 from shared.protocol import ERROR_NOT_READY, ERROR_WORKER_DIED, Delta, Done, Embed, Embeddings, Error, Generate
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ RETRYABLE = (ERROR_WORKER_DIED, ERROR_NOT_READY)  # the worker, not the request,
 
 
 class Lost(Exception):
-    """The request's worker died or turned it away before it produced output."""
+    """The request's worker died, or turned it away before it produced output."""
 
     def __init__(self, error: Error) -> None:
         super().__init__(error.message)
@@ -45,7 +48,8 @@ class RequestStream:
         self.worker_id: str | None = None
         self.queue: asyncio.Queue[Delta | Done | Error | Embeddings] = asyncio.Queue()
         self.started = False  # output reached the gateway
-        self.redispatched = False
+        self.redispatched = False  # re-dispatched after a worker turned it away (not_ready)
+        self.progress = Progress()
         self.finished = False  # the session is done with it (read to the end, or closed)
         self.t_submit = time.monotonic()
         self.t_first = 0.0  # when the first delta arrived
@@ -96,6 +100,7 @@ class RequestStream:
                 parts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs or [])
                 calls = list(item.tool_calls or [])
                 thoughts = [item.reasoning]
+                ids: list[int] | None = list(item.token_ids) if item.token_ids is not None else None
                 end: Done | Error | Embeddings | None = None
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
@@ -111,7 +116,8 @@ class RequestStream:
                     tokens = nxt.tokens
                     logprobs.extend(nxt.logprobs or [])
                     calls.extend(nxt.tool_calls or [])
-                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None, "".join(thoughts))
+                    ids = ids + nxt.token_ids if ids is not None and nxt.token_ids is not None else None
+                yield Delta(self.id, "".join(parts), tokens, logprobs or None, calls or None, "".join(thoughts), ids)
                 if end is None:
                     continue
                 item = end
@@ -136,9 +142,10 @@ class RequestStream:
         raise WorkerFailed(f"the worker answered an embed request with {item.KIND}")
 
     def _failure(self, item: Error) -> Exception:
-        """``Lost`` when the worker (not the request) is at fault before any output, else the
-        request's error, naming the parameter (the input's kind when the worker names none)."""
-        if item.code in RETRYABLE and not self.started:
+        """``Lost`` when the worker (not the request) is at fault (it died, or turned the request
+        away): the session decides what comes next (gateway/resume.py); else the request's
+        error, naming the parameter (the input's kind when the worker names none)."""
+        if item.code in RETRYABLE:  # (not_ready only ever comes before a dispatch's first output)
             self.error = None
             return Lost(item)
         self.finished = True

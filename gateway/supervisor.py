@@ -28,7 +28,7 @@ from typing import Any
 from gateway import residency
 from gateway.client import EngineClient
 from gateway.errors import Unavailable
-from gateway.memory import Estimate, estimate
+from gateway.memory import Estimate, estimate, held
 from gateway.models import Model, ModelState, Models
 from gateway.spawn import child_env, worker_command
 from gateway.stopping import stop_ladder
@@ -205,7 +205,7 @@ class Supervisor:
         model, runner = self.models[name], self.runners[name]
         return residency.Resident(
             name=name,
-            estimate=self.estimates[name].total,
+            estimate=held(self.estimates[name].total, (w.heartbeat for w in self.models.pool.of_model(name))),
             last_used=model.last_used,
             idle=self.models.is_idle(model),
             ready=model.state is ModelState.READY,

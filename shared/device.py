@@ -1,29 +1,125 @@
-"""Decisions that depend on where MLX computes (its CPU or a GPU), in one place for both sides.
+"""The MLX backend a worker runs on, and every default that depends on it, decided here.
 
-The worker knows its device (MLX's default device); the gateway never imports MLX, so it
-infers the same fact from the machine: Apple Silicon runs MLX on Metal, and a machine with an
-``mlx-cuda-*`` wheel installed runs it on CUDA. Both then apply the same rule, so the gateway's
-memory estimate counts the weights the worker really loads.
+Hearth runs on three MLX backends: ``cpu`` (Linux, the ``mlx-cpu`` wheel), ``cuda`` (Linux,
+``mlx-cuda-12`` or ``mlx-cuda-13``) and ``metal`` (macOS on Apple Silicon, ``mlx-metal``). What
+differs between them is decided by the pure functions below, from the backend's name alone:
+
+- ``preload_openblas``: only on ``cpu``. The CPU wheel bundles a slow reference BLAS, and
+  Debian's OpenBLAS (LD_PRELOAD at spawn, see ``shared.blas``) is ~30x faster; a GPU backend
+  does its matrix work on the device.
+- ``cpu_attention``: only on ``cpu``. MLX's CPU ``exp`` is scalar, so ``worker.cpu_attention``
+  computes large softmaxes with NumPy; a GPU keeps MLX's fused attention kernel.
+- ``import_dtype``: what ``dtype = "auto"`` imports a GGUF file to: ``float32`` on ``cpu``
+  (MLX's quantized CPU kernels are slow; float32 prefills ~25x faster), the GGUF's own
+  quantized weights (``keep``) on GPU backends, where they move fewer bytes a token.
+- ``warmup_batches``: the batch sizes the load-time warm-up runs (``worker.warmup``). A GPU
+  backend compiles kernels on first use of each shape (12 s for a fresh process on the H200), so
+  every size up to ``max_batch`` runs once at load. On ``cpu`` a second pass is as slow as the
+  first (measured: SmolLM2-135M float32, a batch of 8 in 0.55 s then 0.51 s; of 1 in 0.31 s then
+  0.45 s), so nothing is compiled there, and a large batch costs real time (64 sequences of
+  SmolLM2 in bfloat16: 63 s): one batch of two runs, which checks the batched prefill and decode
+  path before the worker says ready, for ~0.3 s of load time.
+
+- ``worker_env``: MLX settings a worker starts with (a variable already set is left alone). On
+  ``cuda``, ``MLX_CUDA_USE_CUDNN_SDPA=0``: MLX otherwise runs prefill attention through cuDNN,
+  which builds (and compiles) a graph for every new prompt shape, and a server meets new shapes
+  all the time. Measured on the H200 (docs/benchmarks.md): in-process BatchGenerator steps of
+  SmolLM2-135M at 32 sequences went from 13.6-17.7 ms to 10.2-10.9 ms, and Hearth's aggregate at
+  8/32/64 clients rose 5-28%. Prefill attention then runs as plain matmul + softmax, one
+  ``prefill_step`` of queries at a time, so its scores stay bounded.
+
+Two callers need the backend without the same means: the worker asks MLX itself
+(``worker.device.backend``), while the gateway never imports MLX (it must stay up while a worker
+crashes or loads) and asks ``installed_backend`` here, which reads the installed distributions:
+``mlx-cuda-*`` means ``cuda``, macOS on Apple Silicon (where ``mlx`` brings ``mlx-metal``) means
+``metal``, anything else ``cpu``.
+``HEARTH_BACKEND=cpu|cuda|metal`` overrides that guess (e.g. a CUDA wheel on a machine whose
+workers run elsewhere). The worker's answer is the one that counts; the gateway's only feeds its
+memory estimate and the environment a worker is spawned with.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
+from collections.abc import MutableMapping
+
+BACKENDS = ("cpu", "cuda", "metal")
+_CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
+_CPU_WARMUP_BATCH = 2  # nothing compiles on the CPU: one small batched pass checks the path
 
 
-def import_dtype(dtype: str, gpu: bool) -> str:
-    """The dtype a GGUF file is imported to. ``auto``: float32 on the CPU, where MLX's quantized
-    kernels are slow and float32 is ~25x faster for prefill; on a GPU (Metal, CUDA) the GGUF's
-    own quantized weights (``keep``) are the fast choice."""
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def installed_backend() -> str:
+    """The backend this machine's workers will run on, without importing MLX."""
+    forced = os.environ.get("HEARTH_BACKEND", "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"HEARTH_BACKEND must be one of {', '.join(BACKENDS)}, got {forced!r}")
+        return forced
+    if platform.system() == "Darwin":  # MLX's macOS wheels are Metal builds for Apple Silicon
+        return "metal" if platform.machine() == "arm64" else "cpu"
+    if any(_installed(d) for d in _CUDA_DISTRIBUTIONS):
+        return "cuda"
+    return "cpu"
+
+
+def _check(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown MLX backend {backend!r} (one of {', '.join(BACKENDS)})")
+
+
+def preload_openblas(backend: str) -> bool:
+    """Whether workers get Debian's OpenBLAS preloaded (only the CPU backend does BLAS on the CPU)."""
+    _check(backend)
+    return backend == "cpu"
+
+
+def cpu_attention(backend: str) -> bool:
+    """Whether ``worker.cpu_attention`` replaces mlx-lm's attention (only on the CPU backend)."""
+    _check(backend)
+    return backend == "cpu"
+
+
+def import_dtype(dtype: str, backend: str) -> str:
+    """The dtype a GGUF file is imported to for the configured ``dtype``: ``auto`` is float32 on
+    the CPU and ``keep`` (the file's quantized weights) on GPU backends; anything else as given."""
+    _check(backend)
     if dtype != "auto":
         return dtype
-    return "keep" if gpu else "float32"
+    return "float32" if backend == "cpu" else "keep"
 
 
-def gpu_expected() -> bool:
-    """Whether workers started on this machine run MLX on a GPU (without importing MLX)."""
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
-        return True
-    names = (d.name or "" for d in importlib.metadata.distributions())
-    return any(n.lower().replace("_", "-").startswith("mlx-cuda") for n in names)
+def warmup_batches(backend: str, max_batch: int) -> list[int]:
+    """The batch sizes the load-time warm-up runs, largest first: every size up to ``max_batch``
+    on a GPU backend (each new shape compiles kernels once), one batch of two on the CPU."""
+    _check(backend)
+    if max_batch < 1:
+        return []
+    if backend == "cpu":
+        return [min(max_batch, _CPU_WARMUP_BATCH)]
+    return list(range(max_batch, 0, -1))
+
+
+_WORKER_ENV = {"cuda": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}}
+
+
+def worker_env(backend: str) -> dict[str, str]:
+    """MLX environment settings for a worker on ``backend`` (see the module docstring)."""
+    _check(backend)
+    return dict(_WORKER_ENV.get(backend, {}))
+
+
+def apply_worker_env(env: MutableMapping[str, str], backend: str) -> None:
+    """Set ``worker_env(backend)`` in ``env`` where a variable is not set already: call it before
+    MLX first touches the device (MLX reads these once)."""
+    for key, value in worker_env(backend).items():
+        env.setdefault(key, value)

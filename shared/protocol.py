@@ -12,8 +12,9 @@ from enum import StrEnum
 from typing import Any
 
 # 2: tool calls (Generate.input tools, Delta.tool_calls); 3: reasoning (Delta.reasoning);
-# 4: embedding workers (embed / embeddings)
-PROTOCOL_VERSION = 4
+# 4: embedding workers (embed / embeddings); resuming a generation elsewhere (Delta.token_ids,
+# Generate.params["resume"]); 5: constrained decoding (Generate.params response_format, Done.note)
+PROTOCOL_VERSION = 5
 
 
 class Kind(StrEnum):
@@ -65,6 +66,9 @@ GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
 # Tool-calling keys of ``Generate.params``, set by the API layer when the input offers ``tools``:
 # ``tool_choice`` is "auto" | "none" | "required" | {"name": NAME}; ``parallel_tool_calls`` a bool.
 TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")
+# Constrained decoding, ``Generate.params["response_format"]``: {"type": "json_schema", "schema": {...}},
+# {"type": "json_object"}, {"type": "lark", "grammar": "..."} or {"type": "text"} (see shared.grammar).
+OUTPUT_PARAMS = ("response_format",)
 TOOL_CHOICES = ("auto", "none", "required")
 # Reasoning: the chat template's switches are ``Generate.input`` keys (they shape the prompt, so
 # ``tokenize`` counts them too): ``enable_thinking`` (bool; false also caps the reasoning at 0
@@ -154,13 +158,18 @@ class State:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Sent every second; also proves the worker's loop makes progress."""
+    """Sent every second; also proves the worker's loop makes progress. ``memory_bytes`` is the
+    process's footprint as the OS sees it (RSS on Linux, physical footprint on macOS), what
+    Hearth shows and budgets with; MLX's own counters come beside it (worker/memory.py)."""
 
     running: int = 0
     waiting: int = 0
     cache_tokens: int = 0
     cache_bytes: int = 0
     memory_bytes: int = 0
+    mlx_active_bytes: int = 0
+    mlx_cache_bytes: int = 0
+    mlx_peak_bytes: int = 0
     KIND = Kind.HEARTBEAT
 
 
@@ -179,6 +188,9 @@ class Delta:
     logprobs: list[Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     reasoning: str = ""
+    # the ids of every token generated since the previous delta, those whose text is still held
+    # back included: the gateway keeps them to resume the generation elsewhere if this worker dies
+    token_ids: list[int] | None = None
     KIND = Kind.DELTA
 
 
@@ -189,13 +201,15 @@ class Done:
     ``usage``: prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens (of the
     completion tokens, those of the reasoning, its markers included).
     ``stop`` is the stop string that ended it (``finish_reason`` "stop"), None for an
-    end-of-sequence token."""
+    end-of-sequence token. ``note`` says what a client should know about how it ended (a tool
+    call cut off by ``max_tokens`` and left out)."""
 
     id: str
     finish_reason: str
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     stop: str | None = None
+    note: str | None = None
     KIND = Kind.DONE
 
 
@@ -285,3 +299,7 @@ ERROR_GENERATION = "generation_failed"
 ERROR_NOT_READY = "not_ready"
 ERROR_BAD_REQUEST = "invalid_request"
 ERROR_WORKER_DIED = "worker_died"
+ERROR_POISON = "poison_request"  # the gateway's own: the request killed its worker twice
+
+# ``Generate.params["resume"]``: the generation continues one whose worker died (worker/resume.py)
+RESUME_PARAM = "resume"

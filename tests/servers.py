@@ -70,7 +70,9 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [sys.executable, "-m", "gateway", "serve", *args, "--port", str(self.port)]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        # this checkout first; an inherited PYTHONPATH (packages carried to a GPU machine) after it
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=self.url, timeout=120)

@@ -34,9 +34,13 @@ from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
 from worker.first_token import first_token, takes_direct_path
+from worker.grammar import Constraint, NoGrammarTokenizer, grammar_tokenizer, tool_grammar, with_reasoning
+from shared.grammar import GrammarError, response_grammar
+from worker.resume import Resume, ResumeMismatch, fast_forward, unsent
+from worker import testhook
 from worker.reasoning import ReasoningBudget, ReasoningSyntax, ReasoningText, ThinkCounter, budget_of
 from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
-from worker.templating import TemplateError, render, system_prefix
+from worker.templating import Prompt, TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
 
@@ -66,8 +70,11 @@ class _Live:
     generated: list[int] = field(default_factory=list)  # kept only for the loop guard
     loop: tuple[int, int] | None = None
     tools: ToolCallStream | None = None  # when tools were offered: holds back and parses calls
+    constraint: Constraint | None = None  # a grammar held the output to a format (response_format, tool calls)
     reasoning: ReasoningText | None = None  # a chat on a reasoning model: splits reasoning from content
     thoughts: ThinkCounter | None = None  # counts its reasoning tokens
+    ids: list[int] = field(default_factory=list)  # token ids not yet sent in a delta (Delta.token_ids)
+    exit_at: int = 0  # the test hook's trigger (worker/testhook.py); 0 always outside its tests
 
 
 @dataclass
@@ -76,7 +83,7 @@ class _Token:
 
     uid: int
     token: int
-    logprobs: mx.array
+    logprobs: mx.array | None  # None for a token replayed by a resume (no logprobs asked)
     finish_reason: str | None
     all_tokens: list[int]
     prompt_cache: list[Any]
@@ -151,13 +158,13 @@ class EngineCore:
         return self.prompt_cache.load(self.warm_folder(), budget)
 
     def count_tokens(self, inp: dict[str, Any]) -> int:
-        return len(render(self.m.tokenizer, inp, self.tool_syntax).tokens)
+        return len(render(self.m.tokenizer, inp, self.tool_syntax, mode=self.cfg.tools).tokens)
 
     def add(self, req: Generate) -> list[Message]:
         """Insert ``req`` into the batch; an input the model can't take is answered at once."""
         params = req.params
         try:
-            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params)
+            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params, self.cfg.tools)
         except TemplateError as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         tokens = prompt.tokens
@@ -172,13 +179,23 @@ class EngineCore:
                     f"the prompt has {len(tokens)} tokens; the model's context is {ctx} tokens",
                 )
             ]
+        try:
+            resume = Resume.of(params, self.m.vocab_size)
+        except ValueError as e:
+            return [Error(req.id, ERROR_BAD_REQUEST, str(e), "resume")]
+        forced = resume.tokens if resume is not None else []
         room = ctx - len(tokens)
         asked = params.get("max_tokens") or self.cfg.max_tokens or room
-        max_tokens = max(1, min(int(asked), room))
+        max_tokens = max(1, min(int(asked), room)) - len(forced)  # what is left of the whole answer's
+        tokens = tokens + forced  # a resume continues the tokens generated so far (prompt.tokens: the prompt)
+        thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
+        inside = thinking is not None and not prompt.prefill and thinking.opens(prompt.tokens)
         try:
-            sampler = make_request_sampler(params, self.m.vocab_size)
+            sampler = make_request_sampler(params, self.m.vocab_size, draws=len(forced))
             processors = make_request_processors(params, self.m.vocab_size)
-        except ParamError as e:
+            # a forced call's prefill already closed any reasoning block: the grammar starts after it
+            constraint = self._constraint(params, prompt, None if prompt.prefill else thinking, inside)
+        except (ParamError, GrammarError) as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
@@ -191,31 +208,44 @@ class EngineCore:
             segments = [tokens[cached:]]
         stop = params.get("stop") or []
         detok = self.m.tokenizer.detokenizer
-        thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
-        inside = thinking is not None and not prompt.prefill and thinking.opens(tokens)
         split = ReasoningText(detok, thinking, inside) if thinking is not None else None
         budget = budget_of(req.input, params) if thinking is not None else None
         if thinking is not None and budget is not None:
             processors = [*processors, ReasoningBudget(thinking, budget, inside)]
+        if constraint is not None:
+            processors = [*processors, constraint]  # last: nothing after it can lift the mask
         live = _Live(
             id=req.id,
             uid=-1,
             text=TextStream(split or detok, [stop] if isinstance(stop, str) else stop),
-            prompt_tokens=len(tokens),
+            prompt_tokens=len(prompt.tokens),
             top_logprobs=params.get("logprobs"),
             t_start=time.perf_counter(),
-            cached_tokens=cached,
+            cached_tokens=min(cached, len(prompt.tokens)),
             guard=LoopGuard.from_param(params.get("loop_guard")),
+            constraint=constraint,
             reasoning=split,
             thoughts=ThinkCounter(thinking, inside) if thinking is not None else None,
+            exit_at=testhook.exit_at(req.input, len(forced)),
         )
-        if prompt.tools and self.tool_syntax is not None:
+        if prompt.tools and prompt.syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
-            live.tools = ToolCallStream(self.tool_syntax, prompt.tools, prompt.prefill, parallel)
+            live.tools = ToolCallStream(prompt.syntax, prompt.tools, prompt.prefill, parallel)
+        replayed: list[Message] = []
+        if resume is not None:
+            try:
+                fast_forward(processors, prompt.tokens, forced, self.m.vocab_size)
+                replayed = self._replay(live, resume, max_tokens)
+            except ResumeMismatch as e:
+                replayed = [Error(req.id, ERROR_GENERATION, f"the generation could not be resumed: {e}")]
+            if replayed and not isinstance(replayed[-1], Delta):
+                # an error, or a forced token ended it (it cannot: its done went out with that token)
+                self._system_pending.discard(req.id)
+                return replayed
         idle = not self._live  # with others in the batch, their steps share the prefill anyway
         warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
         if idle and warm and cache is not None and len(segments) == 1:
-            return self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
+            return replayed + self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
         (live.uid,) = self._gen.insert_segments(
             [segments],
             max_tokens=[max_tokens],
@@ -226,7 +256,51 @@ class EngineCore:
         )
         self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
         self._by_uid[live.uid] = live
-        return []
+        return replayed
+
+    def _replay(self, live: _Live, resume: Resume, left: int) -> list[Message]:
+        """A resume's forced tokens through the per-token path (worker/resume.py), without
+        logprobs; returns what of their output the client does not have yet. With nothing
+        ``left`` of ``max_tokens``, the last forced token ends the generation (``length``)."""
+        top, live.top_logprobs = live.top_logprobs, None
+        out: list[Message] = []
+        last = len(resume.tokens) - 1
+        for i, token in enumerate(resume.tokens):
+            finish = "length" if i == last and left < 1 else None
+            out.extend(self._respond(live, _Token(-1, token, None, finish, [], []), time.perf_counter()))
+        live.top_logprobs, live.t_first, live.ids = top, 0.0, []
+        deltas, rest = unsent(resume, out)
+        return [*deltas, *rest]
+
+    def _constraint(
+        self, params: dict[str, Any], prompt: Prompt, thinking: ReasoningSyntax | None, inside: bool
+    ) -> Constraint | None:
+        """The request's grammar as a logits processor: its ``response_format``, or, when tools
+        are offered in a format Hearth has a grammar for, the answer with its tool calls. On a
+        reasoning model a reasoning block (already open when ``inside``) may come first, free."""
+        grammar = response_grammar(params.get("response_format"))
+        param = "response_format"
+        if prompt.tools and prompt.syntax is not None:
+            if grammar is not None:
+                raise GrammarError(
+                    "response_format",
+                    'a json format can\'t be combined with tools; send tool_choice "none" or leave out response_format',
+                )
+            try:
+                tok = grammar_tokenizer(self.m)
+            except NoGrammarTokenizer:
+                return None  # calls are then parsed, not constrained (as for formats without a grammar)
+            choice = params.get("tool_choice") or "auto"
+            parallel = params.get("parallel_tool_calls", True) is not False
+            grammar = tool_grammar(tok, prompt.syntax, prompt.tools, choice, parallel)
+            param = "tools"
+        if grammar is None:
+            return None
+        tok = grammar_tokenizer(self.m)
+        if thinking is not None:
+            grammar = with_reasoning(tok, grammar, thinking.start, thinking.end, inside)
+        prefill = self.m.tokenizer.encode(prompt.prefill, add_special_tokens=False) if prompt.prefill else []
+        return Constraint(tok, grammar, param, prefill)
 
     def _start_direct(
         self,
@@ -319,13 +393,16 @@ class EngineCore:
         out: list[Message] = []
         live.completion_tokens += 1
         live.t_first = live.t_first or now
+        live.ids.append(r.token)
+        if live.exit_at and live.completion_tokens >= live.exit_at:
+            testhook.die()
         if r.finish_reason == "stop":  # an end-of-sequence token: not part of the text
             text = live.text.finish()
         else:
             text = live.text.push(r.token)
             if r.finish_reason == "length":
                 text += live.text.finish()
-        if live.top_logprobs is not None and r.finish_reason != "stop":
+        if live.top_logprobs is not None and r.finish_reason != "stop" and r.logprobs is not None:
             live.logprobs.append(self._logprob_entry(r.token, r.logprobs, live.top_logprobs))
         if live.thoughts is not None and r.finish_reason != "stop":
             live.thoughts.feed(r.token)
@@ -344,7 +421,7 @@ class EngineCore:
             if live.tools.closed and finish is None:
                 finish = "stop"  # parallel_tool_calls is off and the one call is complete
             if finish is not None:
-                events += live.tools.finish()
+                events += live.tools.finish(cut=finish != "stop")
                 if finish == "stop" and live.tools.calls:
                     finish = "tool_calls"
         if finish is not None and r.finish_reason is None:
@@ -353,7 +430,11 @@ class EngineCore:
             self._keep(r.all_tokens, r.prompt_cache)
         out.extend(self._deltas(live, events, live.reasoning.take() if live.reasoning is not None else ""))
         if finish is not None:
-            out.append(self._done(live, finish, now))
+            failed = live.constraint.error if live.constraint is not None else None
+            if failed is not None:  # the grammar lost track: the output can't be vouched for
+                out.append(Error(live.id, ERROR_GENERATION, f"constrained decoding failed: {failed}"))
+            else:
+                out.append(self._done(live, finish, now))
             self._system_pending.discard(live.id)
             self._live.pop(live.id, None)
             self._by_uid.pop(live.uid, None)
@@ -378,8 +459,9 @@ class EngineCore:
         if len(events) == 1 and isinstance(events[0], str):  # no tool calls: the usual case
             logprobs, live.logprobs = live.logprobs or None, []
             if not (events[0] or logprobs or reasoning):
-                return []
-            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning)]
+                return []  # its token ids ride on the next delta
+            ids, live.ids = live.ids, []
+            return [Delta(live.id, events[0], live.completion_tokens, logprobs, None, reasoning, ids)]
         out: list[Delta] = []
         text, calls = "", list[ToolCall]()
         for ev in events:
@@ -396,7 +478,14 @@ class EngineCore:
             first = out[0]
             out[0] = Delta(first.id, first.text, first.tokens, live.logprobs or None, first.tool_calls, reasoning)
             live.logprobs = []
-        return [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
+        out = [d for d in out if d.text or d.logprobs or d.tool_calls or d.reasoning]
+        if out:
+            first = out[0]
+            out[0] = Delta(
+                first.id, first.text, first.tokens, first.logprobs, first.tool_calls, first.reasoning, live.ids
+            )
+            live.ids = []
+        return out
 
     def _done(self, live: _Live, finish: str, now: float) -> Done:
         decode_s = max(now - live.t_first, 1e-9)
@@ -416,6 +505,17 @@ class EngineCore:
                 "decode_tps": round((live.completion_tokens - 1) / decode_s, 3),
             },
             stop=live.text.matched if finish == "stop" else None,
+            note=self._note(live, finish),
+        )
+
+    def _note(self, live: _Live, finish: str) -> str | None:
+        cut = live.tools.cut if live.tools is not None else None
+        if cut is None:
+            return None
+        why = "max_tokens ran out" if finish == "length" else f"the output ended ({finish})"
+        return (
+            f"{why} while the model was writing a tool call, so the incomplete call was left out "
+            f"of the answer ({len(cut)} characters, starting {cut[:60]!r}); raise max_tokens to let it finish"
         )
 
     def _logprob_entry(self, token: int, logprobs: mx.array, top: int) -> dict[str, Any]:
@@ -430,7 +530,8 @@ class EngineCore:
             top_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
             top_vals: list[float] = vals[order].tolist()  # type: ignore[assignment]
             for i, v in zip(top_ids, top_vals, strict=True):
-                entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
+                if v != float("-inf"):  # a token a grammar masked out is impossible, not a candidate
+                    entry["top_logprobs"].append(self._token_logprob(int(i), float(v)))
         return entry
 
     def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:

@@ -8,7 +8,8 @@ softmax by NumPy, and the weighted sum by MLX again. Small ones (a decode step o
 context) stay on MLX's fused path: the round trip through NumPy would cost more than it saves.
 
 ``install`` swaps this function in for mlx-lm's ``scaled_dot_product_attention`` in the model
-modules that use it, and only on the CPU; Metal keeps MLX's fused kernel. Anything it does not
+modules that use it, and only on the CPU backend (``shared.device.cpu_attention``); Metal and
+CUDA keep MLX's fused kernel. Anything it does not
 handle (quantized caches, attention sinks, additive masks, non-float32) goes to the original.
 """
 
@@ -20,6 +21,9 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+
+from shared.device import cpu_attention
+from worker.device import backend
 
 MIN_SCORES = 1 << 16  # batch x heads x queries x keys from which NumPy's softmax pays off
 
@@ -82,7 +86,7 @@ def install() -> int:
     """Use this attention in every loaded mlx-lm model module (on the CPU only); returns how
     many modules now use it. Safe to call again (e.g. after another model module loaded)."""
     global _original
-    if mx.default_device() != mx.cpu:
+    if not cpu_attention(backend()):
         return 0
     from mlx_lm.models import base
 

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm import load as mlx_load
 from mlx_lm.utils import load_config
 
-from shared import device
+from shared import device as device_rules
 from shared.config import ModelConfig
-from worker import cpu_attention, rope
+from worker import cpu_attention, device, rope
 
 log = logging.getLogger("hearth.worker")
 
@@ -27,12 +26,13 @@ class LoadedModel:
     folder: Path
     context_length: int
     vocab_size: int
+    grammar_tokenizer: Any = None  # llguidance's adapter, or why it can't be built (worker.grammar)
     trained_context: int = 0  # the model's own max_position_embeddings
 
 
 def import_dtype(dtype: str) -> str:
-    """The GGUF import dtype on this worker's device (the rule: ``shared.device.import_dtype``)."""
-    return device.import_dtype(dtype, gpu=mx.default_device() != mx.cpu)
+    """The dtype to import a GGUF to on this worker's backend (the rule: ``shared.device``)."""
+    return device_rules.import_dtype(dtype, device.backend())
 
 
 def resolve_folder(cfg: ModelConfig) -> Path:
@@ -57,7 +57,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             f"rope_scaling: mlx-lm's {config.get('model_type')} model does not take rope_scaling, so it can't run "
             f"beyond its trained {plan.trained} tokens"
         )
-    cpu_attention.install()  # the model's module is imported now; a no-op on Metal
+    cpu_attention.install()  # the model's module is imported now; only on the CPU backend
     (log.warning if plan.extended else log.info)("%s: %s", cfg.name, plan.describe())
     vocab = int(config.get("vocab_size") or len(tokenizer))
-    return LoadedModel(model, tokenizer, folder, plan.context_length, vocab, plan.trained)
+    return LoadedModel(model, tokenizer, folder, plan.context_length, vocab, trained_context=plan.trained)

@@ -48,6 +48,8 @@ from shared.protocol import (
     Tokens,
     WorkerState,
 )
+from shared.units import format_size
+from worker import memory
 
 if TYPE_CHECKING:
     from worker.core import EngineCore
@@ -59,12 +61,16 @@ log = logging.getLogger("hearth.worker")
 HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
 EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key, or no handshake can succeed
+EXIT_MEMORY = 6  # over its memory_ceiling even after a trim: drained, exits for a fresh worker
+# idle this long: MLX's buffer cache and glibc's free heap pages go back to the OS. Not at once:
+# a release took up to ~50 ms on the 2-core CPU, which back-to-back requests would wait for
+IDLE_RELEASE_AFTER = 2.0
 HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) before giving up
 
 
 class _Loader(threading.Thread):
     """Loads the model off the socket thread: the core its ``kind`` needs (for a chat model,
-    with the sampling self-check and the warm prompt cache)."""
+    with the sampling self-check, the warm-up and the warm prompt cache)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(name="hearth-load", daemon=True)
@@ -83,14 +89,29 @@ class _Loader(threading.Thread):
                 # detail says why), and the first request does not pay for the first pass
                 model.encode(model.tokenize(["Hearth checks its encoder before it says ready."], truncate=False))
                 self.core = EmbeddingCore(model, self.cfg)
+                memory.bound_cache(self.cfg.cache_limit_bytes, 0)  # no prompt cache: the smallest bound
                 return
             from worker.core import EngineCore
             from worker.model import load_model
+            from worker.device import describe
             from worker.selfcheck import self_check
+            from worker.warmup import warm_up
 
             core = EngineCore(load_model(self.cfg), self.cfg)
             self_check(core)
+            if self.cfg.warmup:
+                t = time.perf_counter()
+                shapes = warm_up(core)
+                log.info(
+                    "warmed up batch shapes %s in %.2fs (%s)",
+                    ", ".join(f"{n}: {s:.2f}s" for n, s in shapes),
+                    time.perf_counter() - t,
+                    describe(),
+                )
             _warm(core, save=False)
+            budget = memory.model_bytes(core.m.model) + self.cfg.prompt_cache_bytes
+            limit = memory.bound_cache(self.cfg.cache_limit_bytes, budget)
+            log.info("MLX buffer cache bounded at %s", format_size(limit))
             self.core = core
         except Exception as e:  # any load failure becomes the `failed` state's detail
             log.exception("loading %s failed", self.cfg.name)
@@ -164,6 +185,9 @@ class WorkerProcess:
         self.core: Core | None = None
         self.draining = False
         self.stop_signal = False
+        self.phase = memory.Phase.SERVING  # against the model's memory_ceiling
+        self.exit_code = 0
+        self.idle_since = 0.0  # when the batch last emptied (0: released since, or never busy)
 
     def send(self, msg: Message) -> None:
         self.sock.send_multipart(encode(msg))
@@ -197,6 +221,8 @@ class WorkerProcess:
                     self.send(Step(events))
                 elif events:
                     self.send(events[0])
+                if not self.core.has_work:
+                    self.idle_since = time.monotonic()  # caches are released once it stays idle
             if self.core is not None and self.core.broken:  # a step, or a direct first token, failed
                 log.error("a batch step failed (%s); exiting so the supervisor restarts this worker", self.core.broken)
                 self.send(State(WorkerState.FAILED, self.core.broken))
@@ -213,7 +239,7 @@ class WorkerProcess:
             if self.draining and (self.core is None or not self.core.has_work):
                 if self.core is not None:
                     _warm(self.core, save=True)
-                return 0
+                return self.exit_code
 
     def _connection_events(self) -> bool:
         """Rejoin after a reconnect; True when the handshake can't succeed (no use retrying): the
@@ -258,7 +284,7 @@ class WorkerProcess:
 
     def _state(self) -> State:
         """The current lifecycle state, for a hello after a reconnect."""
-        if self.draining:
+        if self.draining or self.phase is not memory.Phase.SERVING:
             return State(WorkerState.DRAINING)
         if self.core is not None:
             return _ready(self.core)
@@ -282,7 +308,7 @@ class WorkerProcess:
 
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, Generate):
-            if self.core is None or self.draining:
+            if self.core is None or self.draining or self.phase is not memory.Phase.SERVING:
                 self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
                 return
             try:
@@ -315,7 +341,7 @@ class WorkerProcess:
     def _embed(self, msg: Embed) -> None:
         from worker.embedding.core import EmbeddingCore  # the core is loaded: so is MLX
 
-        if self.core is None or self.draining:
+        if self.core is None or self.draining or self.phase is not memory.Phase.SERVING:
             self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
             return
         if not isinstance(self.core, EmbeddingCore):
@@ -331,23 +357,72 @@ class WorkerProcess:
         for out in events:
             self.send(out)
 
-    def _start_drain(self) -> None:
+    def _start_drain(self, detail: str = "") -> None:
         self.draining = True
-        self.send(State(WorkerState.DRAINING))
+        memory.release()
+        self.send(State(WorkerState.DRAINING, detail))
 
     def _heartbeat(self) -> None:
-        import mlx.core as mx
-
         core = self.core
+        if core is not None and not core.has_work and self.idle_since:
+            if time.monotonic() - self.idle_since >= IDLE_RELEASE_AFTER:
+                memory.release(heap=True)
+                self.idle_since = 0.0
+        m = self._watch_memory() if core is not None else memory.read()
         self.send(
             Heartbeat(
                 running=core.running if core else 0,
                 waiting=core.waiting if core else 0,
                 cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
                 cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
-                memory_bytes=int(mx.get_active_memory()),
+                memory_bytes=m.footprint,
+                mlx_active_bytes=m.active,
+                mlx_cache_bytes=m.cache,
+                mlx_peak_bytes=m.peak,
             )
         )
+
+    def _watch_memory(self) -> memory.Reading:
+        """The memory now, after acting on the model's ``memory_ceiling`` (``memory.decide``):
+        shed and trim, admit again, or drain and exit for a fresh worker."""
+        assert self.core is not None
+        reading = memory.read()
+        ceiling = self.cfg.memory_ceiling_bytes()
+        action = memory.decide(self.phase, reading.footprint, ceiling)
+        if action is memory.Action.TRIM:
+            over = reading.footprint - int(ceiling * memory.RESUME_AT)
+            freed = 0
+            if self.core.prompt_cache is not None:
+                freed = self.core.prompt_cache.trim(max(0, self.core.prompt_cache.nbytes - over))
+            memory.release(heap=True)
+            if self.phase is memory.Phase.SERVING:
+                self.phase = memory.Phase.SHEDDING
+                if not self.draining:
+                    self.send(
+                        State(
+                            WorkerState.DRAINING,
+                            f"memory {format_size(reading.footprint)} is over the "
+                            f"memory_ceiling {format_size(ceiling)}: not admitting",
+                        )
+                    )
+            before, reading = reading, memory.read()
+            log.warning(
+                "memory %s over the ceiling %s: shedding load; trimmed %s of prompt cache, now %s",
+                format_size(before.footprint), format_size(ceiling), format_size(freed), format_size(reading.footprint),
+            )  # fmt: skip
+            action = memory.decide(self.phase, reading.footprint, ceiling, just_trimmed=True)
+        if action is memory.Action.RESTART:
+            self.phase = memory.Phase.LEAVING
+            self.exit_code = EXIT_MEMORY
+            detail = f"memory {format_size(reading.footprint)} still over the memory_ceiling {format_size(ceiling)}"
+            log.error("%s after trimming; draining and exiting for a fresh worker", detail)
+            self._start_drain(detail + ": restarting")
+        elif action is memory.Action.RESUME:
+            self.phase = memory.Phase.SERVING
+            log.info("memory %s is back under the ceiling: admitting again", format_size(reading.footprint))
+            if not self.draining:
+                self.send(State(WorkerState.READY, context_length=self.core.m.context_length))
+        return reading
 
     def close(self) -> None:
         if self.monitor is not None:

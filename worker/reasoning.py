@@ -152,6 +152,8 @@ class ReasoningBudget:
     MLX arrays updated lazily: no ``item()``, so the batch step is never made to wait.
     """
 
+    stateful = True  # its state follows its calls: a resume replays them (worker/resume.py)
+
     def __init__(self, syntax: ReasoningSyntax, budget: int, inside: bool = False) -> None:
         self._start = mx.array(syntax.start_ids)
         self._end = mx.array(syntax.end_ids)

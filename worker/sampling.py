@@ -25,9 +25,11 @@ Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
-def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
+def make_request_sampler(params: dict[str, Any], vocab_size: int, draws: int = 0) -> Sampler:
     """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key.
-    A top_k that keeps the whole vocabulary filters nothing, so it is left out (mlx-lm refuses it)."""
+    A top_k that keeps the whole vocabulary filters nothing, so it is left out (mlx-lm refuses it).
+    ``draws``: tokens already sampled for this generation elsewhere (a resume, worker/resume.py):
+    a seeded sampler's key skips that many draws, so it goes on with the same random stream."""
     temp = float(params.get("temperature", 1.0))
     top_p = float(params.get("top_p", 1.0))
     min_p = float(params.get("min_p", 0.0))
@@ -41,7 +43,7 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int) -> Sampler:
         return _shared_sampler(0.0, 1.0, 0.0, 0)
     if seed is None:
         return _shared_sampler(temp, top_p, min_p, top_k)
-    return _seeded_sampler(int(seed), temp, top_p, min_p, top_k)
+    return _seeded_sampler(int(seed), temp, top_p, min_p, top_k, draws)
 
 
 @functools.lru_cache(maxsize=256)
@@ -52,10 +54,15 @@ def _shared_sampler(temp: float, top_p: float, min_p: float, top_k: int) -> Samp
     return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
 
 
-def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:
+def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: int, skip: int = 0) -> Sampler:
     """Same filters as ``make_sampler`` but drawing from a key of its own, so a seed reproduces
-    its output whoever else shares the batch (the global PRNG is shared by every request)."""
-    state = {"key": mx.random.key(seed % 2**64)}  # any integer seed, negative ones too
+    its output whoever else shares the batch (the global PRNG is shared by every request). One
+    draw per token (the batch and the direct first token call it once each), so ``skip`` draws
+    put the key where it was after ``skip`` tokens."""
+    key = mx.random.key(seed % 2**64)  # any integer seed, negative ones too
+    for _ in range(skip):
+        key, _sub = mx.random.split(key)
+    state = {"key": key}
 
     def sampler(logprobs: mx.array) -> mx.array:
         if 0 < top_p < 1.0:

@@ -8,11 +8,15 @@ becomes ready; a request never meets it. It also warms up (compiles) the samplin
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from shared.protocol import Done, Error, Generate
 from worker.core import EngineCore
+from worker.grammar import NoGrammarTokenizer, grammar_tokenizer
 from worker.prompt_cache import PromptCache
+
+log = logging.getLogger("hearth.worker")
 
 # (parameter, value): one generation each, on top of temperature 0.7 and max_tokens 1.
 CHECKS: tuple[tuple[str, Any], ...] = (
@@ -31,8 +35,18 @@ CHECKS: tuple[tuple[str, Any], ...] = (
     ("stop", ["\n\n"]),
     ("logprobs", 3),
     ("loop_guard", True),
+    ("response_format", {"type": "json_object"}),  # also builds llguidance's tokenizer adapter
 )
 MAX_STEPS = 64
+
+
+def grammar_available(loaded: Any) -> bool:
+    """Builds llguidance's tokenizer adapter (once per model); False when it can't be built."""
+    try:
+        grammar_tokenizer(loaded)
+    except NoGrammarTokenizer:
+        return False
+    return True
 
 
 class SelfCheckError(RuntimeError):
@@ -51,6 +65,9 @@ def self_check(core: EngineCore) -> None:
 def _run_checks(core: EngineCore) -> None:
     tokens = list(core.m.tokenizer.encode("Hello"))[:8] or [0]
     for name, value in CHECKS:
+        if name == "response_format" and not grammar_available(core.m):
+            log.warning("%s", core.m.grammar_tokenizer)
+            continue
         params = {"temperature": 0.7, "max_tokens": 1, name: value}
         events = core.add(
             Generate(id=f"self-check-{name}", model=core.cfg.name, input={"tokens": tokens}, params=params)

@@ -4,7 +4,8 @@ The model's own chat template (from tokenizer_config.json) renders chat messages
 definitions when the request offers ``tools``; a model without a template gets a plain
 "role: content" transcript so it still answers rather than failing. A ``tool_choice`` that
 demands a call is enforced by opening the assistant turn with the start of a call (see
-``ToolSyntax.prefill``), so the model can only go on writing one.
+``ToolSyntax.prefill``), so the model can only go on writing one. A model whose template renders
+no tools gets them in the generic format (``worker.generic_tools``), per its ``tools`` setting.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from worker.generic_tools import generic_messages
+from worker.grammar import GENERIC
 from worker.toolcalls import ToolSyntax
 
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_zq", "description": "", "parameters": {}}}
@@ -38,6 +41,7 @@ class Prompt:
     tools: list[dict[str, Any]] = field(default_factory=list)
     prefill: str = ""
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # the reasoning switches it was rendered with
+    syntax: ToolSyntax | None = None  # the tool-call format the answer is read with (None: no tools)
 
 
 def prompt_tokens(tokenizer: Any, inp: dict[str, Any]) -> list[int]:
@@ -46,10 +50,14 @@ def prompt_tokens(tokenizer: Any, inp: dict[str, Any]) -> list[int]:
 
 
 def render(
-    tokenizer: Any, inp: dict[str, Any], syntax: ToolSyntax | None = None, params: dict[str, Any] | None = None
+    tokenizer: Any,
+    inp: dict[str, Any],
+    syntax: ToolSyntax | None = None,
+    params: dict[str, Any] | None = None,
+    mode: str = "auto",
 ) -> Prompt:
-    """The prompt for ``inp``; ``syntax`` is the model's tool-call format (None: it has none)
-    and ``params`` may hold ``tool_choice``."""
+    """The prompt for ``inp``; ``syntax`` is the model's native tool-call format (None: it has
+    none), ``params`` may hold ``tool_choice`` and ``mode`` is the model's ``tools`` setting."""
     if "tokens" in inp:
         return Prompt([int(t) for t in inp["tokens"]])
     if "prompt" in inp:
@@ -64,10 +72,17 @@ def render(
             raise TemplateError("this model has no chat template, so it can't be offered tools", "tools")
         text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
         return Prompt(list(tokenizer.encode(text)))
+    history = any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in messages)
+    fmt = tool_format(tokenizer, syntax, mode) if tools or history else "native"
+    switches = thinking_kwargs(inp)
+    if fmt == "generic":
+        _check_choice(choice)
+        return _render_generic(tokenizer, messages, tools, switches)
     if tools:
         _check_tools_supported(tokenizer, syntax)
+        if fmt == "off":
+            raise TemplateError('tools are turned off for this model (its tools setting is "off")', "tools")
     prefill = _prefill(syntax, choice) if tools else ""
-    switches = thinking_kwargs(inp)
     kwargs: dict[str, Any] = {**switches, **({"tools": tools} if tools else {})}
     try:
         rendered = tokenizer.apply_chat_template(
@@ -75,10 +90,32 @@ def render(
         )
     except Exception as e:  # jinja raises arbitrary errors for inputs a template refuses
         raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
+    used = syntax if tools else None
     if prefill:
         text = rendered + _close_reasoning(tokenizer, rendered) + prefill
-        return Prompt(list(tokenizer.encode(text, add_special_tokens=False)), tools, prefill, switches)
-    return Prompt(list(rendered), tools, "", switches)
+        return Prompt(list(tokenizer.encode(text, add_special_tokens=False)), tools, prefill, switches, used)
+    return Prompt(list(rendered), tools, "", switches, used)
+
+
+def tool_format(tokenizer: Any, syntax: ToolSyntax | None, mode: str) -> str:
+    """ "native", "generic" or "off" for a model's ``tools`` setting: ``auto`` is native when the
+    template renders tools and mlx-lm knows the model's call format, else generic."""
+    if mode == "auto":
+        return "native" if syntax is not None and _template_renders_tools(tokenizer) else "generic"
+    return mode
+
+
+def _render_generic(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], switches: dict[str, Any]
+) -> Prompt:
+    """The generic tool format (``worker.generic_tools``): the template sees no ``tools``."""
+    try:
+        tokens = tokenizer.apply_chat_template(
+            generic_messages(template_messages(messages), tools), add_generation_prompt=True, **switches
+        )
+    except Exception as e:
+        raise TemplateError(f"the model's chat template refused the messages: {e}", "messages") from e
+    return Prompt(list(tokens), tools, "", switches, GENERIC if tools else None)
 
 
 def _close_reasoning(tokenizer: Any, rendered: str) -> str:
@@ -151,13 +188,19 @@ def _template_renders_tools(tokenizer: Any) -> bool:
     return _RENDERS_TOOLS[key]
 
 
+def _check_choice(choice: Any) -> str | None:
+    """The function a ``tool_choice`` names (None for "auto"/"required"); anything else is refused."""
+    function = choice.get("name") if isinstance(choice, dict) else None
+    if choice not in ("auto", "required") and not isinstance(function, str):
+        raise TemplateError(f"tool_choice {choice!r} is not valid", "tool_choice")
+    return function
+
+
 def _prefill(syntax: ToolSyntax | None, choice: Any) -> str:
     """The call opening that enforces ``tool_choice`` ("required" or {"name": NAME})."""
+    function = _check_choice(choice)
     if choice == "auto":
         return ""
-    function = choice.get("name") if isinstance(choice, dict) else None
-    if choice != "required" and not isinstance(function, str):
-        raise TemplateError(f"tool_choice {choice!r} is not valid", "tool_choice")
     opening = syntax.prefill(function) if syntax is not None else None
     if opening is None:
         fmt = syntax.name if syntax is not None else "unknown"
@@ -182,10 +225,15 @@ def system_prefix(tokenizer: Any, inp: dict[str, Any], prompt: Prompt) -> int:
         n += 1
     if n == 0 or n == len(messages):
         return 0
-    kwargs: dict[str, Any] = {**prompt.template_kwargs, **({"tools": prompt.tools} if prompt.tools else {})}
+    generic = prompt.syntax is GENERIC
+    tools_kwarg = {"tools": prompt.tools} if prompt.tools and not generic else {}
+    kwargs: dict[str, Any] = {**prompt.template_kwargs, **tools_kwarg}
+    head_messages = template_messages(messages[:n])
+    if generic:
+        head_messages = generic_messages(head_messages, prompt.tools)
     try:
         head = tokenizer.apply_chat_template(
-            template_messages(messages[:n]) + [{"role": "user", "content": ""}], add_generation_prompt=False, **kwargs
+            head_messages + [{"role": "user", "content": ""}], add_generation_prompt=False, **kwargs
         )
     except Exception:  # a template that can't render this cut: no system entry, nothing else lost
         return 0

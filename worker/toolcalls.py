@@ -97,6 +97,7 @@ class ToolCallStream:
         self._call = prefill[len(syntax.start) :] if in_call else ""  # text of the call being written
         self.calls = 0  # tool calls handed out so far
         self.closed = False  # parallel is off and a call was made: the output is complete
+        self.cut: str | None = None  # the text of a call the output's end cut off (see finish)
 
     @property
     def in_call(self) -> bool:
@@ -110,16 +111,25 @@ class ToolCallStream:
         self._state, segments = TextStateMachine.split(self._state, text)
         return self._events(was, segments)
 
-    def finish(self) -> list[Event]:
+    def finish(self, cut: bool = False) -> list[Event]:
         """The output ended: release held-back text and settle a call without its end marker
-        (the only way a call ends for a syntax with no end marker)."""
+        (the only way a call ends for a syntax with no end marker). ``cut``: the output was cut
+        short (``max_tokens``); a call it cut that does not parse is left out, not sent as text,
+        and its text kept in ``cut_call``."""
         if self.closed:
             return []
         was = self._state[0]
         self._state, held, _ = TextStateMachine.flush(self._state)
+        if cut and was == _TEXT and held and self.syntax.start.startswith(held):
+            self.cut, held = held, ""  # cut inside the call's opening marker
         events = self._events(was, [(was, held)])
         if self.in_call:
-            events.extend(self._settle(ended=False))
+            body = self._call
+            settled = self._settle(ended=False)
+            if cut and settled and isinstance(settled[0], str):
+                self.cut = self.syntax.start + body
+                settled = []
+            events.extend(settled)
         return [e for e in events if e != ""]
 
     def _events(self, was: str, segments: list[tuple[str, str]]) -> list[Event]:

@@ -21,12 +21,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    field_validator,
     ValidationInfo,
     model_validator,
 )
 
 from gateway import media
 from gateway.bodies import KeepAlive
+from shared.grammar import GrammarError, check_schema, check_tool_schema
 
 MAX_INT = 2**31 - 1
 Float = StrictFloat | StrictInt
@@ -182,13 +184,47 @@ class InputMessage(_Strict):
 class Tool(_Strict):
     name: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     description: StrictStr | None = None
-    input_schema: dict[str, Any]
+    input_schema: dict[str, Any]  # a call's input is held to it by a grammar
+    strict: StrictBool | None = None  # accepted: inputs are always held to the schema
+
+    @field_validator("input_schema")
+    @classmethod
+    def _compiles(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            check_tool_schema(v, "input_schema")
+        except GrammarError as e:
+            raise ValueError(e.detail) from None
+        return v
+
+
+class JsonOutputFormat(_Strict):
+    """Structured outputs: the answer's text is JSON that validates against ``schema``."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("schema_")
+    @classmethod
+    def _compiles(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            check_schema(v, "output_config.format")
+        except GrammarError as e:
+            raise ValueError(e.detail) from None
+        return v
+
+
+class OutputConfig(_Strict):
+    """``output_config``: ``format`` is enforced; ``effort`` is accepted (type-checked) and not
+    used by Hearth's models."""
+
+    format: JsonOutputFormat | None = None
+    effort: StrictStr | None = None
 
 
 class ToolChoice(_Strict):
     type: Literal["auto", "any", "tool", "none"]
     name: StrictStr | None = None
-    disable_parallel_tool_use: StrictBool | None = None  # accepted; the worker decides how many calls
+    disable_parallel_tool_use: StrictBool | None = None  # true: at most one call (parallel_tool_calls false)
 
     @model_validator(mode="after")
     def _named(self) -> ToolChoice:
@@ -246,10 +282,18 @@ class MessagesRequest(PromptFields):
     # accepted and ignored (type-checked so a malformed one is still a clear 400)
     metadata: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None
-    output_config: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
+    output_format: JsonOutputFormat | None = None  # the structured-outputs beta's name for output_config.format
     service_tier: StrictStr | None = None
     container: StrictStr | dict[str, Any] | None = None
     mcp_servers: list[Any] | None = None
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the answer is held to (``output_config.format``, or the beta's
+        ``output_format``), None when there is none."""
+        fmt = self.output_config.format if self.output_config is not None else None
+        fmt = fmt or self.output_format
+        return fmt.schema_ if fmt is not None else None
 
 
 class CountTokensRequest(PromptFields):

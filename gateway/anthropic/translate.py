@@ -133,6 +133,11 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     if req.tools and req.tool_choice is not None:
         tc = req.tool_choice
         params["tool_choice"] = {"name": tc.name} if tc.type == "tool" else TOOL_CHOICE[tc.type]
+        if tc.disable_parallel_tool_use:
+            params["parallel_tool_calls"] = False
+    schema = req.output_schema()
+    if schema is not None:
+        params["response_format"] = {"type": "json_schema", "schema": schema}
     if req.thinking is not None and req.thinking.budget_tokens is not None:
         params["thinking_budget"] = req.thinking.budget_tokens
     return params
@@ -157,12 +162,15 @@ def usage(done: Done | None) -> dict[str, int]:
     from the worker's KV prompt cache (their sum is what ``count_tokens`` says)."""
     u = done.usage if done is not None else {}
     cached = u.get("cached_tokens", 0)
-    return {
+    out = {
         "input_tokens": u.get("prompt_tokens", 0) - cached,
         "output_tokens": u.get("completion_tokens", 0),
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
     }
+    if u.get("resumed"):
+        out["resumed"] = u["resumed"]  # times the generation was resumed after its worker died
+    return out
 
 
 def tool_use_id(call_id: str) -> str:
@@ -279,7 +287,7 @@ class MessageShape:
 
     def message(self, content: list[dict[str, Any]], done: Done | None) -> dict[str, Any]:
         reason, sequence = stop_reason(done) if done is not None else (None, None)
-        return {
+        out = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -289,6 +297,9 @@ class MessageShape:
             "stop_sequence": sequence,
             "usage": usage(done),
         }
+        if done is not None and done.note:  # Hearth's extension: a tool call cut off by max_tokens
+            out["note"] = done.note
+        return out
 
     def start(self) -> Event:
         """``message_start``: the prompt's token counts are not known before ``done`` (they
@@ -302,7 +313,11 @@ class MessageShape:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "delta": {
+                        "stop_reason": reason,
+                        "stop_sequence": sequence,
+                        **({"note": done.note} if done.note else {}),
+                    },
                     "usage": usage(done),
                 },
             ),

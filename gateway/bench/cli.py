@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.bench import report
 from gateway.bench.progress import Progress
-from gateway.bench.scenarios import SCENARIOS, Plan, run_target
+from gateway.bench.scenarios import EXTRA_SCENARIOS, SCENARIOS, Plan, run_target
 from gateway.bench.streaming import Target
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -55,7 +55,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--raw", action="store_true", help="also run mlx-lm in-process (child process) as the reference")
     t.add_argument("--model-path", help="--raw's model: MLX folder or GGUF file (default: Hearth's default model)")
     w = p.add_argument_group("workload")
-    w.add_argument("--scenario", default="all", choices=(*SCENARIOS, "all"))
+    w.add_argument(
+        "--scenario",
+        default="all",
+        choices=(*SCENARIOS, *EXTRA_SCENARIOS, "all"),
+        help="all: single, concurrent, prefix; structured: constrained decoding's cost (--requests-per-client rounds)",
+    )
     w.add_argument("--clients", type=_levels, default=(1, 2, 4, 8), help="concurrency levels (default 1,2,4,8)")
     w.add_argument("--max-tokens", type=_positive, default=128)
     w.add_argument("--requests-per-client", type=_positive, default=1)

@@ -74,7 +74,13 @@ def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, progress: Progress) -
 
     from worker.templating import prompt_tokens
 
-    gen = BatchGenerator(model, max_tokens=plan.max_tokens, stop_tokens=[[t] for t in sorted(tokenizer.eos_token_ids)])
+    gen = BatchGenerator(
+        model,
+        max_tokens=plan.max_tokens,
+        stop_tokens=[[t] for t in sorted(tokenizer.eos_token_ids)],
+        completion_batch_size=n,  # every client's sequence in one batch, as a server with max_batch >= n
+        prefill_batch_size=n,
+    )
     sent = [0] * n  # requests each client has sent
     live: dict[int, tuple[int, RequestResult]] = {}  # uid -> (client, its current request)
     out: list[RequestResult] = []
@@ -128,7 +134,7 @@ def main() -> int:
     warmup = dataclasses.replace(plan, max_tokens=8, requests_per_client=1, duration=None)
     _single(model, tokenizer, warmup, Progress(quiet=True))
     for scenario, n in plan.steps():
-        if scenario == "prefix":
+        if scenario in ("prefix", "structured"):  # a server's prompt cache, a server's grammars
             continue
         progress.start(f"raw {scenario}" + (f" x{n}" if scenario == "concurrent" else ""), plan.expected(n))
         t0 = time.perf_counter()

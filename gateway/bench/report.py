@@ -128,6 +128,14 @@ def text(doc: dict[str, Any]) -> str:
         note = "tok/s above 1 and times below 1: the first target is faster"
         parts.append(f"Ratios (first target ÷ other; {note})\n" + _table(headers, rows))
     for t in doc["targets"]:
+        ratios = next((s["structured"] for s in t["scenarios"] if "structured" in s), None)
+        if ratios:
+            parts.append(
+                f"Structured output ({t['name']}): constrained ÷ free decode tok/s, one stream: "
+                f"{_f(ratios['constrained_decode_ratio'], 2)}; 7 free + 1 constrained ÷ 8 free aggregate tok/s: "
+                f"{_f(ratios['mixed_aggregate_ratio'], 2)}"
+            )
+    for t in doc["targets"]:
         for s in t["scenarios"]:
             if s["errors"]["first"]:
                 parts.append(f"{t['name']} {s['scenario']}: first error: {s['errors']['first']}")

@@ -30,8 +30,9 @@ class Target:
         await self.http.aclose()
         await self.probe.aclose()
 
-    def body(self, messages: Messages, max_tokens: int) -> dict[str, Any]:
+    def body(self, messages: Messages, max_tokens: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
+            **(extra or {}),
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
@@ -40,11 +41,13 @@ class Target:
             "stream_options": {"include_usage": True},
         }
 
-    async def chat(self, messages: Messages, max_tokens: int) -> RequestResult:
-        """Stream one chat completion; any failure is recorded in the result, never raised."""
+    async def chat(self, messages: Messages, max_tokens: int, extra: dict[str, Any] | None = None) -> RequestResult:
+        """Stream one chat completion (``extra``: more body fields); any failure is recorded in
+        the result, never raised."""
         res = RequestResult(start=time.perf_counter())
+        body = self.body(messages, max_tokens, extra)
         try:
-            async with self.http.stream("POST", "/v1/chat/completions", json=self.body(messages, max_tokens)) as r:
+            async with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
                     res.error = f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}"
                     return res

@@ -15,6 +15,7 @@ from gateway.ollama.schemas import MAPPED_OPTIONS, ChatRequest, GenerateRequest,
 from gateway.openai.schemas import SamplingFields
 from shared.config import Config, ModelConfig
 from shared import protocol
+from shared.grammar import GrammarError, check_schema
 
 TAG = ":latest"
 
@@ -55,6 +56,11 @@ def check_request(req: GenerationRequest, cfg: ModelConfig, images: int, policy:
         raise InvalidRequest(
             "format: constrained output (json or a JSON Schema) is not supported by this Hearth yet", param="format"
         )
+    if isinstance(req.format, dict):  # a schema the grammar compiler can't enforce: a 400 before admission
+        try:
+            check_schema(req.format, "format")
+        except GrammarError as e:
+            raise InvalidRequest(str(e), param="format") from None
 
 
 def params_for(req: GenerationRequest, cfg: ModelConfig, context: int) -> dict[str, Any]:

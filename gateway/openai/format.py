@@ -20,6 +20,7 @@ def response(shape_cls: type[Shape], model: str, results: list[Result], want_lp:
             r.logprobs if want_lp else None,
             r.tool_calls,
             "".join(d.reasoning for d in r.deltas),
+            r.done.note,
         )
         for r in results
     ]
@@ -60,7 +61,7 @@ class ChunkStream:
             out += [sse.event(c) for c in shape.delta_chunks(choice.index, ev, self.want_lp)]
         else:
             self.dones.append((choice, ev))
-            out.append(sse.event(shape.chunk(choice.index, None, finish=ev.finish_reason)))
+            out.append(sse.event(shape.chunk(choice.index, None, finish=ev.finish_reason, note=ev.note)))
         return out
 
     def closing(self) -> list[bytes]:

@@ -23,6 +23,7 @@ from pydantic import (
 
 from gateway import media
 from gateway.bodies import KeepAlive
+from shared.grammar import GrammarError, check_schema, check_tool_schema
 from gateway.media import OPENAI_IMAGE_PARTS
 
 MAX_INT = 2**31 - 1
@@ -39,15 +40,47 @@ class StreamOptions(_Strict):
     include_usage: StrictBool = False
 
 
-class ResponseFormat(_Strict):
-    type: StrictStr = "text"
+class JsonSchemaFormat(_Strict):
+    """OpenAI's ``response_format.json_schema``. The output is always held to ``schema`` (by a
+    grammar, whatever ``strict`` says); without a schema, to any JSON object."""
 
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, v: str) -> str:
-        if v != "text":
-            raise ValueError(f"'{v}' is not supported yet: Hearth has no constrained decoding; use 'text'")
-        return v
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    """``text`` (no constraint), ``json_object`` (any JSON object) or ``json_schema``; a schema
+    the grammar compiler can't enforce is refused here, naming the keyword."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ResponseFormat:
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError("type 'json_schema' needs json_schema: {name, schema, strict}")
+            if self.json_schema.schema_ is not None:
+                _check_schema(self.json_schema.schema_, "response_format")
+        return self
+
+    def wire(self) -> dict[str, Any] | None:
+        """``Generate.params["response_format"]`` (None: unconstrained)."""
+        schema = self.json_schema.schema_ if self.json_schema is not None else None
+        if self.type == "json_schema" and schema is not None:
+            return {"type": "json_schema", "schema": schema}
+        if self.type == "text":
+            return None
+        return {"type": "json_object"}
+
+
+def _check_schema(schema: dict[str, Any], param: str) -> None:
+    try:
+        check_schema(schema, param)
+    except GrammarError as e:
+        raise ValueError(e.detail) from None
 
 
 class LoopGuard(_Strict):
@@ -138,8 +171,18 @@ FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 class FunctionDef(_Strict):
     name: Annotated[StrictStr, Field(pattern=FUNCTION_NAME)]
     description: StrictStr | None = None
-    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    parameters: dict[str, Any] | None = None  # a JSON Schema object: a call's arguments are held to it
     strict: StrictBool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _compiles(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v:
+            try:
+                check_tool_schema(v, "parameters")
+            except GrammarError as e:
+                raise ValueError(e.detail) from None
+        return v
 
 
 class Tool(_Strict):
@@ -177,6 +220,7 @@ class SamplingFields(_Strict):
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     loop_guard: StrictBool | LoopGuard | None = None
+    response_format: ResponseFormat | None = None
     # Hearth/Ollama extension: how long the model stays loaded once idle after this request
     keep_alive: KeepAlive | None = None
 
@@ -194,7 +238,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INT)] | None = None
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
-    response_format: ResponseFormat | None = None
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None

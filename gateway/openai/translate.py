@@ -47,6 +47,9 @@ def params_for(req: SamplingFields, cfg: ModelConfig) -> dict[str, Any]:
             params["parallel_tool_calls"] = req.parallel_tool_calls
     if isinstance(req, CompletionRequest) and req.logprobs is not None:
         params["logprobs"] = req.logprobs
+    fmt = req.response_format.wire() if req.response_format is not None else None
+    if fmt is not None:
+        params["response_format"] = fmt
     return params
 
 
@@ -131,6 +134,9 @@ def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
     }
     if loops:
         out["loop_guard"] = loops
+    resumed = sum(done.usage.get("resumed", 0) for _, done in dones)
+    if resumed:
+        out["resumed"] = resumed  # times a generation was resumed after its worker died
     return out
 
 
@@ -187,10 +193,14 @@ class Shape:
         logprobs: list[Any] | None,
         calls: list[dict[str, Any]] | None = None,
         reasoning: str = "",
+        note: str | None = None,
     ) -> dict[str, Any]:
         lp = self._logprobs(logprobs) if logprobs is not None else None
         message = self._message(text, calls or [], reasoning)
-        return {"index": index, **message, "logprobs": lp, "finish_reason": finish}
+        out = {"index": index, **message, "logprobs": lp, "finish_reason": finish}
+        if note:  # Hearth's extension: how the output ended (a tool call cut off by max_tokens)
+            out["note"] = note
+        return out
 
     def chunk(
         self,
@@ -201,11 +211,14 @@ class Shape:
         first: bool = False,
         calls: list[dict[str, Any]] | None = None,
         reasoning: str = "",
+        note: str | None = None,
     ) -> dict[str, Any]:
         body = self._base(self.chunk_object)
         lp = self._logprobs(logprobs) if logprobs is not None else None
         delta = self._delta(text, first, calls or [], reasoning)
         body["choices"] = [{"index": index, **delta, "logprobs": lp, "finish_reason": finish}]
+        if note:
+            body["choices"][0]["note"] = note
         return body
 
     def delta_chunks(self, index: int, ev: Delta, logprobs: bool) -> list[dict[str, Any]]:

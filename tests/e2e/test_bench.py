@@ -63,6 +63,22 @@ def test_all_scenarios_against_a_gateway(tiny_gateway: Gateway) -> None:
     assert prefix["cold_warm_ratio"] > 0
 
 
+def test_structured_scenario_measures_constrained_decoding_side_by_side(tiny_gateway: Gateway) -> None:
+    doc = bench_json("--url", tiny_gateway.url, "--model", "tiny", "--scenario", "structured", "--max-tokens", "6",
+                     "--requests-per-client", "2")  # fmt: skip
+    (target,) = doc["targets"]
+    steps = {(s["scenario"], s["clients"]): s for s in target["scenarios"]}
+    assert set(steps) == {("json-free", 1), ("json-schema", 1), ("mixed-free", 8), ("mixed-one-json", 8)}
+    for step in steps.values():
+        check_load_step(step, probed=False)
+        assert step["requests"] == 2 * step["clients"]
+        ratios = step["structured"]
+        assert ratios["constrained_decode_ratio"] > 0 and ratios["mixed_aggregate_ratio"] > 0
+    out = bench("--url", tiny_gateway.url, "--model", "tiny", "--scenario", "structured", "--max-tokens", "3")
+    assert out.returncode == 0, out.stderr
+    assert "Structured output (server): constrained ÷ free decode tok/s, one stream:" in out.stdout
+
+
 def test_compare_prints_ratios(tiny_gateway: Gateway) -> None:
     out = bench(
         "--url", tiny_gateway.url, "--model", "tiny", "--name", "a", "--scenario", "single", "--max-tokens", "4",

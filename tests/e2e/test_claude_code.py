@@ -110,3 +110,19 @@ def test_claude_code_gets_a_clear_error_when_the_prompt_is_too_long(claude: str,
     assert "too long" in (done.stdout + done.stderr).lower(), f"stdout: {done.stdout}\nstderr: {done.stderr}"
     assert took < 60  # a 400 is not retried: it exits at once, no hang
     assert 'POST /v1/messages?beta=true HTTP/1.1" 400' in gw.log()
+
+
+def test_claude_code_on_the_default_model_gets_past_tools_to_a_context_error(
+    claude: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """SmolLM2's template renders no tools: the generic tool format takes Claude Code's tools
+    (no 400 about tools), and its ~70 kB prompt then meets a clear context-length 400."""
+    tmp = tmp_path_factory.mktemp("claude-code-smol")
+    with serving(tmp, [{"name": "smol", "path": "default", "aliases": ["claude-*"]}]) as smol:
+        done, took = run_claude(claude, smol, "claude-sonnet-4", tmp_path)
+        log = smol.log()
+    out = (done.stdout + done.stderr).lower()
+    assert done.returncode != 0 and "too long" in out, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    assert "does not support tools" not in out and "tools are turned off" not in out
+    assert 'POST /v1/messages?beta=true HTTP/1.1" 400' in log
+    assert took < 120

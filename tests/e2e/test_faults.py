@@ -20,7 +20,8 @@ def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
         {"name": "broken", "path": str(broken_model(tmp)), "preload": False},
     ]
-    with serving(tmp, models, server={"restart_limit": 2, "restart_window": 120.0}) as g:
+    # resume_attempts = 0: a worker killed mid-stream ends its streams with worker_died, as tested here
+    with serving(tmp, models, server={"restart_limit": 2, "restart_window": 120.0, "resume_attempts": 0}) as g:
         yield g
 
 

@@ -158,8 +158,8 @@ CHAT_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = 
         st.sampled_from([{"include_usage": "x"}, True, []]) | junk("stream_options"),
     ),
     "response_format": (
-        st.none() | st.just({"type": "text"}),
-        st.sampled_from([{"type": "json_object"}, {"type": 1}, "json"]) | junk("response_format"),
+        st.none() | st.just({"type": "text"}) | st.just({"type": "json_object"}),
+        st.sampled_from([{"type": "xml"}, {"type": 1}, "json"]) | junk("response_format"),
     ),
     "tools": (st.none() | st.just([]), st.lists(json_values, min_size=1, max_size=2) | st.sampled_from([{}, "x"])),
     "user": (st.none() | st.text(max_size=10), st.integers() | st.lists(st.text(), min_size=1)),

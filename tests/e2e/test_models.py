@@ -20,7 +20,8 @@ from tests.servers import Gateway, chat, sse_events, serving
 @pytest.fixture(scope="module")
 def two_models(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("two-models")
-    models = [{"name": "tiny", "path": str(tiny_model)}, {"name": "smol", "path": "default"}]
+    # tools "off": the refusal below; the generic tool format is tested in test_structured.py
+    models = [{"name": "tiny", "path": str(tiny_model)}, {"name": "smol", "path": "default", "tools": "off"}]
     with serving(tmp, models, env={"HEARTH_CACHE_DIR": str(tmp / "cache")}, ready=False) as gw:
         yield gw
 

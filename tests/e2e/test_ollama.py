@@ -53,7 +53,8 @@ def gw(
         {"name": "think", "path": str(think_model), "defaults": forced[THOUGHT], "images": "placeholder"},
         {"name": "think-call", "path": str(think_model), "defaults": forced[CALL_TEXT], "preload": False},
     ]
-    server = {"ollama": True, "ollama_port": ollama_port}
+    # resume_attempts = 0: a worker dying mid-stream ends the NDJSON with an error line (tested below)
+    server = {"ollama": True, "ollama_port": ollama_port, "resume_attempts": 0}
     with serving(tmp_path_factory.mktemp("gw-ollama"), models, server) as g:
         yield g
 
@@ -157,11 +158,17 @@ def test_options_reach_the_sampler(client: ollama.Client) -> None:
     assert sampled[0].response == sampled[1].response
 
 
-def test_format_is_a_clear_400_until_constrained_decoding_lands(client: ollama.Client) -> None:
-    for fmt in ("json", {"type": "object", "properties": {"city": {"type": "string"}}}):
-        with pytest.raises(ollama.ResponseError) as e:
-            client.chat(model="smol", messages=QUESTION, format=fmt)
-        assert e.value.status_code == 400 and "format" in e.value.error
+def test_format_constrains_the_output(client: ollama.Client) -> None:
+    """``format``: "json" is one JSON object, a schema is held to (by the grammar), and a schema
+    that can't be enforced is a 400 naming ``format``."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r = client.chat(model="smol", messages=QUESTION, format=schema, options={"temperature": 0, "num_predict": 40})
+    assert isinstance(json.loads(r.message.content)["city"], str) and r.done_reason == "stop"
+    r = client.chat(model="smol", messages=QUESTION, format="json", options={"temperature": 0, "num_predict": 60})
+    assert isinstance(json.loads(r.message.content), dict)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="smol", messages=QUESTION, format={"type": "array", "uniqueItems": True})
+    assert e.value.status_code == 400 and "format" in e.value.error and "uniqueItems" in e.value.error
 
 
 def test_embed_and_the_older_embeddings(client: ollama.Client, gw: Gateway) -> None:

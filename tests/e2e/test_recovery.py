@@ -27,7 +27,7 @@ def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         {"name": "tiny", "path": str(tiny_model), "max_batch": 1},
         {"name": "broken", "path": str(broken_model(tmp))},  # preloaded: /ready stays 503 once it has failed
     ]
-    server = {"heartbeat_timeout": HEARTBEAT_TIMEOUT, "restart_limit": 3, "restart_window": 120.0}
+    server = {"heartbeat_timeout": HEARTBEAT_TIMEOUT, "restart_limit": 3, "restart_window": 120.0, "resume_attempts": 0}
     with serving(tmp, models, server=server, ready=False) as g:
         wait_for(lambda: ready_worker(g) is not None, g, "a ready tiny worker")
         yield g

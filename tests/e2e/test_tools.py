@@ -41,9 +41,13 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gw(tool_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(tool_model: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gw-tools")
-    with serving(tmp, [{"name": "tools", "path": str(tool_model), "max_batch": 4}]) as g:
+    models = [
+        {"name": "tools", "path": str(tool_model), "max_batch": 4},
+        {"name": "tiny", "path": str(tiny_model), "tools": "off"},  # no generic format: the refusal
+    ]
+    with serving(tmp, models) as g:
         yield g
 
 
@@ -134,10 +138,11 @@ def test_forced_tool_choice_on_free_output_is_a_call_or_text_never_an_error(
         assert len(calls) == 1  # parallel_tool_calls false
         if isinstance(choice, dict):
             assert calls[0]["function"]["name"] == "get_weather"
+        assert "city" in json.loads(calls[0]["function"]["arguments"])  # held to the schema by the grammar
         assert finish in ("tool_calls", "length")
-    else:  # the random model's arguments were malformed: the call comes back as the text written
-        assert content.startswith("<tool_call>\n{")
-        assert finish in ("length", "stop")
+    else:  # the grammar keeps every call well-formed: no call means max_tokens cut it off, and it is left out
+        assert content == ""
+        assert finish == "length"
 
 
 def test_auto_on_free_output_answers(gw: Gateway) -> None:
@@ -148,9 +153,11 @@ def test_auto_on_free_output_answers(gw: Gateway) -> None:
     assert isinstance(choice["message"]["content"], str) or choice["message"]["tool_calls"]
 
 
-def test_a_model_whose_template_ignores_tools_refuses_them(tiny_gateway: Gateway) -> None:
-    """The plain tiny model's ChatML template has no tools block: offering tools is a 400 naming
-    ``tools``, rather than tools silently dropped; tool_choice "none" and a history still work."""
+def test_a_model_whose_template_ignores_tools_refuses_them(gw: Gateway) -> None:
+    """The plain tiny model's ChatML template has no tools block and its ``tools`` setting is
+    "off": offering tools is a 400 naming ``tools``, rather than tools silently dropped;
+    tool_choice "none" and a history still work."""
+    tiny_gateway = gw
     r = tiny_gateway.http.post(CHAT, json={**body(tools=TOOLS), "model": "tiny"})
     assert r.status_code == 400
     err = r.json()["error"]

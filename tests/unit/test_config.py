@@ -359,6 +359,7 @@ CHANGES: dict[str, Any] = {
     "warm_cache_bytes": 777,
     "defaults": {**FULL_MODEL.defaults, "temperature": 0.3},
     "tool_parser": "qwen3_coder",
+    "tools": "generic",
     "aliases": ["claude-*"],
     "strip_billing_header": False,
     "keep_alive": "10m",
@@ -369,6 +370,9 @@ CHANGES: dict[str, Any] = {
     "kind": "embedding",
     "embed_batch": 16,
     "embed_tokens": 1000,
+    "warmup": False,
+    "cache_limit_bytes": 1 << 20,
+    "memory_ceiling": "2GiB",
 }
 
 

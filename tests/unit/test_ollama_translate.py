@@ -115,11 +115,13 @@ def check(req: Any, images: int = 0, policy: str = "reject", thinks: bool = Fals
     translate.check_request(req, CFG, images, policy, thinks)
 
 
-def test_format_is_refused_until_workers_take_response_format() -> None:
-    with pytest.raises(InvalidRequest) as e:
-        check(chat_req(format="json"))
-    assert e.value.param == "format"
+def test_format_passes_and_a_schema_that_cannot_be_enforced_is_refused_naming_format() -> None:
+    check(chat_req(format="json"))
     check(chat_req(format=""))  # "" means no format
+    check(chat_req(format={"type": "object", "properties": {"age": {"type": "integer"}}}))
+    with pytest.raises(InvalidRequest) as e:
+        check(chat_req(format={"type": "array", "uniqueItems": True}))
+    assert e.value.param == "format" and "uniqueItems" in e.value.message
 
 
 def test_format_becomes_response_format_once_workers_take_it(monkeypatch: pytest.MonkeyPatch) -> None:

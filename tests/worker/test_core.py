@@ -307,3 +307,22 @@ def test_a_warm_request_joins_a_busy_batch_the_usual_way(core) -> None:  # type:
     mine = [e for e in events if getattr(e, "id", None) == "bw1"]
     assert isinstance(mine[-1], Done) and mine[-1].usage["cached_tokens"] > 50
     assert _text(events, "bw1") == _uncached(core, chat_req("bw2", turn, max_tokens=8))
+
+
+def test_warm_up_runs_each_batch_size_and_leaves_nothing_behind(core) -> None:  # type: ignore[no-untyped-def]
+    from worker.warmup import warm_up
+
+    entries = len(core.prompt_cache) if core.prompt_cache is not None else 0
+    shapes = warm_up(core, [3, 1])
+    assert [n for n, _ in shapes] == [3, 1] and all(s > 0 for _, s in shapes)
+    assert not core.has_work and core.running == 0 and not core.broken
+    assert (len(core.prompt_cache) if core.prompt_cache is not None else 0) == entries
+    assert run(core, gen("after-warmup", max_tokens=2))[-1].finish_reason == "length"
+
+
+def test_warm_up_default_sizes_follow_the_backend_rule(core) -> None:  # type: ignore[no-untyped-def]
+    from shared.device import warmup_batches
+    from worker.device import backend
+    from worker.warmup import warm_up
+
+    assert [n for n, _ in warm_up(core)] == warmup_batches(backend(), core.cfg.max_batch)

@@ -91,6 +91,6 @@ def test_an_unknown_tool_parser_fails_the_load(tool_model: Path) -> None:
 
 
 def test_a_template_without_tools_refuses_them(tiny_model: Path) -> None:
-    plain = make_core(tiny_model)
+    plain = make_core(tiny_model, tools="off")  # "auto" would offer them in the generic format
     (err,) = plain.add(gen("t", {}))
     assert isinstance(err, Error) and err.param == "tools" and "does not support tools" in err.message

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Hearth vs mlx_lm.server vs in-process BatchGenerator on an accelerator (the NVIDIA H200, or a Mac), one run.
+# Usage (on the NVIDIA machine, after /work/shared/gpu/prepare.sh's bundle is unpacked there):
+#   . /root/gpu/env.sh && benchmarks/gpu.sh [OUTDIR]
+# Models: SmolLM2-135M-Instruct's real weights imported from the GGUF in bfloat16, and a random-weight
+# Llama-3.2-1B shape (make_model.py). For each: Hearth (max_batch 64) and mlx_lm.server (decode and prompt
+# concurrency 64) on the same folder, then `hearth bench --compare --raw` at CLIENTS concurrent streaming
+# clients, REQUESTS requests each, 128 new tokens, greedy. Prints the table last; JSON and logs in OUTDIR.
+# PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
+# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only). MLX_* settings in the environment
+# (e.g. MLX_CUDA_USE_CUDNN_SDPA=0) reach every process alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUTDIR=${1:-${OUT:-/tmp/hearth-gpu}}
+GPU=${GPU:-/root/gpu}
+MODELS=${MODELS:-/tmp/hearth-models}
+CLIENTS=${CLIENTS:-8,32,64}
+REQUESTS=${REQUESTS:-4}
+MAX_TOKENS=${MAX_TOKENS:-128}
+ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
+PROFILE=${PROFILE:-0}
+COMPARE=${COMPARE:-1}
+HEARTH_PORT=${HEARTH_PORT:-18080}
+MLX_PORT=${MLX_PORT:-18081}
+mkdir -p "$OUTDIR" "$MODELS"
+export HEARTH_CACHE_DIR=${HEARTH_CACHE_DIR:-$MODELS/cache}
+
+smol=$MODELS/smollm2-bf16
+[ -f "$smol/config.json" ] || "$PY" -m gateway import-gguf "$GPU/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol" --dtype bfloat16
+big=$MODELS/llama-1b-random
+case ",$ONLY," in *,llama-1b-random,*)
+  [ -f "$big/model.safetensors" ] || "$PY" "$GPU/make_model.py" "$smol" "$big" 1b ;;
+esac
+
+HEARTH_PID=""; MLX_PID=""
+stop_all() {  # Hearth drains on SIGINT; mlx_lm.server needs SIGTERM
+  [ -n "$HEARTH_PID" ] && kill -INT "$HEARTH_PID" 2>/dev/null
+  [ -n "$MLX_PID" ] && kill -TERM "$MLX_PID" 2>/dev/null
+  for _ in $(seq 60); do
+    kill -0 "$HEARTH_PID" 2>/dev/null || kill -0 "$MLX_PID" 2>/dev/null || break; sleep 0.5
+  done
+  HEARTH_PID=""; MLX_PID=""
+}
+trap stop_all EXIT
+
+for name in ${ONLY//,/ }; do
+  dir=$MODELS/$name
+  cat > "$OUTDIR/$name.toml" <<TOML
+[server]
+port = $HEARTH_PORT
+[[models]]
+name = "bench"
+path = "$dir"
+max_batch = 64
+max_queue = 256
+TOML
+  "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.toml" > "$OUTDIR/$name.hearth.log" 2>&1 &
+  HEARTH_PID=$!
+  cmp=()
+  if [ "$COMPARE" = 1 ]; then
+    "$PY" -m mlx_lm.server --model "$dir" --port "$MLX_PORT" --log-level WARNING \
+      --decode-concurrency 64 --prompt-concurrency 64 > "$OUTDIR/$name.mlx_lm.log" 2>&1 &
+    MLX_PID=$!
+    cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server)
+  fi
+  for _ in $(seq 600); do
+    curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null \
+      && { [ "$COMPARE" != 1 ] || curl -sf "localhost:$MLX_PORT/health" >/dev/null; } && break
+    sleep 0.5
+  done
+  curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null || { echo "hearth never became ready"; tail -30 "$OUTDIR/$name.hearth.log"; exit 1; }
+  grep -h "warmed up" "$OUTDIR/$name.hearth.log" | tail -1 || true
+  SPY=()
+  if [ "$PROFILE" = 1 ]; then
+    worker=$(pgrep -P "$HEARTH_PID" -f "m worker" | head -1)
+    for who in "worker:$worker" "gateway:$HEARTH_PID"; do
+      py-spy record --pid "${who#*:}" --rate 250 --nonblocking --format raw \
+        -o "$OUTDIR/$name.pyspy-${who%%:*}.txt" > /dev/null 2>&1 &
+      SPY+=("$!")
+    done
+  fi
+  "$PY" -m gateway bench --url "http://127.0.0.1:$HEARTH_PORT" --model bench --name hearth \
+    "${cmp[@]}" --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" \
+    --quiet --json > "$OUTDIR/$name.json"
+  for p in "${SPY[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  stop_all
+done
+"$PY" benchmarks/gpu_table.py "$OUTDIR"/*.json

@@ -1,0 +1,55 @@
+"""The table benchmarks/gpu.sh prints: per model and client count, aggregate tok/s and TTFT p50 of
+Hearth, mlx_lm.server and in-process BatchGenerator, with Hearth's ratios to the other two.
+
+python benchmarks/gpu_table.py RESULT.json ...   (each one `hearth bench --json` document)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def rows(doc: dict[str, Any]) -> dict[int, dict[str, dict[str, Any]]]:
+    """clients -> target name -> that step's summary."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for target in doc["targets"]:
+        for step in target["scenarios"]:
+            if step["scenario"] == "concurrent":
+                out.setdefault(step["clients"], {})[target["name"]] = step
+    return out
+
+
+def main(paths: list[str]) -> int:
+    head = (
+        "| model | clients | Hearth tok/s | mlx_lm.server | in-process | Hearth/in-process | Hearth/mlx_lm.server "
+        "| TTFT p50 ms Hearth / in-process | errors H/M |"
+    )
+    print(head)
+    print("|" + "---|" * 9)
+    for path in paths:
+        doc = orjson.loads(Path(path).read_bytes())
+        for n, by in sorted(rows(doc).items()):
+            h, m, r = by.get("hearth"), by.get("mlx_lm.server"), by.get("raw")
+
+            def agg(s: dict[str, Any] | None) -> float:
+                return float(s["aggregate_tps"] or 0.0) if s else 0.0
+
+            def ttft(s: dict[str, Any] | None) -> float:
+                return float(s["ttft_ms"]["p50"] or 0.0) if s else 0.0
+
+            ratio = agg(h) / agg(r) if agg(r) else 0.0
+            vs = agg(h) / agg(m) if agg(m) else 0.0
+            errs = f"{h['errors']['count'] if h else '-'}/{m['errors']['count'] if m else '-'}"
+            print(
+                f"| {Path(path).stem} | {n} | {agg(h):.0f} | {agg(m):.0f} | {agg(r):.0f} | {ratio:.2f}x | {vs:.2f}x "
+                f"| {ttft(h):.0f} / {ttft(r):.0f} | {errs} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
