@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from gateway import media
-from gateway.openai.schemas import FUNCTION_NAME, MAX_INT, SamplingFields, _Strict
+from gateway.openai.schemas import FUNCTION_NAME, MAX_INT, SamplingFields, _check_schema, _Strict
 
 MAX_ITEMS = 100_000
 MEDIA_PARTS = {"input_image": "image", "input_file": "document"}  # by the model's image policy
@@ -264,14 +264,9 @@ class TextFormat(_Strict):
     def _constrained(self) -> TextFormat:
         if self.type == "json_schema" and self.schema_ is None:
             raise ValueError("json_schema needs schema: a JSON Schema object")
-        if self.type != "text" and not JSON_FORMATS:
-            raise ValueError(f"'{self.type}' is not supported yet: this Hearth has no constrained decoding; use 'text'")
+        if self.type == "json_schema" and self.schema_ is not None:
+            _check_schema(self.schema_, "text.format")  # one the grammar can't enforce: a 400 naming it
         return self
-
-
-# Constrained decoding (the ``grammar`` work) honours json_object/json_schema as
-# ``Generate.params["response_format"]``; until then they are a 400 naming ``text.format``.
-JSON_FORMATS = False
 
 
 class TextConfig(_Strict):
