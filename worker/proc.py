@@ -215,6 +215,7 @@ class WorkerProcess:
                 assert core is not None
                 self.core = core
                 self.send(_ready(core))
+                self.idle_since = time.monotonic()  # what loading, the self-check and warm-up left goes too
             if self.core is not None and self.core.has_work:
                 events = self.core.step()
                 if len(events) > 1:  # one message per step, however many streams it advanced

@@ -25,6 +25,9 @@ Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
+GREEDY_BELOW = 1e-5  # a temperature below this samples greedily
+
+
 def make_request_sampler(params: dict[str, Any], vocab_size: int, draws: int = 0) -> Sampler:
     """mlx-lm's sampler for these params; with a seed, the same chain on a private PRNG key.
     A top_k that keeps the whole vocabulary filters nothing, so it is left out (mlx-lm refuses it).
@@ -37,6 +40,8 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int, draws: int = 0
     if top_k >= vocab_size:
         top_k = 0
     if top_p == 0:  # OpenAI's top_p 0 keeps only the most likely token (mlx-lm would read it as off)
+        temp = 0.0
+    if temp < GREEDY_BELOW:  # as vLLM: dividing by a denormal makes inf logits, and softmax NaN
         temp = 0.0
     seed = params.get("seed")
     if temp == 0:  # greedy ignores the filters: one argmax object for every greedy request
