@@ -27,6 +27,13 @@ def _duration(v: Any) -> float:
 KeepAlive = Annotated[float, BeforeValidator(_duration)]
 
 
+def check_unique_names(names: list[str]) -> None:
+    """Tool (function) names must be unique in a request: a call could not say which it means."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"function names must be unique; repeated: {', '.join(dupes)}")
+
+
 async def read_json(request: Request, limit: int, any_type: bool = False) -> Any:
     """The body as JSON. ``any_type``: whatever the Content-Type says (Ollama's API takes JSON
     sent as ``curl -d``, i.e. form-encoded by its header)."""

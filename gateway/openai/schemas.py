@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from gateway import media
-from gateway.bodies import KeepAlive
+from gateway.bodies import KeepAlive, check_unique_names
 from shared.grammar import GrammarError, check_schema, check_tool_schema
 from gateway.media import OPENAI_IMAGE_PARTS
 
@@ -249,10 +249,7 @@ class ChatCompletionRequest(SamplingFields):
     @field_validator("tools")
     @classmethod
     def _unique_names(cls, v: list[Tool] | None) -> list[Tool] | None:
-        names = [t.function.name for t in v or []]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"function names must be unique; repeated: {', '.join(dupes)}")
+        check_unique_names([t.function.name for t in v or []])
         return v
 
     @field_validator("tool_choice")

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from gateway import media
+from gateway.bodies import check_unique_names
 from gateway.openai.schemas import FUNCTION_NAME, MAX_INT, SamplingFields, _check_schema, _Strict
 
 MAX_ITEMS = 100_000
@@ -362,10 +363,7 @@ class ResponsesRequest(SamplingFields):
     @field_validator("tools")
     @classmethod
     def _unique_names(cls, v: list[Any] | None) -> list[Any] | None:
-        names = [t.name for t in v or [] if isinstance(t, FunctionTool)]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"function names must be unique; repeated: {', '.join(dupes)}")
+        check_unique_names([t.name for t in v or [] if isinstance(t, FunctionTool)])
         return v
 
     @field_validator("tool_choice")
