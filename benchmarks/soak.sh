@@ -18,7 +18,6 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT=${ROOT:-$HERE}
 PY=${PY:-$HERE/.venv/bin/python}
-[ -x "$PY" ] || PY=/work/main/.venv/bin/python
 OUT=${1:-$HERE/benchmarks/results/soak-$(date -u +%Y%m%dT%H%M%SZ).json}
 mkdir -p "$(dirname "$OUT")"
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
