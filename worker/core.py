@@ -32,6 +32,7 @@ from shared.protocol import (
 )
 from worker.decode import DecodeBatch, Row, Token, can_verify
 from worker.detok import TextStream
+from worker.draft import DraftModel, load_draft
 from worker.lookup import PromptLookup
 from worker import device
 from shared import device as device_rules
@@ -128,6 +129,7 @@ class EngineCore:
         self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
         self.speculation = cfg.speculation() if can_verify(make_prompt_cache(loaded.model)) else "off"
         self._in_gen: set[int] = set()  # uids inside the batch generator (prefilling, or decoding)
+        self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
         self._decode = self._new_decode()
         self._own_uid = 1 << 40  # uids for sequences that never enter the batch generator
 
@@ -142,6 +144,7 @@ class EngineCore:
             self.cfg.speculative_tokens,
             device_rules.speculative_budget(device.backend(), self.cfg.speculative_budget),
             keep_caches=self.prompt_cache is not None,
+            drafter=DraftModel(self._draft_model) if self._draft_model is not None else None,
         )
 
     def _new_generator(self) -> BatchGenerator:
@@ -328,6 +331,7 @@ class EngineCore:
             sequential=is_seeded(live.sampler),
             lookup=PromptLookup(history) if live.speculate and self.speculation == "lookup" else None,
             tally=live.tally,
+            speculate=live.speculate,
         )
         self._decode.add(row, cache)
         self._by_uid[live.uid] = live

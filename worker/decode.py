@@ -97,6 +97,7 @@ class Row:
     gate: Gate = field(default_factory=Gate)
     tally: Tally = field(default_factory=Tally)
     draft_len: int = 0  # tokens of its history in the draft model's cache (worker.draft)
+    speculate: bool = True  # False: the request opted out; it decodes a token a step
 
 
 class Drafter(Protocol):
@@ -179,8 +180,9 @@ class DecodeBatch:
         cap = draft_cap(self.draft_tokens, self.budget, len(self.rows))
         ks = []
         for r in self.rows:
-            wants = cap > 0 and (r.lookup is not None or self.drafter is not None) and r.gate.allows()
-            ks.append(min(cap, r.left - 1) if wants else 0)
+            source = r.lookup is not None or self.drafter is not None
+            wants = cap > 0 and r.speculate and source and r.gate.allows()
+            ks.append(min(cap, r.gate.length, r.left - 1) if wants else 0)
         return ks
 
     def _propose(self, ks: list[int]) -> list[list[int]]:

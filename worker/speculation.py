@@ -25,6 +25,7 @@ class Gate:
     rate: float = 1.0  # an optimist at first: every sequence gets to try
     paused: int = 0  # steps left without drafting
     pause: int = _FIRST_PAUSE  # the next pause's length
+    length: int = 4  # drafts to ask for next: grows while all are accepted, else what was
 
     def allows(self) -> bool:
         """Whether the sequence drafts this step (a paused one counts the step)."""
@@ -37,6 +38,7 @@ class Gate:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""
         if drafted <= 0:
             return
+        self.length = drafted * 2 if accepted == drafted else max(1, accepted + 1)
         self.rate = (1 - _EMA) * self.rate + _EMA * (accepted / drafted)
         if self.rate < MIN_ACCEPTANCE:
             self.paused, self.pause = self.pause, min(self.pause * 2, _LONGEST_PAUSE)
