@@ -31,7 +31,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from worker.lookup import PromptLookup
-from worker.speculation import Gate, Tally, draft_cap
+from worker.speculation import Gate, StepCost, Tally, draft_cap, plan
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -141,9 +141,13 @@ class DecodeBatch:
         draft_tokens: int,
         budget: int,
         keep_caches: bool,
+        cost: StepCost,
+        width: Callable[[int], int],
         drafter: Drafter | None = None,
     ) -> None:
         self.model = model
+        self.cost = cost  # what a step with drafts costs (worker.speculation.plan)
+        self.width = width  # the forward width a step with drafts runs at (shared.device.verify_width)
         self.eos = eos
         self.draft_tokens = draft_tokens
         self.budget = budget
@@ -217,34 +221,45 @@ class DecodeBatch:
 
     # -- the step -----------------------------------------------------------------------------
 
-    def _caps(self) -> list[int]:
-        cap = draft_cap(self.draft_tokens, self.budget, len(self.rows))
-        ks = []
-        for r in self.rows:
-            ks.append(min(cap, r.gate.length, r.left - 1) if cap > 0 and self._may_draft(r) else 0)
-        return ks
+    def _caps(self, rows: list[Row]) -> list[int]:
+        cap = draft_cap(self.draft_tokens, self.budget, len(rows))
+        return [min(cap, r.gate.length, r.left - 1) if cap > 0 and self._may_draft(r) else 0 for r in rows]
 
     def _may_draft(self, r: Row) -> bool:
         return r.speculate and (r.lookup is not None or self.drafter is not None) and r.gate.open and r.left > 1
 
-    def _would_draft(self) -> bool:
-        """Whether a row has drafts to verify now: the next launch then waits for the landing."""
-        if draft_cap(self.draft_tokens, self.budget, len(self.rows) + len(self._joining)) <= 0:
-            return False
-        rows = self.rows + [r for r, _ in self._joining]
+    def _plan(self, rows: list[Row]) -> tuple[list[int], list[list[int]] | None]:
+        """Each row's draft count for the next step (``speculation.plan``), and with prompt
+        lookup the drafts themselves (a draft model proposes only once the plan says so)."""
+        ks = self._caps(rows)
+        rates = [r.gate.rate for r in rows]
         if self.drafter is not None:
-            return any(self._may_draft(r) for r in rows)
-        return any(self._may_draft(r) and r.lookup is not None and r.lookup.propose(1) for r in rows)
+            return plan(ks, rates, self.cost), None
+        props = [r.lookup.propose(k) if r.lookup is not None and k > 0 else [] for r, k in zip(rows, ks, strict=True)]
+        ks = plan([len(p) for p in props], rates, self.cost)
+        return ks, [p[:k] for p, k in zip(props, ks, strict=True)]
 
-    def _propose(self, ks: list[int]) -> list[list[int]]:
-        if self.drafter is not None:
-            if not any(ks):
-                return [[] for _ in ks]
-            return self.drafter.propose(self.rows, ks)
-        out = []
-        for r, k in zip(self.rows, ks, strict=True):
-            out.append(r.lookup.propose(k) if r.lookup is not None and k > 0 else [])
-        return out
+    def _drafts(self) -> list[list[int]]:
+        ks, drafts = self._plan(self.rows)
+        if drafts is not None:
+            return drafts
+        if not any(ks):
+            return [[] for _ in ks]
+        assert self.drafter is not None
+        return self.drafter.propose(self.rows, ks)
+
+    def _would_draft(self) -> bool:
+        """Whether the next step verifies drafts: then its launch waits for the landing."""
+        ks, _ = self._plan(self.rows + [r for r, _ in self._joining])
+        return any(ks)
+
+    def warm(self, widths: list[int]) -> None:
+        """Run a forward pass of each width over the rows and take it back: on a GPU, the
+        kernels of the shapes steps with drafts will run compile now (the load-time warm-up)."""
+        for w in widths:
+            mx.eval(self.model(mx.zeros((len(self.rows), w), dtype=mx.int32), cache=self._cache))
+            for c in self._cache:
+                c.trim(w)
 
     def step(self) -> list[tuple[int, list[Token]]]:
         """Land the step in flight and launch the next: the landed rows' accepted tokens (one
@@ -275,8 +290,9 @@ class DecodeBatch:
             drafts: list[list[int]] = [[] for _ in self.rows]
             inputs, aheads = self._early_inputs(before)
         else:
-            drafts = self._propose(self._caps())
-            width = 1 + max(len(d) for d in drafts)
+            drafts = self._drafts()
+            longest = max(len(d) for d in drafts)
+            width = self.width(1 + longest) if longest else 1
             inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
         width = int(inputs.shape[1])
         logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
