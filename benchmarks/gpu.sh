@@ -25,6 +25,7 @@ COMPARE=${COMPARE:-1}
 SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
+MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
 HEARTH_PORT=${HEARTH_PORT:-18080}
 MLX_PORT=${MLX_PORT:-18081}
 mkdir -p "$OUTDIR" "$MODELS"
@@ -57,7 +58,7 @@ port = $HEARTH_PORT
 [[models]]
 name = "bench"
 path = "$dir"
-max_batch = 64
+max_batch = $MAX_BATCH
 max_queue = 256
 $spec_line
 TOML
