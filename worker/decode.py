@@ -223,10 +223,10 @@ class DecodeBatch:
 
     def _caps(self, rows: list[Row]) -> list[int]:
         cap = draft_cap(self.draft_tokens, self.budget, len(rows))
-        return [min(cap, r.gate.length, r.left - 1) if cap > 0 and self._may_draft(r) else 0 for r in rows]
+        return [min(cap, r.left - 1) if cap > 0 and self._may_draft(r) else 0 for r in rows]
 
     def _may_draft(self, r: Row) -> bool:
-        return r.speculate and (r.lookup is not None or self.drafter is not None) and r.gate.open and r.left > 1
+        return r.speculate and (r.lookup is not None or self.drafter is not None) and r.left > 1
 
     def _plan(self, rows: list[Row]) -> tuple[list[int], list[list[int]] | None]:
         """Each row's draft count for the next step (``speculation.plan``), and with prompt
@@ -384,7 +384,7 @@ class DecodeBatch:
             row.tally.drafted += len(d)
             row.tally.accepted += matched
             row.tally.steps += 1
-            row.gate.tick()
+            row.gate.tick(bool(d))
             row.gate.record(len(d), matched)
             kept = [row.pending, *d[:accepted]]
             row.tokens.extend(kept)

@@ -1,52 +1,48 @@
 """When a sequence drafts, and how many tokens: the gate that keeps speculation from losing.
 
-A draft costs the target model extra positions in its forward pass. On a GPU they are nearly
-free; on a CPU a step of 8 sequences with 8 positions each costs about 3x a plain step. So the
-batch has a budget of positions per step (``speculative_budget``) shared by its rows, and each
-sequence drafts only while its drafts are accepted often enough to pay: a sequence whose
-acceptance falls below ``MIN_ACCEPTANCE`` stops drafting for a while and tries again later, for
-longer each time it fails, so prose (which rarely repeats its context) decodes as it would
-without speculation while a file being rewritten drafts on every step.
+A draft costs the target model extra positions in its forward pass, and a step with drafts
+makes the whole batch wait for the host (its next inputs depend on what was accepted). On a GPU
+positions are nearly free and the wait is what costs; on a CPU the reverse. So the batch has a
+budget of positions per step (``speculative_budget``) shared by its rows, each sequence drafts
+only as far as its recent acceptance makes worth it, and a step verifies drafts only when the
+batch's expected accepted tokens pay for the wait (``plan``). A sequence that stops drafting
+gets a fresh try later, waiting longer after each try that did not pay, so prose (which rarely
+repeats its context) decodes as it would without speculation while a file being rewritten
+drafts on every step.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-MIN_ACCEPTANCE = 0.3  # accepted ÷ drafted below this (on average) pauses a sequence's drafting
 _EMA = 0.5  # weight of the newest step in the acceptance average
-_FIRST_PAUSE, _LONGEST_PAUSE = 4, 256  # steps without drafting after a miss, doubled per miss
+_FIRST_PAUSE, _LONGEST_PAUSE = 8, 64  # steps without drafts before a fresh try, doubled per failed try
 
 
 @dataclass
 class Gate:
-    """One sequence's drafting state: its recent acceptance and how long it is paused."""
+    """One sequence's recent acceptance (accepted ÷ drafted, averaged over its steps with
+    drafts). The step plan (``plan``) drafts only what that rate pays for; a sequence left
+    without drafts for ``pause`` steps gets a fresh, optimistic try, and each try that doesn't
+    pay doubles the wait for the next."""
 
     rate: float = 1.0  # an optimist at first: every sequence gets to try
-    paused: int = 0  # steps left without drafting
-    pause: int = _FIRST_PAUSE  # the next pause's length
-    length: int = 4  # drafts to ask for next: grows while all are accepted, else what was
+    idle: int = 0  # steps since it last drafted
+    pause: int = _FIRST_PAUSE
 
-    @property
-    def open(self) -> bool:
-        """Whether the sequence drafts now."""
-        return self.paused == 0
-
-    def tick(self) -> None:
-        """A step went by (a paused sequence counts it)."""
-        if self.paused > 0:
-            self.paused -= 1
+    def tick(self, drafted: bool) -> None:
+        """A step went by, with or without drafts of this sequence."""
+        self.idle = 0 if drafted else self.idle + 1
+        if self.idle >= self.pause:
+            self.rate, self.idle, self.pause = 1.0, 0, min(self.pause * 2, _LONGEST_PAUSE)
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""
         if drafted <= 0:
             return
-        self.length = drafted * 2 if accepted == drafted else max(1, accepted + 1)
         self.rate = (1 - _EMA) * self.rate + _EMA * (accepted / drafted)
-        if self.rate < MIN_ACCEPTANCE:
-            self.paused, self.pause = self.pause, min(self.pause * 2, _LONGEST_PAUSE)
-            self.rate = MIN_ACCEPTANCE + 0.2  # after the pause it gets a fair new try
-        elif accepted == drafted:
+        if accepted == drafted:
             self.pause = _FIRST_PAUSE
 
 
@@ -63,14 +59,29 @@ class StepCost:
     position: float
 
 
+def useful(rate: float, available: int, position: float) -> int:
+    """How many of ``available`` drafts are worth a position: the j-th is accepted with
+    probability about rate^j (all before it were), and is kept while that beats its cost."""
+    if rate >= 1.0:
+        return available
+    if rate <= position:
+        return 0
+    return min(available, int(math.log(position) / math.log(rate)))
+
+
+def expected(rate: float, n: int) -> float:
+    """Accepted tokens expected from ``n`` drafts at per-token acceptance ``rate``."""
+    return float(n) if rate >= 1.0 else rate * (1 - rate**n) / (1 - rate)
+
+
 def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
     """How many drafts each row verifies this step, from the drafts it has (``lengths``) and
-    its recent acceptance (``rates``): none for a row whose drafts can't pay for their
-    positions, and none at all when the batch's expected accepted drafts don't pay for the step
-    it makes everyone wait for. A step with drafts gives B + Σ accepted tokens for 1 + wait +
-    position·Σ drafts / B plain steps' time, so it pays when Σ rate·drafts > wait·B + position·Σ drafts."""
-    keep = [n if n > 0 and rate > cost.position else 0 for n, rate in zip(lengths, rates, strict=True)]
-    gain = sum(rate * n for n, rate in zip(keep, rates, strict=True))
+    its recent acceptance (``rates``): what its rate makes worth a position, and none at all
+    when the batch's expected accepted drafts don't pay for the step it makes everyone wait
+    for. A step with drafts gives B + Σ accepted tokens for 1 + wait + position·Σ drafts / B
+    plain steps' time, so it pays when Σ expected accepted > wait·B + position·Σ drafts."""
+    keep = [useful(rate, n, cost.position) for n, rate in zip(lengths, rates, strict=True)]
+    gain = sum(expected(rate, n) for n, rate in zip(keep, rates, strict=True))
     if not any(keep) or gain <= cost.wait * len(keep) + cost.position * sum(keep):
         return [0] * len(keep)
     return keep

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared.device import speculation_cost, verify_width, verify_widths
 from worker.lookup import PromptLookup
-from worker.speculation import Gate, StepCost, draft_cap, plan
+from worker.speculation import Gate, StepCost, draft_cap, expected, plan, useful
 
 
 def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
@@ -19,20 +19,21 @@ def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
     assert single.propose(2) == []
 
 
-def test_the_gate_pauses_a_sequence_whose_drafts_miss_and_longer_each_time() -> None:
+def test_a_sequence_without_drafts_gets_a_fresh_try_later_and_waits_longer_each_time() -> None:
     g = Gate()
-    assert g.open
     g.record(4, 4)
-    assert g.open and g.length == 8  # all accepted: ask for more
+    assert g.rate == 1.0
     g.record(8, 0)
     g.record(8, 0)
-    assert not g.open and g.length == 1
-    first = g.paused
-    for _ in range(first):
-        g.tick()
-    assert g.open
-    g.record(4, 0)  # its fresh try misses
-    assert g.paused == 2 * first  # a longer pause
+    assert g.rate == 0.25  # the plan drafts little or nothing at this rate
+    first = g.pause
+    for _ in range(first - 1):
+        g.tick(False)
+    assert g.rate == 0.25
+    g.tick(False)
+    assert g.rate == 1.0 and g.pause == 2 * first  # a fresh try; the next one waits longer
+    g.record(4, 4)  # it paid: back to the short wait
+    assert g.pause == first
 
 
 def test_the_plan_drafts_only_what_pays_for_itself() -> None:
@@ -45,6 +46,8 @@ def test_the_plan_drafts_only_what_pays_for_itself() -> None:
     cpu = StepCost(wait=0.05, position=0.08)
     assert plan([3, 0], [0.5, 1.0], cpu) == [3, 0]
     assert plan([3, 4], [0.05, 0.9], cpu) == [0, 4]  # a row whose drafts can't pay their positions
+    assert useful(0.5, 16, 0.08) == 3 and useful(0.5, 16, 0.01) == 6 and useful(1.0, 5, 0.5) == 5
+    assert abs(expected(0.5, 3) - 0.875) < 1e-9 and expected(1.0, 4) == 4
 
 
 def test_the_budget_is_shared_out_and_widths_are_bucketed_on_a_gpu() -> None:
