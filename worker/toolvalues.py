@@ -1,0 +1,185 @@
+"""Argument values in a tool-call grammar: how one parameter's value is written in a format.
+
+mlx-lm's parsers read arguments in two ways. Formats that carry the arguments as one JSON
+object (``json_tools``, ``mistral``, ``kimi_k2``) hold it to the function's schema whole, with
+llguidance's ``%json``. Formats that write each parameter on its own (``qwen3_coder``'s
+``<parameter=x>…</parameter>``, ``glm47``'s ``<arg_key>``/``<arg_value>``, ``minimax_m2``, …) hand
+the parser a string per parameter, which it converts by the schema's type: a number or an object
+is decoded from its text, a string is taken as written. So each parameter gets a grammar for the
+text that converts to a valid value: a JSON value (``%json`` of the parameter's schema) where the
+parser decodes JSON, a raw-text rule where it keeps the text, avoiding whatever the parser would
+misread (its closing tags, a bare ``null``, surrounding whitespace it strips).
+
+A schema Hearth can't hold faithfully this way (a string with a ``pattern``, a parameter with no
+``type`` in a format that converts by type, object-level keywords like ``minProperties``) makes
+the builder raise ``Inexpressible``: that request's calls are then parsed, not constrained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.grammar import GrammarTokenizer
+
+# object-level keywords a per-parameter layout keeps (by writing only declared, valid parameters)
+_OBJECT_KEYS = {"type", "properties", "required", "additionalProperties", "description", "title", "$schema", "$id"}
+_OBJECT_KEYS |= {"$defs", "definitions", "x-guidance", "default", "examples", "strict", "$comment"}
+_STRING_KEYS = {"type", "enum", "const", "minLength", "maxLength", "description", "title", "default", "examples"}
+_STRING_KEYS |= {"$comment", "x-guidance"}
+_INT_LIMIT = 2**53 - 1  # parsers that convert through float() keep integers exact up to here
+_NUMBER_LIMIT = 1e15  # and a number this size never overflows int(float(text))
+_SPACE = r"[\s\x1c-\x1f]"  # what Python's str.strip() removes (Unicode White_Space and \x1c-\x1f)
+
+
+class Inexpressible(Exception):
+    """The format can't carry this schema faithfully: constrain nothing, parse as before."""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """How a format keeps a string parameter as written: what the text must avoid."""
+
+    forbid: tuple[str, ...]  # substrings that would end or break the value (closing tags, markers)
+    stripped: bool = False  # the parser strips the value: no whitespace at either end
+    not_null: bool = False  # the parser reads "null" (any case) as None
+    extra: tuple[str, ...] = field(default=())  # more whole-value regexes the text must not match
+
+
+def regex_escape(text: str) -> str:
+    """``text`` as a literal inside a Lark ``/regex/`` (never ``\\<``, a word boundary there)."""
+    out = []
+    for ch in text:
+        if ch in r"\.+*?()|[]{}^$#&-~/":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append(r"\n")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def object_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A function's parameters as ``(properties, required)`` for a per-parameter layout; object
+    keywords beyond declared properties can't be held by writing parameters one by one."""
+    extra = set(schema) - _OBJECT_KEYS
+    if extra:
+        raise Inexpressible(f"object keyword(s) {sorted(extra)}")
+    if schema.get("type", "object") != "object":
+        raise Inexpressible("parameters that are not an object")
+    props = schema.get("properties") or {}
+    required = list(schema.get("required") or [])
+    if not isinstance(props, dict) or any(r not in props for r in required):
+        raise Inexpressible("a required parameter that is not among the properties")
+    return props, required
+
+
+def json_value(root: dict[str, Any], schema: Any, bound: bool = False) -> str:
+    """``%json`` for one parameter's value: the root's definitions and llguidance options go
+    along (a ``$ref`` inside resolves against them). ``bound``: a number is kept within what a
+    float-converting parser reads back exactly."""
+    if not isinstance(schema, dict):
+        raise Inexpressible("a parameter schema that is not an object")
+    sub = dict(schema)
+    for key in ("$defs", "definitions", "x-guidance"):
+        if key in root and key not in sub:
+            sub[key] = root[key]
+    if bound and sub.get("type") in ("integer", "number"):
+        limit = _INT_LIMIT if sub["type"] == "integer" else _NUMBER_LIMIT
+        sub["minimum"] = max(sub.get("minimum", -limit), -limit)
+        sub["maximum"] = min(sub.get("maximum", limit), limit)
+    return "%json " + json.dumps(sub, ensure_ascii=False)
+
+
+class Rules:
+    """The Lark rules of one grammar as it is built: named rules and terminals, and markers
+    written special-token-aware (a special token by id, text as a literal)."""
+
+    def __init__(self, tok: GrammarTokenizer) -> None:
+        self.tok = tok
+        self.lines: list[str] = []
+        self._n = 0
+
+    def rule(self, body: str) -> str:
+        self._n += 1
+        name = f"r{self._n}"
+        self.lines.append(f"{name}: {body}")
+        return name
+
+    def terminal(self, body: str) -> str:
+        self._n += 1
+        name = f"T{self._n}"
+        self.lines.append(f"{name}: {body}")
+        return name
+
+    def lit(self, text: str) -> str:
+        return self.tok.seq(text)
+
+    def raw(self, schema: Any, how: Raw) -> str:
+        """A string parameter's value as the parser keeps it: its schema's enum or length held,
+        anything ``how`` names avoided."""
+        if not isinstance(schema, dict) or schema.get("type") != "string" or set(schema) - _STRING_KEYS:
+            raise Inexpressible("a string parameter with keywords beyond enum and length")
+        choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
+        if choices is not None:
+            ok = [c for c in choices if isinstance(c, str) and self._fits(c, schema, how)]
+            if not ok:
+                raise Inexpressible("an enum none of whose values the format can write")
+            return "(" + " | ".join(self.lit(c) for c in ok) + ")"
+        parts = []
+        lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
+        if lo or hi is not None:
+            parts.append(f"/(.|\\n){{{lo},{'' if hi is None else int(hi)}}}/")
+        else:
+            parts.append("/(.|\\n)*/")
+        if how.stripped:
+            parts.append(f"/(({_SPACE.replace('[', '[^', 1)})((.|\\n)*{_SPACE.replace('[', '[^', 1)})?)?/")
+        for f in how.forbid:
+            parts.append(f"~/(.|\\n)*{regex_escape(f)}(.|\\n)*/")
+        if how.not_null:
+            parts.append("~/(?i:null)/")
+        parts += [f"~/{x}/" for x in how.extra]
+        return self.terminal(" & ".join(parts))
+
+    @staticmethod
+    def _fits(value: str, schema: dict[str, Any], how: Raw) -> bool:
+        if any(f in value for f in how.forbid) or (how.not_null and value.lower() == "null"):
+            return False
+        if how.stripped and value != value.strip():
+            return False
+        return int(schema.get("minLength", 0)) <= len(value) <= int(schema.get("maxLength", len(value)))
+
+
+def optional_run(rules: Rules, items: list[tuple[str, bool]], sep: str, at_least_one: bool = False) -> str:
+    """The parameters in declared order, each ``(rule, required)``: required ones always, the
+    others optional; ``sep`` between two (a Lark expression, or "" for none). ``at_least_one``:
+    a format that can't write a call with no arguments. Suffixes are shared named rules, so
+    the grammar grows linearly with the parameters."""
+    if not items:
+        if at_least_one:
+            raise Inexpressible("a call with no arguments")
+        return '""'
+    n = len(items)
+    lead = ["", *[""] * n]  # lead[k]: the rule for items k.. when one was written before them
+    fresh = ["", *[""] * n]  # fresh[k]: the same when none was written yet
+    lead[n] = fresh[n] = '""'
+    for k in range(n - 1, -1, -1):
+        item, req = items[k]
+        after = f"{sep} {item}" if sep else item
+        with_lead = f"{after} {lead[k + 1]}"
+        with_fresh = f"{item} {lead[k + 1]}"
+        lead[k] = rules.rule(with_lead if req else f"({with_lead}) | {lead[k + 1]}")
+        fresh[k] = rules.rule(with_fresh if req else f"({with_fresh}) | {fresh[k + 1]}")
+    if not at_least_one:
+        return fresh[0]
+    # at least one written: the first written is item i, and no required item comes before it
+    alts = []
+    for i, (item, req) in enumerate(items):
+        alts.append(f"({item} {lead[i + 1]})")
+        if req:
+            break
+    return "(" + " | ".join(alts) + ")"
