@@ -113,13 +113,14 @@ def _qwen3_coder(rules: Rules, name: str, schema: dict[str, Any], end: str) -> s
         if not isinstance(kind, str):
             raise Inexpressible(f"parameter {key!r} without a single type")
         kind = kind.strip().lower()
+        closer = "\n</parameter>\n"
         if kind in _QWEN_STRINGS:
-            text = rules.raw(sub, raw)
+            text = rules.raw(sub, raw, closer)
         elif kind.startswith(_QWEN_JSON):
-            text = json_value(schema, sub, bound=True)
+            text = f"{json_value(schema, sub, bound=True)} {rules.lit(closer)}"
         else:
             raise Inexpressible(f"parameter type {kind!r}")
-        return f"{rules.lit(f'<parameter={key}>' + chr(10))} {text} {rules.lit(chr(10) + '</parameter>' + chr(10))}"
+        return f"{rules.lit(f'<parameter={key}>' + chr(10))} {text}"
 
     items = _params(rules, schema, re.compile(r"^[^\s<>]+$"), value)
     return f"{rules.lit(f'<function={name}>' + chr(10))} {optional_run(rules, items, '')} {rules.lit('</function>')}"
@@ -136,10 +137,10 @@ def _kv(prefix: str, at_least_one: bool) -> Call:
 
         def value(key: str, sub: Any) -> str:
             if isinstance(sub, dict) and sub.get("type") == "string":
-                text = rules.raw(sub, raw)
+                text = rules.raw(sub, raw, value_close)
             else:
-                text = json_value(schema, sub)
-            return f"{rules.lit(key_open + key + key_close + value_open)} {text} {rules.lit(value_close)}"
+                text = f"{json_value(schema, sub)} {rules.lit(value_close)}"
+            return f"{rules.lit(key_open + key + key_close + value_open)} {text}"
 
         items = _params(rules, schema, _NO_TAGS, value)
         if not at_least_one:
@@ -167,12 +168,17 @@ def _typed(open_: str, close: str, forbid: tuple[str, ...] = (), cdata: bool = F
             kind = sub.get("type") if isinstance(sub, dict) else None
             if not isinstance(kind, str) or any(k in sub for k in ("anyOf", "oneOf", "allOf")):
                 raise Inexpressible(f"parameter {key!r} without a single type")
-            text = rules.raw(sub, raw) if kind == "string" else json_value(schema, sub, bound=True)
-            return f"{rules.lit(open_ + json.dumps(key) + '>')} {text} {rules.lit(close)}"
+            if kind == "string":
+                text = rules.raw(sub, raw, close)
+            else:
+                text = f"{json_value(schema, sub, bound=True)} {rules.lit(close)}"
+            return f"{rules.lit(open_ + json.dumps(key) + '>')} {text}{end_line}"
 
-        sep = "" if cdata else rules.lit("\n")
+        # minimax ends each parameter's line ("\n" as a separator would be a prefix of the
+        # "\n</invoke>" after the last one: a lexer conflict), minicpm5 runs them together
+        end_line = "" if cdata else ' "\\n"'
         items = _params(rules, schema, _NO_TAGS, value)
-        return optional_run(rules, items, sep)
+        return optional_run(rules, items, "")
 
     return call
 
@@ -183,7 +189,7 @@ _minicpm_params = _typed("<param name=", "</param>", cdata=True)
 
 def _minimax_m2(rules: Rules, name: str, schema: dict[str, Any], end: str) -> str:
     params = _minimax_params(rules, name, schema, end)
-    return f"{rules.lit(f'<invoke name={json.dumps(name)}>' + chr(10))} {params} {rules.lit(chr(10) + '</invoke>')}"
+    return f"{rules.lit(f'<invoke name={json.dumps(name)}>' + chr(10))} {params} {rules.lit('</invoke>')}"
 
 
 def _minicpm5(rules: Rules, name: str, schema: dict[str, Any], end: str) -> str:
@@ -195,11 +201,12 @@ def _muse_spark(rules: Rules, name: str, schema: dict[str, Any], end: str) -> st
     parser decodes each value as JSON when it can, so every value is written as JSON."""
 
     def value(key: str, sub: Any) -> str:
-        return f"{rules.lit(f'<atem:parameter name={json.dumps(key)}>')} {json_value(schema, sub)} {rules.lit('</atem:parameter>')}"
+        opening = rules.lit(f"<atem:parameter name={json.dumps(key)}>")
+        return f"{opening} {json_value(schema, sub)} {rules.lit(chr(10).join(['</atem:parameter>', '']))}"
 
-    items = _params(rules, schema, _NO_TAGS, value)
-    body = optional_run(rules, items, rules.lit("\n"))
-    return f"{rules.lit(f'<atem:invoke name={json.dumps(name)}>' + chr(10))} {body} {rules.lit(chr(10) + '</atem:invoke>')}"
+    items = _params(rules, schema, _NO_TAGS, value)  # each ends its line (as minimax's do)
+    body = optional_run(rules, items, "")
+    return f"{rules.lit(f'<atem:invoke name={json.dumps(name)}>' + chr(10))} {body} {rules.lit('</atem:invoke>')}"
 
 
 def _braced(quote: str, forbid: tuple[str, ...]) -> Call:
@@ -212,7 +219,7 @@ def _braced(quote: str, forbid: tuple[str, ...]) -> Call:
         def value(key: str, sub: Any) -> str:
             kind = sub.get("type") if isinstance(sub, dict) else None
             if kind == "string":
-                text = f"{rules.lit(quote)} {rules.raw(sub, raw)} {rules.lit(quote)}"
+                text = f"{rules.lit(quote)} {rules.raw(sub, raw, quote)}"
             elif kind in ("integer", "number", "boolean", "null"):
                 text = json_value(schema, sub)
             else:

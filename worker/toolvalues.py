@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker.grammar import GrammarTokenizer
@@ -119,9 +117,11 @@ class Rules:
     def lit(self, text: str) -> str:
         return self.tok.seq(text)
 
-    def raw(self, schema: Any, how: Raw) -> str:
-        """A string parameter's value as the parser keeps it: its schema's enum or length held,
-        anything ``how`` names avoided."""
+    def raw(self, schema: Any, how: Raw, closer: str) -> str:
+        """A string parameter's value as the parser keeps it, then ``closer`` (the text that
+        ends it): its schema's enum or length held, anything ``how`` names avoided. The value
+        and a text closer are one lazy lexeme, which ends at the closer's first occurrence: a
+        greedy value would swallow the closer's first characters (the value may hold them)."""
         if not isinstance(schema, dict) or schema.get("type") != "string" or set(schema) - _STRING_KEYS:
             raise Inexpressible("a string parameter with keywords beyond enum and length")
         choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
@@ -129,7 +129,7 @@ class Rules:
             ok = [c for c in choices if isinstance(c, str) and self._fits(c, schema, how)]
             if not ok:
                 raise Inexpressible("an enum none of whose values the format can write")
-            return "(" + " | ".join(self.lit(c) for c in ok) + ")"
+            return "(" + " | ".join(self.lit(c) for c in ok) + ") " + self.lit(closer)
         parts = []
         lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
         if lo or hi is not None:
@@ -137,13 +137,27 @@ class Rules:
         else:
             parts.append("/(.|\\n)*/")
         if how.stripped:
-            parts.append(f"/(({_SPACE.replace('[', '[^', 1)})((.|\\n)*{_SPACE.replace('[', '[^', 1)})?)?/")
+            edge = _SPACE.replace("[", "[^", 1)
+            parts.append(f"/({edge}((.|\\n)*{edge})?)?/")
         for f in how.forbid:
             parts.append(f"~/(.|\\n)*{regex_escape(f)}(.|\\n)*/")
         if how.not_null:
             parts.append("~/(?i:null)/")
         parts += [f"~/{x}/" for x in how.extra]
-        return self.terminal(" & ".join(parts))
+        value = self.terminal(" & ".join(parts))
+        special = self.tok.opening_special(closer)
+        if special is not None:  # a special token can't be swallowed by text
+            return f"{value} {self.lit(closer)}"
+        text = closer
+        rest = ""
+        for i in range(1, len(closer)):  # the closer's text up to a special token inside it
+            if self.tok.opening_special(closer[i:]) is not None:
+                text, rest = closer[:i], closer[i:]
+                break
+        self._n += 1
+        lazy = f"v{self._n}"
+        self.lines.append(f"{lazy}[lazy]: {value} {json.dumps(text, ensure_ascii=False)}")
+        return f"{lazy} {self.lit(rest)}" if rest else lazy
 
     @staticmethod
     def _fits(value: str, schema: dict[str, Any], how: Raw) -> bool:

@@ -1,0 +1,327 @@
+"""Tool-call grammars for every mlx-lm native format (worker/toolformats.py), on SmolLM2's real
+tokenizer: as it is (every marker is text) and with the formats' markers added as special tokens
+(as the models that use them have them).
+
+The property: every answer the grammar admits is a call that mlx-lm's own parser for the format
+(``mlx_lm.tool_parsers.<name>.parse_tool_call``, run by ``ToolCallStream`` exactly as the worker
+runs it) reads into calls of offered functions whose arguments validate against the function's
+JSON Schema. Checked by sampling: random tokens among those the grammar allows, to the end.
+Then hand-written calls: a valid one is admitted whole, and each invalid variant (a function or
+parameter not offered, a value off its schema, a value the parser would misread) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from worker.toolcalls import ToolCallStream, ToolSyntax
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("mlx.core")
+
+FORMATS = [
+    "json_tools", "qwen3_coder", "glm47", "laguna", "longcat", "minimax_m2", "minicpm5", "muse_spark",
+    "kimi_k2", "kimi_k3", "gemma4", "function_gemma", "pythonic", "mistral",
+]  # fmt: skip
+# the markers of all formats, as the tokenizers of their models have them
+SPECIALS = [
+    "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>", "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+    "<|open|>", "<|close|>", "<|sep|>", "<|tool_call>", "<tool_call|>", '<|"|>', "<start_function_call>",
+    "<end_function_call>", "<escape>", "<|tool_call_start|>", "<arg_key>", "</arg_key>", "<arg_value>",
+    "</arg_value>", "<minimax:tool_call>", "</minimax:tool_call>",
+]  # fmt: skip
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "detailed": {"type": "boolean"},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "required": ["city"],
+    "additionalProperties": False,
+}
+TAG = {
+    "type": "object",
+    "properties": {
+        "labels": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+        "opts": {
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": -99, "maximum": 99}},
+            "required": ["x"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["labels"],
+    "additionalProperties": False,
+}
+EMPTY = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+SCALAR_TOOLS = [tool("get_weather", WEATHER), tool("get_time", EMPTY)]
+TOOLS = [*SCALAR_TOOLS, tool("tag", TAG)]
+SCALAR_ONLY = {"gemma4", "function_gemma"}  # nested values are not constrained there
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+@pytest.fixture(scope="module")
+def smol_dir() -> Path:
+    from shared.config import default_model_path
+    from worker.gguf import cached_import
+
+    return cached_import(default_model_path(), dtype="float32")
+
+
+class Tok:
+    """A tokenizer and llguidance's view of it."""
+
+    def __init__(self, folder: Path) -> None:
+        from mlx_lm.tokenizer_utils import load
+
+        from worker.grammar import GrammarTokenizer
+
+        self.hf = load(folder)
+        self.vocab = len(self.hf.get_vocab()) if hasattr(self.hf, "get_vocab") else 0
+        self.g = GrammarTokenizer(self.hf, max(self.vocab, 49152))
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def text(self, ids: list[int]) -> str:
+        return str(self.hf.decode(ids))
+
+
+@pytest.fixture(scope="module", params=["text-markers", "special-markers"])
+def tok(request: pytest.FixtureRequest, smol_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tok:
+    if request.param == "text-markers":
+        return Tok(smol_dir)
+    import shutil
+
+    from tokenizers import AddedToken, Tokenizer
+
+    out = tmp_path_factory.mktemp("smol-specials")
+    for f in ("tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        if (smol_dir / f).is_file():
+            shutil.copy(smol_dir / f, out / f)
+    t = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    t.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    t.save(str(out / "tokenizer.json"))
+    return Tok(out)
+
+
+def grammar(tok: Tok, name: str, tools: list[dict[str, Any]], choice: Any, parallel: bool) -> str:
+    from worker.grammar import tool_grammar
+
+    g = tool_grammar(tok.g, ToolSyntax.named(name), tools, choice, parallel)
+    assert g is not None, f"{name} has a grammar for these tools"
+    return g
+
+
+def sample(tok: Tok, text: str, opening: str, rng: random.Random, limit: int = 400) -> list[int]:
+    """Random tokens the grammar allows after ``opening`` (consumed as the worker consumes a
+    prefill), until it takes the end of sequence; the whole answer's tokens."""
+    import llguidance.numpy as llg_np
+
+    m = tok.g.matcher(text)
+    assert not m.is_error(), m.get_error()
+    ids = tok.ids(opening) if opening else []
+    assert m.consume_tokens(ids), (opening, m.get_error())
+    mask = llg_np.allocate_token_bitmask(1, tok.g.vocab_size)
+    eos = set(tok.g.eos)
+    for _ in range(limit):
+        llg_np.fill_next_token_bitmask(m, mask, 0)
+        bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: tok.g.vocab_size]
+        allowed = [int(i) for i in np.nonzero(bits)[0]]
+        choices = [i for i in allowed if i not in eos]
+        if len(choices) < len(allowed) and (not choices or rng.random() < 0.5):
+            assert m.is_accepting()
+            return ids
+        t = rng.choice(choices)
+        assert m.consume_token(t), m.get_error()
+        ids.append(t)
+    raise AssertionError(f"no end within {limit} tokens: {tok.text(ids)!r}")
+
+
+def calls_in(name: str, tools: list[dict[str, Any]], answer: str, prefill: str, parallel: bool) -> list[Any]:
+    """The answer through ToolCallStream: its events (text and calls), as the worker sends them."""
+    stream = ToolCallStream(ToolSyntax.named(name), tools, prefill=prefill, parallel=parallel)
+    return [e for e in [*stream.push(answer[len(prefill) :]), *stream.finish()] if e != ""]
+
+
+CHOICES = ["required", {"name": "get_weather"}, {"name": "get_time"}, "auto"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_sampled_answer_parses_into_valid_calls(tok: Tok, name: str) -> None:
+    tools = SCALAR_TOOLS if name in SCALAR_ONLY else TOOLS
+    syntax = ToolSyntax.named(name)
+    rng = random.Random(name)
+    seen: set[str] = set()
+    for i in range(24):
+        choice = CHOICES[i % len(CHOICES)]
+        parallel = i % 3 != 0
+        only = choice.get("name") if isinstance(choice, dict) else None
+        g = grammar(tok, name, tools, choice, parallel)
+        # the forced opening is the worker's prefill; for "auto" the model opened a call itself
+        prefill = syntax.prefill(only) if choice != "auto" else ""
+        opening = prefill if choice != "auto" else "Let me check. " + syntax.start
+        answer = tok.text(sample(tok, g, opening or "", rng))
+        assert answer.startswith(opening or "")
+        events = calls_in(name, tools, answer, prefill or "", parallel)
+        calls = [e for e in events if isinstance(e, dict)]
+        assert calls, (answer, events)
+        if choice != "auto":
+            assert not isinstance(events[0], str), (answer, events)  # the answer opens with the call
+        if only is not None:
+            assert calls[0]["name"] == only
+        if not parallel:
+            assert len(calls) == 1 and isinstance(events[-1], dict), (answer, events)
+        for call in calls:
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+            seen.add(call["name"])
+    assert seen == {t["function"]["name"] for t in tools}
+
+
+# a call of get_weather(city=C, days=D) as each format writes it: @N name, @K key, @C city, @D days
+WRITTEN = {
+    "json_tools": '<tool_call>\n{"name": "@N", "arguments": {"@K": "@C", "days": @D}}\n</tool_call>',
+    "qwen3_coder": "<tool_call>\n<function=@N>\n<parameter=@K>\n@C\n</parameter>\n<parameter=days>\n@D\n</parameter>\n"
+    "</function>\n</tool_call>",
+    "glm47": "<tool_call>@N<arg_key>@K</arg_key><arg_value>@C</arg_value><arg_key>days</arg_key><arg_value>@D</arg_value>"
+    "</tool_call>",
+    "longcat": "<longcat_tool_call>@N<longcat_arg_key>@K</longcat_arg_key><longcat_arg_value>@C</longcat_arg_value>"
+    "<longcat_arg_key>days</longcat_arg_key><longcat_arg_value>@D</longcat_arg_value></longcat_tool_call>",
+    "minimax_m2": '<minimax:tool_call>\n<invoke name="@N">\n<parameter name="@K">@C</parameter>\n'
+    '<parameter name="days">@D</parameter>\n</invoke>\n</minimax:tool_call>',
+    "minicpm5": '<function name="@N"><param name="@K">@C</param><param name="days">@D</param></function>',
+    "muse_spark": '<atem:function_calls>\n<atem:invoke name="@N">\n<atem:parameter name="@K">"@C"</atem:parameter>\n'
+    '<atem:parameter name="days">@D</atem:parameter>\n</atem:invoke>\n</atem:function_calls>',
+    "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.@N:0<|tool_call_argument_begin|>'
+    '{"@K": "@C", "days": @D}<|tool_call_end|><|tool_calls_section_end|>',
+    "kimi_k3": '<|open|>tools<|sep|>\n<|open|>call tool="@N" index="0"<|sep|>\n<|open|>json type="object"<|sep|>'
+    '{"@K": "@C", "days": @D}<|close|>json<|sep|>\n<|close|>call<|sep|>\n<|close|>tools<|sep|>',
+    "gemma4": '<|tool_call>call:@N{@K:<|"|>@C<|"|>,days:@D}<tool_call|>',
+    "function_gemma": "<start_function_call>call:@N{@K:<escape>@C<escape>,days:@D}<end_function_call>",
+    "pythonic": '<|tool_call_start|>[@N(@K="@C", days=@D)]<|tool_call_end|>',
+    "mistral": '[TOOL_CALLS][{"name": "@N", "arguments": {"@K": "@C", "days": @D}}]',
+}
+WRITTEN["laguna"] = WRITTEN["glm47"]
+MISTRAL_HEADER = '[TOOL_CALLS]@N[ARGS]{"@K": "@C", "days": @D}'
+RAW = {"qwen3_coder", "glm47", "laguna", "longcat", "minimax_m2", "minicpm5"}  # strings as written
+STRIPPED = {"glm47", "laguna", "longcat", "minimax_m2", "minicpm5"}  # ... and stripped by the parser
+NULLABLE = {"qwen3_coder", "minimax_m2", "minicpm5"}  # ... where a bare null reads as None
+
+
+def written(tok: Tok, name: str, **subs: str) -> str:
+    text = MISTRAL_HEADER if name == "mistral" and tok.g.is_special("[ARGS]") else WRITTEN[name]
+    values = {"@N": "get_weather", "@K": "city", "@C": "Köln", "@D": "7", **subs}
+    for k, v in values.items():
+        text = text.replace(k, v)
+    return text
+
+
+def admits(tok: Tok, g: str, text: str) -> bool:
+    """Whether the grammar takes ``text`` whole and then may end."""
+    m = tok.g.matcher(g)
+    ids = tok.ids(text)
+    return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_a_valid_call_is_admitted_and_invalid_ones_are_refused(tok: Tok, name: str) -> None:
+    g = grammar(tok, name, SCALAR_TOOLS, "required", False)
+    good = written(tok, name)
+    assert admits(tok, g, good), good
+    (call,) = [e for e in calls_in(name, SCALAR_TOOLS, good, "", False) if isinstance(e, dict)]
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Köln", "days": 7}
+    bad = [
+        written(tok, name, **{"@N": "get_wind"}),  # no such function
+        written(tok, name, **{"@K": "town"}),  # no such parameter (and city missing)
+        written(tok, name, **{"@D": "70"}),  # above the maximum
+        written(tok, name, **{"@D": "7.5"}),  # not an integer
+        written(tok, name, **{"@C": "Münchhausen"}),  # longer than maxLength
+    ]
+    if name in STRIPPED:
+        bad.append(written(tok, name, **{"@C": " Köln"}))  # the parser would strip the space
+    if name in NULLABLE:
+        bad.append(written(tok, name, **{"@C": "null"}))  # the parser would read None
+    for text in bad:
+        assert not admits(tok, g, text), text
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_auto_lets_text_through_and_holds_a_call_once_opened(tok: Tok, name: str) -> None:
+    syntax = ToolSyntax.named(name)
+    g = grammar(tok, name, SCALAR_TOOLS, "auto", True)
+    assert admits(tok, g, "It is sunny in Köln.")
+    assert admits(tok, g, "Let me look. " + written(tok, name))
+    assert not admits(tok, g, "Let me look. " + written(tok, name, **{"@N": "get_wind"}))
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_parallel_off_ends_the_answer_after_one_call(tok: Tok, name: str) -> None:
+    g = grammar(tok, name, SCALAR_TOOLS, "required", False)
+    m = tok.g.matcher(g)
+    ids = tok.ids(written(tok, name))
+    assert m.try_consume_tokens(ids) == len(ids)
+    more = tok.ids(" and more")
+    assert m.try_consume_tokens(more) == 0
+    with_parallel = tok.g.matcher(grammar(tok, name, SCALAR_TOOLS, "required", True))
+    assert with_parallel.try_consume_tokens(ids) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "why"),
+    [
+        ("qwen3_coder", {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, "pattern"),
+        ("qwen3_coder", {"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}, "no type"),
+        ("glm47", {"type": "object", "properties": {"a": {"type": "string", "format": "date"}}}, "format"),
+        ("minimax_m2", {"type": "object", "properties": {"a": {"type": ["string", "null"]}}}, "type list"),
+        ("gemma4", TAG, "nested values"),
+        ("function_gemma", TAG, "nested values"),
+        ("qwen3_coder", {"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 1}, "object"),
+    ],
+)
+def test_a_schema_a_format_cannot_hold_leaves_the_calls_parsed_only(
+    tok: Tok, name: str, parameters: dict[str, Any], why: str
+) -> None:
+    from worker.grammar import tool_grammar
+
+    assert tool_grammar(tok.g, ToolSyntax.named(name), [tool("f", parameters)], "auto", True) is None, why
+
+
+def test_names_a_format_cannot_write_leave_the_calls_parsed_only(tok: Tok) -> None:
+    from worker.grammar import tool_grammar
+
+    dotted = [tool("web.search", EMPTY)]
+    assert tool_grammar(tok.g, ToolSyntax.named("function_gemma"), dotted, "auto", True) is None
+    assert tool_grammar(tok.g, ToolSyntax.named("pythonic"), dotted, "auto", True) is not None
+    assert tool_grammar(tok.g, ToolSyntax.named("pythonic"), [tool("web-search", EMPTY)], "auto", True) is None
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_forced_opening_is_a_prefix_the_grammar_takes(tok: Tok, name: str) -> None:
+    """``ToolSyntax.prefill`` (what the prompt ends with for a forced tool_choice) must be the
+    start of a call the grammar admits: the worker feeds it to the matcher first."""
+    syntax = ToolSyntax.named(name)
+    for only in (None, "get_weather"):
+        opening = syntax.prefill(only)
+        assert opening is not None and opening.startswith(syntax.start)
+        choice = {"name": only} if only else "required"
+        m = tok.g.matcher(grammar(tok, name, SCALAR_TOOLS, choice, True))
+        ids = tok.ids(opening)
+        assert m.try_consume_tokens(ids) == len(ids), opening
+        assert written(tok, name).startswith(opening)
