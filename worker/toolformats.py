@@ -50,7 +50,9 @@ class Layout:
     sep: str | None = None  # between calls sharing one block; None: one call per block
 
 
-def _params(rules: Rules, schema: dict[str, Any], keys: re.Pattern[str], write: Callable[[str, Any], str]) -> list[tuple[str, bool]]:
+def _params(
+    rules: Rules, schema: dict[str, Any], keys: re.Pattern[str], write: Callable[[str, Any], str]
+) -> list[tuple[str, bool]]:
     """Each declared parameter as ``(rule, required)``, written by ``write(key, schema)``."""
     props, required = object_schema(schema)
     items = []

@@ -200,8 +200,8 @@ WRITTEN = {
     "json_tools": '<tool_call>\n{"name": "@N", "arguments": {"@K": "@C", "days": @D}}\n</tool_call>',
     "qwen3_coder": "<tool_call>\n<function=@N>\n<parameter=@K>\n@C\n</parameter>\n<parameter=days>\n@D\n</parameter>\n"
     "</function>\n</tool_call>",
-    "glm47": "<tool_call>@N<arg_key>@K</arg_key><arg_value>@C</arg_value><arg_key>days</arg_key><arg_value>@D</arg_value>"
-    "</tool_call>",
+    "glm47": "<tool_call>@N<arg_key>@K</arg_key><arg_value>@C</arg_value><arg_key>days</arg_key>"
+    "<arg_value>@D</arg_value></tool_call>",
     "longcat": "<longcat_tool_call>@N<longcat_arg_key>@K</longcat_arg_key><longcat_arg_value>@C</longcat_arg_value>"
     "<longcat_arg_key>days</longcat_arg_key><longcat_arg_value>@D</longcat_arg_value></longcat_tool_call>",
     "minimax_m2": '<minimax:tool_call>\n<invoke name="@N">\n<parameter name="@K">@C</parameter>\n'
@@ -209,7 +209,7 @@ WRITTEN = {
     "minicpm5": '<function name="@N"><param name="@K">@C</param><param name="days">@D</param></function>',
     "muse_spark": '<atem:function_calls>\n<atem:invoke name="@N">\n<atem:parameter name="@K">"@C"</atem:parameter>\n'
     '<atem:parameter name="days">@D</atem:parameter>\n</atem:invoke>\n</atem:function_calls>',
-    "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.@N:0<|tool_call_argument_begin|>'
+    "kimi_k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.@N:0<|tool_call_argument_begin|>"
     '{"@K": "@C", "days": @D}<|tool_call_end|><|tool_calls_section_end|>',
     "kimi_k3": '<|open|>tools<|sep|>\n<|open|>call tool="@N" index="0"<|sep|>\n<|open|>json type="object"<|sep|>'
     '{"@K": "@C", "days": @D}<|close|>json<|sep|>\n<|close|>call<|sep|>\n<|close|>tools<|sep|>',
@@ -264,7 +264,6 @@ def test_a_valid_call_is_admitted_and_invalid_ones_are_refused(tok: Tok, name: s
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_auto_lets_text_through_and_holds_a_call_once_opened(tok: Tok, name: str) -> None:
-    syntax = ToolSyntax.named(name)
     g = grammar(tok, name, SCALAR_TOOLS, "auto", True)
     assert admits(tok, g, "It is sunny in Köln.")
     assert admits(tok, g, "Let me look. " + written(tok, name))
