@@ -128,9 +128,13 @@ def _qwen3_coder(rules: Rules, name: str, schema: dict[str, Any], end: str) -> s
     return f"{rules.lit(f'<function={name}>' + chr(10))} {optional_run(rules, items, '')} {rules.lit('</function>')}"
 
 
+_NL = '"\\n"?'  # an optional newline
+
+
 def _kv(prefix: str, at_least_one: bool) -> Call:
-    """GLM-4.7 (and LongCat): ``NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value>…``; a
-    value typed "string" is kept as written (stripped), any other is decoded as JSON."""
+    """GLM-4.7 (and LongCat): ``NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value>…``, or
+    with a newline before each tag (GLM-4.5's layout; the parser takes both); a value typed
+    "string" is kept as written (stripped), any other is decoded as JSON."""
     key_open, key_close = f"<{prefix}arg_key>", f"</{prefix}arg_key>"
     value_open, value_close = f"<{prefix}arg_value>", f"</{prefix}arg_value>"
 
@@ -142,16 +146,16 @@ def _kv(prefix: str, at_least_one: bool) -> Call:
                 text = rules.raw(sub, raw, value_close)
             else:
                 text = f"{json_value(schema, sub)} {rules.lit(value_close)}"
-            return f"{rules.lit(key_open + key + key_close + value_open)} {text}"
+            return f"{_NL} {rules.lit(key_open + key + key_close)} {_NL} {rules.lit(value_open)} {text}"
 
         items = _params(rules, schema, _NO_TAGS, value)
         if not at_least_one:
-            return f"{rules.lit(name)} {optional_run(rules, items, '')}"
+            return f"{rules.lit(name)} {optional_run(rules, items, '')} {_NL}"
         # longcat's parser can't read a name alone; a call without arguments is its JSON form
         empty = rules.lit(json.dumps({"name": name, "arguments": {}}))
         if not items:
             return empty
-        written = f"{rules.lit(name)} {optional_run(rules, items, '', at_least_one=True)}"
+        written = f"{rules.lit(name)} {optional_run(rules, items, '', at_least_one=True)} {_NL}"
         return written if any(req for _, req in items) else f"({written}) | {empty}"
 
     return call

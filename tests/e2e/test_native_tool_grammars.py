@@ -121,9 +121,7 @@ def test_anthropic_named_tool_gives_a_valid_tool_use(gw: Gateway, stream: bool) 
             events = [e for e in sse_events(s) if isinstance(e, dict)]
         (block,) = [e["content_block"] for e in events if e["type"] == "content_block_start"]
         assert block["type"] == "tool_use" and block["name"] == "get_time"
-        partial = "".join(
-            e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"
-        )
+        partial = "".join(e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta")
         args = json.loads(partial)
         stop = next(e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta")
     else:

@@ -324,3 +324,151 @@ def test_every_forced_opening_is_a_prefix_the_grammar_takes(tok: Tok, name: str)
         ids = tok.ids(opening)
         assert m.try_consume_tokens(ids) == len(ids), opening
         assert written(tok, name).startswith(opening)
+
+
+# -- written the way the format's models write calls: each must be admitted and read back exactly
+
+
+def _j(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _raw(v: Any) -> str:
+    return v if isinstance(v, str) else _j(v)
+
+
+def _xml_params(args: dict[str, Any], fmt: str, value: Any = _raw) -> str:
+    return "".join(fmt.replace("@K", k).replace("@V", value(v)) for k, v in args.items())
+
+
+GEMMA_QUOTE = '<|"|>'
+
+
+def _gemma(args: dict[str, Any], quote: str) -> str:
+    return ",".join(f"{k}:{quote}{v}{quote}" if isinstance(v, str) else f"{k}:{_j(v)}" for k, v in args.items())
+
+
+WRITERS: dict[str, Any] = {
+    "json_tools": lambda n, a: f"<tool_call>\n{_j({'name': n, 'arguments': a})}\n</tool_call>",
+    "qwen3_coder": lambda n, a: (
+        f"<tool_call>\n<function={n}>\n"
+        + _xml_params(a, "<parameter=@K>\n@V\n</parameter>\n")
+        + "</function>\n</tool_call>"
+    ),
+    "glm47": lambda n, a: (
+        f"<tool_call>{n}" + _xml_params(a, "<arg_key>@K</arg_key><arg_value>@V</arg_value>") + "</tool_call>"
+    ),
+    "longcat": lambda n, a: (
+        "<longcat_tool_call>"
+        + (
+            n + _xml_params(a, "<longcat_arg_key>@K</longcat_arg_key><longcat_arg_value>@V</longcat_arg_value>")
+            if a
+            else _j({"name": n, "arguments": {}})
+        )
+        + "</longcat_tool_call>"
+    ),
+    "minimax_m2": lambda n, a: (
+        f'<minimax:tool_call>\n<invoke name="{n}">\n'
+        + _xml_params(a, '<parameter name="@K">@V</parameter>\n')
+        + "</invoke>\n</minimax:tool_call>"
+    ),
+    "minicpm5": lambda n, a: f'<function name="{n}">' + _xml_params(a, '<param name="@K">@V</param>') + "</function>",
+    "muse_spark": lambda n, a: (
+        f'<atem:function_calls>\n<atem:invoke name="{n}">\n'
+        + _xml_params(a, '<atem:parameter name="@K">@V</atem:parameter>\n', _j)
+        + "</atem:invoke>\n</atem:function_calls>"
+    ),
+    "kimi_k2": lambda n, a: (
+        f"<|tool_calls_section_begin|><|tool_call_begin|>functions.{n}:3"
+        f"<|tool_call_argument_begin|>{_j(a)}<|tool_call_end|><|tool_calls_section_end|>"
+    ),
+    "kimi_k3": lambda n, a: (
+        f'<|open|>tools<|sep|>\n<|open|>call tool="{n}" index="1"<|sep|>\n'
+        f'<|open|>json type="object"<|sep|>{_j(a)}<|close|>json<|sep|>\n<|close|>call<|sep|>\n<|close|>tools<|sep|>'
+    ),
+    "gemma4": lambda n, a: "<|tool_call>call:" + n + "{" + _gemma(a, GEMMA_QUOTE) + "}<tool_call|>",
+    "function_gemma": lambda n, a: f"<start_function_call>call:{n}{{{_gemma(a, '<escape>')}}}<end_function_call>",
+    "pythonic": lambda n, a: (
+        f"<|tool_call_start|>[{n}(" + ", ".join(f"{k}={_j(v)}" for k, v in a.items()) + ")]<|tool_call_end|>"
+    ),
+}
+WRITERS["laguna"] = WRITERS["glm47"]
+TRICKY = ["Köln", "a<b>c", "x\ny", "</p", "Null!", "a,b:c", "{x}", "'q'", '"q"', "tab\tx", "日本", "a=b c"]
+
+
+def mistral_writer(tok: Tok) -> Any:
+    if tok.g.is_special("[ARGS]"):
+        return lambda n, a: f"[TOOL_CALLS]{n}[ARGS]{_j(a)}"
+    return lambda n, a: f"[TOOL_CALLS][{_j({'name': n, 'arguments': a})}]"
+
+
+def random_call(rng: random.Random, name: str, scalar_only: bool) -> tuple[str, dict[str, Any]]:
+    """A random valid call, its arguments in the schema's property order."""
+    fn = rng.choice(["get_weather", "get_time"] if scalar_only else ["get_weather", "get_time", "tag"])
+    cities = [c for c in TRICKY if not (name == "function_gemma" and "}" in c)]
+    maybe: dict[str, Any] = {
+        "unit": rng.choice(["celsius", "fahrenheit"]),
+        "detailed": rng.choice([True, False]),
+        "ratio": rng.choice([0, 1, 0.5, 0.25]),
+    }
+    if fn == "get_weather":
+        args = {"city": rng.choice(cities), "days": rng.randint(1, 14)}
+        args.update({k: v for k, v in maybe.items() if rng.random() < 0.5})
+        return fn, args
+    if fn == "tag":
+        args = {"labels": rng.sample(["ab", "<x>", "日本", 'q"r', "a b"], rng.randint(0, 2))}
+        if rng.random() < 0.5:
+            args["opts"] = {"x": rng.randint(-99, 99)}
+        return fn, args
+    return fn, {}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_calls_written_as_the_models_write_them_are_admitted_and_read_back_exactly(tok: Tok, name: str) -> None:
+    """Independent of the grammar: each format's calls written out by hand (a few of them, with
+    text that looks like markup, quotes, newlines), in one answer or parallel, must all be
+    admitted, and the parser must read back exactly the arguments written."""
+    write = mistral_writer(tok) if name == "mistral" else WRITERS[name]
+    scalar = name in SCALAR_ONLY
+    tools = SCALAR_TOOLS if scalar else TOOLS
+    rng = random.Random(f"written-{name}")
+    single = grammar(tok, name, tools, "required", False)
+    several = grammar(tok, name, tools, "auto", True)
+    for _ in range(20):
+        fn, args = random_call(rng, name, scalar)
+        text = write(fn, args)
+        assert admits(tok, single, text), text
+        (call,) = [e for e in calls_in(name, tools, text, "", False) if isinstance(e, dict)]
+        assert (call["name"], json.loads(call["arguments"])) == (fn, args), text
+        if name == "mistral":  # no end marker: its parallel calls share one block, tested below
+            continue
+        fn2, args2 = random_call(rng, name, scalar)
+        answer = "Sure. " + text + "\n" + write(fn2, args2) + " Done."
+        assert admits(tok, several, answer), answer
+        calls = [e for e in calls_in(name, tools, answer, "", True) if isinstance(e, dict)]
+        assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [(fn, args), (fn2, args2)]
+
+
+def test_mistral_parallel_calls_share_the_answer(tok: Tok) -> None:
+    write = mistral_writer(tok)
+    g = grammar(tok, "mistral", TOOLS, "required", True)
+    a, b = ("get_time", {}), ("get_weather", {"city": "Köln", "days": 2})
+    if tok.g.is_special("[ARGS]"):
+        text = write(*a) + write(*b)
+    else:
+        text = "[TOOL_CALLS][" + ", ".join(_j({"name": n, "arguments": x}) for n, x in (a, b)) + "]"
+    assert admits(tok, g, text), text
+    calls = [e for e in calls_in("mistral", TOOLS, text, "", True) if isinstance(e, dict)]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [a, b]
+
+
+@pytest.mark.parametrize("name", ["glm47", "longcat"])
+def test_glm_calls_take_glm45s_newlines_too(tok: Tok, name: str) -> None:
+    p = "" if name == "glm47" else "longcat_"
+    text = (
+        f"<{p}tool_call>get_weather\n<{p}arg_key>city</{p}arg_key>\n<{p}arg_value>Köln</{p}arg_value>\n"
+        f"<{p}arg_key>days</{p}arg_key>\n<{p}arg_value>3</{p}arg_value>\n</{p}tool_call>"
+    )
+    assert admits(tok, grammar(tok, name, SCALAR_TOOLS, "required", False), text)
+    (call,) = [e for e in calls_in(name, SCALAR_TOOLS, text, "", False) if isinstance(e, dict)]
+    assert json.loads(call["arguments"]) == {"city": "Köln", "days": 3}
