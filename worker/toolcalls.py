@@ -213,4 +213,7 @@ def _call_of(item: Any) -> tuple[str, str] | None:
             return None
     if not isinstance(args, dict):
         return None
-    return item["name"], json.dumps(args, ensure_ascii=False)
+    try:  # a number too large for a float (1e400) decodes as inf, which JSON can't carry
+        return item["name"], json.dumps(args, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return None

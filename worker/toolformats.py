@@ -6,7 +6,7 @@ several calls share a block. ``answer_grammar`` puts the calls into a whole answ
 ``tool_choice`` and ``parallel_tool_calls`` ask: free text (never the call opening) around calls
 for "auto", a call from the first token for "required" or a named function, one call and the end
 for ``parallel_tool_calls`` false. Every answer the grammar admits is read by the format's own
-mlx-lm parser into calls of offered functions whose arguments validate (tests/unit/
+mlx-lm parser into calls of offered functions whose arguments validate (tests/worker/
 test_toolformats.py samples them). A format or schema a layout can't hold faithfully gives None:
 the calls are then parsed, not constrained, as before.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from worker.grammar import GrammarTokenizer
     from worker.toolcalls import ToolSyntax
 
+log = logging.getLogger("hearth.worker")
 Call = Callable[[Rules, str, dict[str, Any], str], str]  # (rules, name, schema, end marker) -> expression
 
 _ANY = re.compile(r"^[A-Za-z0-9_.-]+$")  # the names the gateway lets through
@@ -48,6 +50,7 @@ class Layout:
     head: str = ""  # text after the start marker
     tail: str = ""  # text before the end marker
     sep: str | None = None  # between calls sharing one block; None: one call per block
+    needs_parameters: bool = False  # the parser fails on a tool without a "parameters" key
 
 
 def _params(
@@ -243,7 +246,7 @@ LAYOUTS: dict[str, Layout] = {
     "qwen3_coder": Layout(_qwen3_coder, head="\n", tail="\n"),
     "glm47": Layout(_kv("", at_least_one=False)),
     "laguna": Layout(_kv("", at_least_one=False)),  # GLM-4.7's format (mlx-lm reuses its parser)
-    "longcat": Layout(_kv("longcat_", at_least_one=True)),
+    "longcat": Layout(_kv("longcat_", at_least_one=True), needs_parameters=True),
     "minimax_m2": Layout(_minimax_m2, head="\n", tail="\n"),
     "minicpm5": Layout(_minicpm5),
     "muse_spark": Layout(_muse_spark, head="\n", tail="\n"),
@@ -275,8 +278,8 @@ def _calls(rules: Rules, fmt: Layout, tools: list[dict[str, Any]], only: str | N
             continue
         if not fmt.names.match(name):
             raise Inexpressible(f"function name {name!r}")
-        if "parameters" not in fn and fmt.call is LAYOUTS["longcat"].call:
-            raise Inexpressible("longcat's parser needs every tool's parameters")
+        if "parameters" not in fn and fmt.needs_parameters:
+            raise Inexpressible("a tool without parameters (longcat's parser needs them)")
         try:
             schema = tool_schema(fn.get("parameters"))
         except GrammarError as e:
@@ -302,7 +305,8 @@ def answer_grammar(
     try:
         any_call = _calls(rules, fmt, tools, None, end)
         first_call = _calls(rules, fmt, tools, only, end) if only is not None else any_call
-    except Inexpressible:
+    except Inexpressible as e:  # logged once per tool set (tool_grammar caches the answer)
+        log.info("%s tool calls are parsed, not constrained: the format can't hold %s", syntax.name, e)
         return None
     head, tail = (rules.lit(fmt.head) if fmt.head else ""), (rules.lit(fmt.tail) if fmt.tail else "")
     close = rules.lit(end) if end else ""

@@ -162,3 +162,12 @@ def test_plain_text_is_never_lost_or_reordered(text: str, size: int) -> None:
     events = feed(ToolCallStream(json_tools(), TOOLS), chunks(text, size))
     assert calls_of(events) == []
     assert text_of(events) == text
+
+
+def test_a_number_json_cannot_carry_makes_the_call_text() -> None:
+    """1e400 decodes as inf, and arguments holding it would not be JSON: the call is text."""
+    syntax = json_tools()
+    stream = ToolCallStream(syntax, TOOLS)
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1e400}}\n</tool_call>'
+    events = feed(stream, [text])
+    assert not calls_of(events) and text_of(events) == text

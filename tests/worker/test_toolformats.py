@@ -12,6 +12,7 @@ parameter not offered, a value off its schema, a value the parser would misread)
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 from pathlib import Path
@@ -170,7 +171,9 @@ def test_every_sampled_answer_parses_into_valid_calls(tok: Tok, name: str) -> No
     syntax = ToolSyntax.named(name)
     rng = random.Random(name)
     seen: set[str] = set()
-    for i in range(24):
+    module = importlib.import_module(f"mlx_lm.tool_parsers.{name}")
+    assert syntax.parse is module.parse_tool_call  # what ToolCallStream parses each call with
+    for i in range(32):
         choice = CHOICES[i % len(CHOICES)]
         parallel = i % 3 != 0
         only = choice.get("name") if isinstance(choice, dict) else None
