@@ -302,8 +302,11 @@ def answer_grammar(
     forced = choice == "required" or only is not None
     rules = Rules(tok)
     start, end = syntax.start, syntax.end
+    alone = only is not None and not parallel  # one call of that function, then the end
     try:
-        any_call = _calls(rules, fmt, tools, None, end)
+        # the other tools matter only where the answer may call them: alone, one that can't be
+        # held in this format doesn't keep the named function's call unconstrained
+        any_call = "" if alone else _calls(rules, fmt, tools, None, end)
         first_call = _calls(rules, fmt, tools, only, end) if only is not None else any_call
     except Inexpressible as e:  # logged once per tool set (tool_grammar caches the answer)
         log.info("%s tool calls are parsed, not constrained: the format can't hold %s", syntax.name, e)
@@ -315,6 +318,12 @@ def answer_grammar(
     def block(first: str) -> str:
         return " ".join(x for x in (head, first, more, tail, close) if x)
 
+    if alone:
+        return str(
+            llguidance.LLMatcher.grammar_from_lark(
+                "\n".join([f"start: {rules.lit(start)} {block(first_call)}", *rules.lines])
+            )
+        )
     opening = tok.opening_special(start)
     if opening is not None:  # text runs free up to the marker's special token, at the token level
         excluded = ",".join(str(i) for i in sorted({opening, *tok.eos}))

@@ -475,3 +475,18 @@ def test_glm_calls_take_glm45s_newlines_too(tok: Tok, name: str) -> None:
     assert admits(tok, grammar(tok, name, SCALAR_TOOLS, "required", False), text)
     (call,) = [e for e in calls_in(name, SCALAR_TOOLS, text, "", False) if isinstance(e, dict)]
     assert json.loads(call["arguments"]) == {"city": "Köln", "days": 3}
+
+
+def test_a_named_function_alone_is_held_even_beside_a_tool_the_format_cannot_hold(tok: Tok) -> None:
+    """tool_choice naming a function with parallel_tool_calls false: only that function's call
+    can be written, so another tool's schema the format can't hold doesn't matter."""
+    from worker.grammar import tool_grammar
+
+    tools = [*SCALAR_TOOLS, tool("tag", TAG)]  # tag's nested values can't be held in gemma4
+    syntax = ToolSyntax.named("gemma4")
+    assert tool_grammar(tok.g, syntax, tools, {"name": "get_weather"}, True) is None
+    assert tool_grammar(tok.g, syntax, tools, "required", False) is None
+    g = tool_grammar(tok.g, syntax, tools, {"name": "get_weather"}, False)
+    assert g is not None
+    assert admits(tok, g, written(tok, "gemma4"))
+    assert not admits(tok, g, written(tok, "gemma4", **{"@D": "70"}))
