@@ -1,8 +1,9 @@
 """Tool-call grammars for native formats other than json_tools, end to end through the gateway.
 
-The tiny tool model (random weights) is served twice, told to write calls in mlx-lm's
+The tiny tool model (random weights) is served four times, told to write calls in mlx-lm's
 ``qwen3_coder`` format (``<function=NAME><parameter=KEY>VALUE</parameter>…``, each value converted
-by its schema type) and in ``glm47``'s (``NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value>``).
+by its schema type), ``glm47``'s (``NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value>``),
+``pythonic`` (``[NAME(KEY=VALUE)]``) and ``mistral``'s (no end marker: the call runs to the end).
 Its output is noise, so whatever call comes back is the grammar's work alone: with tool_choice
 ``required`` or a named function, every answer must be a call that mlx-lm's parser reads and
 whose arguments validate against the schema, on both APIs, streamed and not.
@@ -40,7 +41,7 @@ TOOLS = [
     {"type": "function", "function": {"name": "get_time", "parameters": TIME}},
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-FORMATS = ["coder", "glm"]  # the served models' names
+FORMATS = ["coder", "glm", "pythonic", "mistral"]  # the served models' names
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     models = [
         {"name": "coder", "path": str(model), "tool_parser": "qwen3_coder", "max_batch": 4},
         {"name": "glm", "path": str(model), "tool_parser": "glm47", "max_batch": 4},
+        {"name": "pythonic", "path": str(model), "tool_parser": "pythonic", "max_batch": 4},
+        {"name": "mistral", "path": str(model), "tool_parser": "mistral", "max_batch": 4},
     ]
     with serving(tmp_path_factory.mktemp("gw-native-tools"), models) as g:
         yield g
