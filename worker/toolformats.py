@@ -319,11 +319,7 @@ def answer_grammar(
         return " ".join(x for x in (head, first, more, tail, close) if x)
 
     if alone:
-        return str(
-            llguidance.LLMatcher.grammar_from_lark(
-                "\n".join([f"start: {rules.lit(start)} {block(first_call)}", *rules.lines])
-            )
-        )
+        return _compiled(tok, syntax, f"{rules.lit(start)} {block(first_call)}", rules)
     opening = tok.opening_special(start)
     if opening is not None:  # text runs free up to the marker's special token, at the token level
         excluded = ",".join(str(i) for i in sorted({opening, *tok.eos}))
@@ -343,5 +339,17 @@ def answer_grammar(
         top = f"{first} {call}* {rest}" if parallel else first
     else:
         top = f"{call}* {rest}" if parallel else f"{call} | {rest}"
+    return _compiled(tok, syntax, top, rules)
+
+
+def _compiled(tok: GrammarTokenizer, syntax: ToolSyntax, top: str, rules: Rules) -> str | None:
+    """The grammar, if llguidance builds a matcher from it (kept: the request's ``Constraint``
+    copies it). One it refuses (a parameter's schema unsatisfiable on its own, say, where the
+    whole object schema the gateway checked is satisfiable by leaving it out) leaves the calls
+    parsed only: never a 400 for tools the gateway accepted."""
     grammar: str = llguidance.LLMatcher.grammar_from_lark("\n".join([f"start: {top}", *rules.lines]))
+    matcher = tok.matcher(grammar)
+    if matcher.is_error():
+        log.info("%s tool calls are parsed, not constrained: %s", syntax.name, matcher.get_error())
+        return None
     return grammar

@@ -70,8 +70,10 @@ def object_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if schema.get("type", "object") != "object":
         raise Inexpressible("parameters that are not an object")
     props = schema.get("properties") or {}
-    required = list(schema.get("required") or [])
-    if not isinstance(props, dict) or any(r not in props for r in required):
+    required = schema.get("required") or []
+    if not isinstance(props, dict) or not isinstance(required, list):
+        raise Inexpressible("properties that are not an object")
+    if any(not isinstance(r, str) or r not in props for r in required):
         raise Inexpressible("a required parameter that is not among the properties")
     return props, required
 
@@ -124,7 +126,12 @@ class Rules:
         greedy value would swallow the closer's first characters (the value may hold them)."""
         if not isinstance(schema, dict) or schema.get("type") != "string" or set(schema) - _STRING_KEYS:
             raise Inexpressible("a string parameter with keywords beyond enum and length")
+        lengths = [schema.get(k, 0) for k in ("minLength", "maxLength")]
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in lengths):
+            raise Inexpressible("a string length that is not a count")
         choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
+        if not isinstance(choices, list | None):
+            raise Inexpressible("an enum that is not a list")
         if choices is not None:
             ok = [c for c in choices if isinstance(c, str) and self._fits(c, schema, how)]
             if not ok:

@@ -490,3 +490,95 @@ def test_a_named_function_alone_is_held_even_beside_a_tool_the_format_cannot_hol
     assert g is not None
     assert admits(tok, g, written(tok, "gemma4"))
     assert not admits(tok, g, written(tok, "gemma4", **{"@D": "70"}))
+
+
+# Claude Code's tools as it sends them (abridged), and schemas at the edges of what is valid
+AGENT_TOOLS = [
+    tool(
+        "Bash",
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "description": "The command to execute"},
+                "timeout": {"type": "number", "description": "Optional timeout in milliseconds (max 600000)"},
+                "description": {"type": "string"},
+                "run_in_background": {"type": "boolean"},
+            },
+            "required": ["command"],
+            "additionalProperties": False,
+        },
+    ),
+    tool(
+        "Grep",
+        {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string"},
+                "output_mode": {"type": "string", "enum": ["content", "files_with_matches", "count"]},
+                "-i": {"type": "boolean"},
+                "-A": {"type": "number"},
+                "head_limit": {"type": "number"},
+            },
+            "required": ["pattern"],
+            "additionalProperties": False,
+        },
+    ),
+    tool(
+        "TodoWrite",
+        {
+            "type": "object",
+            "properties": {
+                "todos": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "content": {"type": "string", "minLength": 1},
+                            "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]},
+                        },
+                        "required": ["content", "status"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["todos"],
+        },
+    ),
+    tool("WebFetch", {"type": "object", "properties": {"url": {"type": "string", "format": "uri"}}}),
+]
+ODD_TOOLS = [
+    tool("a", {"type": "object", "properties": {"x": {"type": "string", "maxLength": 2.5}}}),
+    tool("b", {"type": "object", "properties": {"x": {"type": "string", "enum": "abc"}}}),
+    tool("c", {"type": "object", "properties": {"x": True}}),
+    tool("d", {"type": "object", "properties": {"x": {}}, "required": ["x"]}),
+    tool("e", {"type": "object", "properties": {"x": {"type": "string", "enum": [1, 2]}}}),
+    tool("f", {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "$defs": {"X": {"type": "integer"}}}),
+    {"type": "function", "function": {"name": "g"}},
+]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_agent_and_odd_schemas_give_a_grammar_or_none_never_an_error(tok: Tok, name: str) -> None:
+    """Whatever the gateway lets through (``check_tool_schema``) gets a grammar that compiles
+    or None (parsed only), never an exception; what it refuses (a 400 there) is refused here
+    the same way."""
+    from shared.grammar import GrammarError, check_tool_schema
+    from worker.grammar import tool_grammar
+
+    syntax = ToolSyntax.named(name)
+    compiled = 0
+    for tools in [AGENT_TOOLS, *([t] for t in AGENT_TOOLS), *([t] for t in ODD_TOOLS)]:
+        try:
+            for t in tools:
+                check_tool_schema(t["function"].get("parameters"), "tools")
+        except GrammarError:
+            with pytest.raises(GrammarError):
+                tool_grammar(tok.g, syntax, tools, "auto", True)
+            continue
+        for choice in ("auto", "required", {"name": tools[0]["function"]["name"]}):
+            g = tool_grammar(tok.g, syntax, tools, choice, True)
+            if g is not None:
+                assert not tok.g.matcher(g).is_error()
+                compiled += 1
+    assert compiled  # Bash alone (strings, a number, a boolean) is held in every format
