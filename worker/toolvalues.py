@@ -18,6 +18,7 @@ the builder raise ``Inexpressible``: that request's calls are then parsed, not c
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 _OBJECT_KEYS = {"type", "properties", "required", "additionalProperties", "description", "title", "$schema", "$id"}
 _OBJECT_KEYS |= {"$defs", "definitions", "x-guidance", "default", "examples", "strict", "$comment"}
 _STRING_KEYS = {"type", "enum", "const", "minLength", "maxLength", "description", "title", "default", "examples"}
-_STRING_KEYS |= {"$comment", "x-guidance"}
+_STRING_KEYS |= {"$comment", "x-guidance", "pattern", "format"}  # format: an annotation (unenforced)
 _INT_LIMIT = 2**53 - 1  # parsers that convert through float() keep integers exact up to here
 _NUMBER_LIMIT = 1e15  # and a number this size never overflows int(float(text))
 _SPACE = r"[\s\x1c-\x1f]"  # what Python's str.strip() removes (Unicode White_Space and \x1c-\x1f)
@@ -59,6 +60,34 @@ def regex_escape(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def lark_regex(pattern: str) -> str:
+    """A JSON Schema ``pattern`` inside a Lark ``/regex/``: its slashes escaped. llguidance reads
+    it as it reads patterns in JSON (a look-around is a compile error: the grammar is then
+    dropped, see ``worker.toolformats._compiled``)."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        out.append({"/": "\\/", "\n": "\\n"}.get(ch, ch))
+        i += 1
+    return "".join(out)
+
+
+def searched(pattern: str) -> str:
+    """A regex matching whole values in which ``pattern`` is found (JSON Schema's semantics):
+    free text around it, except at a ``^`` or ``$`` anchoring it (llguidance's regexes have no
+    anchors: a pattern with others inside fails to compile, and the grammar is dropped)."""
+    head, tail = "(.|\\n)*", "(.|\\n)*"
+    if pattern.startswith("^"):
+        pattern, head = pattern[1:], ""
+    if pattern.endswith("$") and (len(pattern) - len(pattern.rstrip("$\\"))) % 2 == 1:
+        pattern, tail = pattern[:-1], ""
+    return f"{head}(?:{lark_regex(pattern)}){tail}"
 
 
 def object_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -125,7 +154,7 @@ class Rules:
         and a text closer are one lazy lexeme, which ends at the closer's first occurrence: a
         greedy value would swallow the closer's first characters (the value may hold them)."""
         if not isinstance(schema, dict) or schema.get("type") != "string" or set(schema) - _STRING_KEYS:
-            raise Inexpressible("a string parameter with keywords beyond enum and length")
+            raise Inexpressible("a string parameter with keywords beyond enum, length and pattern")
         lengths = [schema.get(k, 0) for k in ("minLength", "maxLength")]
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in lengths):
             raise Inexpressible("a string length that is not a count")
@@ -148,6 +177,11 @@ class Rules:
             parts.append(f"/({edge}((.|\\n)*{edge})?)?/")
         for f in how.forbid:
             parts.append(f"~/(.|\\n)*{regex_escape(f)}(.|\\n)*/")
+        pattern = schema.get("pattern")
+        if pattern is not None:  # JSON Schema's pattern searches: anywhere in the value
+            if not isinstance(pattern, str):
+                raise Inexpressible("a pattern that is not a string")
+            parts.append(f"/{searched(pattern)}/")
         if how.not_null:
             parts.append("~/(?i:null)/")
         parts += [f"~/{x}/" for x in how.extra]
@@ -171,6 +205,9 @@ class Rules:
         if any(f in value for f in how.forbid) or (how.not_null and value.lower() == "null"):
             return False
         if how.stripped and value != value.strip():
+            return False
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and re.search(pattern, value) is None:
             return False
         return int(schema.get("minLength", 0)) <= len(value) <= int(schema.get("maxLength", len(value)))
 
