@@ -583,6 +583,10 @@ def test_agent_and_odd_schemas_give_a_grammar_or_none_never_an_error(tok: Tok, n
                 assert not tok.g.matcher(g).is_error()
                 compiled += 1
     assert compiled  # Bash alone (strings, a number, a boolean) is held in every format
+    # Claude Code's tools together: all but the formats that can't write TodoWrite's array of
+    # objects (gemma's) or Grep's "-i" parameter (pythonic) hold them
+    held = tool_grammar(tok.g, syntax, AGENT_TOOLS, "auto", True) is not None
+    assert held == (name not in {"gemma4", "function_gemma", "pythonic"})
 
 
 CODE = {
