@@ -10,9 +10,10 @@ text that converts to a valid value: a JSON value (``%json`` of the parameter's 
 parser decodes JSON, a raw-text rule where it keeps the text, avoiding whatever the parser would
 misread (its closing tags, a bare ``null``, surrounding whitespace it strips).
 
-A schema Hearth can't hold faithfully this way (a string with a ``pattern``, a parameter with no
-``type`` in a format that converts by type, object-level keywords like ``minProperties``) makes
-the builder raise ``Inexpressible``: that request's calls are then parsed, not constrained.
+A schema Hearth can't hold faithfully this way (a raw string with keywords beyond enum, length
+and pattern, a parameter with no ``type`` in a format that converts by type, object-level
+keywords like ``minProperties``) makes the builder raise ``Inexpressible``: that request's calls
+are then parsed, not constrained.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def searched(pattern: str) -> str:
     head, tail = "(.|\\n)*", "(.|\\n)*"
     if pattern.startswith("^"):
         pattern, head = pattern[1:], ""
-    if pattern.endswith("$") and (len(pattern) - len(pattern.rstrip("$\\"))) % 2 == 1:
-        pattern, tail = pattern[:-1], ""
+    body = pattern[:-1]
+    if pattern.endswith("$") and (len(body) - len(body.rstrip("\\"))) % 2 == 0:  # not an escaped "\\$"
+        pattern, tail = body, ""
     return f"{head}(?:{lark_regex(pattern)}){tail}"
 
 
