@@ -65,13 +65,13 @@ class _Context:
         self._buf = mx.array(tokens + [0] * self.STEP, dtype=mx.int32)
         self.size = len(tokens)
 
-    def fetch(self, ahead: list[int]) -> mx.array:
-        """The committed tokens followed by ``ahead``."""
+    def fetch(self, ahead: list[int] | mx.array) -> mx.array:
+        """The committed tokens followed by ``ahead`` (host ints, or an array still computing)."""
         end = self.size + len(ahead)
         if end > self._buf.size:
             grow = ((end - self._buf.size) // self.STEP + 1) * self.STEP
             self._buf = mx.concatenate([self._buf, mx.zeros(grow, dtype=mx.int32)])
-        if ahead:
+        if len(ahead):
             self._buf[self.size : end] = mx.array(ahead, dtype=mx.int32)
         return self._buf[:end]
 
@@ -109,8 +109,30 @@ class Drafter(Protocol):
     def accepted(self, rows: list[Row]) -> None: ...
 
 
+@dataclass
+class _Flight:
+    """A step launched on the device and not yet landed: who was in it and what it verifies."""
+
+    rows: list[Row]
+    drafts: list[list[int]]
+    width: int
+    logits: mx.array
+    argmax: mx.array | None  # greedy rows' picks, computed with the forward pass
+    sampled: mx.array | None = None  # a plain step (no drafts): every row's token, sampled on the device
+    logprobs: mx.array | None = None  # and their distributions (a plain step's)
+
+
 class DecodeBatch:
-    """Every decoding sequence of one worker, stepped together with their drafts verified."""
+    """Every decoding sequence of one worker, stepped together with their drafts verified.
+
+    Steps are pipelined. A step with drafts is checked on the host, so ``step`` lands it (its
+    tokens sampled and compared with the drafts, the cache trimmed), then launches the next on
+    the device (``mx.async_eval``) and returns the landed tokens: the engine's per-token work
+    (text, stop strings, the socket) runs while the device computes. A plain step (no row has
+    drafts) samples on the device, so while no row would draft the next step is launched on its
+    tokens before it lands, as mlx-lm's ``GenerationBatch`` does, and the device never waits for
+    the host. Rows that leave meanwhile are dropped from what lands; rows that arrive join
+    before the next launch."""
 
     def __init__(
         self,
@@ -128,38 +150,57 @@ class DecodeBatch:
         self.keep_caches = keep_caches  # a finished row's cache goes back for the prompt cache
         self.drafter = drafter
         self.rows: list[Row] = []
+        self._joining: list[tuple[Row, list[Any]]] = []
         self._cache: list[BatchKVCache] = []
+        self._flight: _Flight | None = None
+        self._drafting = True  # whether the next launch looks for drafts (else it is plain, launched early)
         self.steps = 0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self._joining)
 
     def __contains__(self, uid: int) -> bool:
-        return any(r.uid == uid for r in self.rows)
+        return any(r.uid == uid for r in self.rows) or any(r.uid == uid for r, _ in self._joining)
 
     # -- rows in and out ---------------------------------------------------------------------
 
     def add(self, row: Row, cache: list[Any]) -> None:
-        """Take ``row`` in with its own cache (holding ``row.tokens``)."""
+        """Take ``row`` in with its own cache (holding ``row.tokens``); it joins the next step."""
+        if row.processors:
+            row.context = _Context(row.tokens)
+        self._joining.append((row, cache))
+
+    def _join(self, row: Row, cache: list[Any]) -> None:
         merged = [BatchKVCache.merge([c]) for c in cache]
         if not self.rows:
             self._cache = merged
         else:
             for mine, theirs in zip(self._cache, merged, strict=True):
                 mine.extend(theirs)
-        if row.processors:
-            row.context = _Context(row.tokens)
         self.rows.append(row)
         if self.drafter is not None:
             self.drafter.add(row)
 
     def remove(self, uid: int) -> tuple[list[Any] | None, list[int]]:
         """Take a row out: its cache (when caches are kept) and the tokens it holds."""
+        for j, (waiting, own) in enumerate(self._joining):
+            if waiting.uid == uid:
+                del self._joining[j]
+                return (own if self.keep_caches else None), waiting.tokens
         index = next(i for i, r in enumerate(self.rows) if r.uid == uid)
         row = self.rows[index]
-        cache = [c.extract(index) for c in self._cache] if self.keep_caches else None
+        cache = self._extract(index) if self.keep_caches else None
         self._drop([index])
         return cache, row.tokens
+
+    def _extract(self, index: int) -> list[Any]:
+        """Row ``index``'s cache, cut to its tokens (a step in flight wrote past them)."""
+        out = [c.extract(index) for c in self._cache]
+        extra = (out[0].offset - len(self.rows[index].tokens)) if out else 0
+        for c in out:
+            if extra > 0:
+                c.trim(extra)
+        return out
 
     def _drop(self, indices: list[int]) -> None:
         gone = set(indices)
@@ -180,10 +221,20 @@ class DecodeBatch:
         cap = draft_cap(self.draft_tokens, self.budget, len(self.rows))
         ks = []
         for r in self.rows:
-            source = r.lookup is not None or self.drafter is not None
-            wants = cap > 0 and r.speculate and source and r.gate.allows()
-            ks.append(min(cap, r.gate.length, r.left - 1) if wants else 0)
+            ks.append(min(cap, r.gate.length, r.left - 1) if cap > 0 and self._may_draft(r) else 0)
         return ks
+
+    def _may_draft(self, r: Row) -> bool:
+        return r.speculate and (r.lookup is not None or self.drafter is not None) and r.gate.open and r.left > 1
+
+    def _would_draft(self) -> bool:
+        """Whether a row has drafts to verify now: the next launch then waits for the landing."""
+        if draft_cap(self.draft_tokens, self.budget, len(self.rows) + len(self._joining)) <= 0:
+            return False
+        rows = self.rows + [r for r, _ in self._joining]
+        if self.drafter is not None:
+            return any(self._may_draft(r) for r in rows)
+        return any(self._may_draft(r) and r.lookup is not None and r.lookup.propose(1) for r in rows)
 
     def _propose(self, ks: list[int]) -> list[list[int]]:
         if self.drafter is not None:
@@ -196,20 +247,110 @@ class DecodeBatch:
         return out
 
     def step(self) -> list[tuple[int, list[Token]]]:
-        """One forward pass: each row's accepted tokens (one at least), in order; the last of a
-        finished row carries its finish reason (and its cache, when caches are kept)."""
-        if not self.rows:
-            return []
-        drafts = self._propose(self._caps())
-        width = 1 + max(len(d) for d in drafts)
-        inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
+        """Land the step in flight and launch the next: the landed rows' accepted tokens (one
+        at least), in order; the last of a finished row carries its finish reason (and its
+        cache, when caches are kept)."""
+        flight, self._flight = self._flight, None
+        if flight is not None and flight.sampled is not None and not self._drafting:
+            self._join_arrivals()  # a plain step stays plain: launch on its tokens, then land it
+            if self.rows:
+                self._launch(flight)
+            return self._land(flight)
+        out = self._land(flight) if flight is not None else []
+        self._join_arrivals()
+        if self.rows:
+            self._launch(None)
+        return out
+
+    def _join_arrivals(self) -> None:
+        for row, cache in self._joining:
+            self._join(row, cache)
+        self._joining = []
+
+    def _launch(self, before: _Flight | None) -> None:
+        """Start the next step on the device: on ``before``'s tokens still computing (a plain
+        step launched early), else on every row's known next token plus its drafts."""
+        aheads: list[mx.array] | None = None
+        if before is not None:
+            drafts: list[list[int]] = [[] for _ in self.rows]
+            inputs, aheads = self._early_inputs(before)
+        else:
+            drafts = self._propose(self._caps())
+            width = 1 + max(len(d) for d in drafts)
+            inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
+        width = int(inputs.shape[1])
         logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
         self.steps += 1
-        sampled = self._sample(logits, drafts)
+        if width == 1:  # plain: sample on the device, as mlx-lm's GenerationBatch does
+            if aheads is None:
+                aheads = [inputs[i, :1] for i in range(len(self.rows))]
+            sampled, logprobs = self._sample_plain(logits[:, 0, :], aheads)
+            mx.async_eval(sampled, logprobs)
+            self._flight = _Flight(list(self.rows), drafts, 1, logits, None, sampled, logprobs)
+            return
+        greedy = any(r.greedy and not r.processors and not r.sequential for r in self.rows)
+        argmax = mx.argmax(logits, axis=-1) if greedy else None
+        mx.async_eval(argmax if argmax is not None else logits)
+        self._flight = _Flight(list(self.rows), drafts, width, logits, argmax)
+
+    def _early_inputs(self, before: _Flight) -> tuple[mx.array, list[mx.array]]:
+        """The rows' next tokens for a step launched before ``before`` landed: its samples for
+        the rows it had (those still here), the known next token of rows that joined since;
+        and what each row's processors see after its committed tokens (``before``'s input,
+        not committed until it lands, then this step's)."""
+        at = {id(r): i for i, r in enumerate(before.rows)}
+        sampled = before.sampled
+        assert sampled is not None
+        kept = [at[id(r)] for r in self.rows if id(r) in at]
+        parts = [sampled[mx.array(kept)] if kept else mx.array([], dtype=sampled.dtype)]
+        joined = [r.pending for r in self.rows if id(r) not in at]
+        if joined:
+            parts.append(mx.array(joined, dtype=sampled.dtype))
+        inputs = mx.concatenate(parts)
+        aheads = []
+        for i, r in enumerate(self.rows):
+            if id(r) in at:  # its pending token went in with ``before``
+                aheads.append(mx.concatenate([mx.array([r.pending], dtype=sampled.dtype), inputs[i : i + 1]]))
+            else:
+                aheads.append(inputs[i : i + 1])
+        return inputs[:, None], aheads
+
+    def _sample_plain(self, logits: mx.array, aheads: list[mx.array]) -> tuple[mx.array, mx.array]:
+        """Each row's next token, on the device: its processors (their context is its committed
+        tokens and its ``aheads``, which may still be computing), then its sampler; one sampler
+        call for rows that share one (mlx-lm's batch does the same)."""
+        rows = self.rows
+        if any(r.processors for r in rows):
+            parts = []
+            for i, r in enumerate(rows):
+                x = logits[i : i + 1]
+                if r.processors:
+                    assert r.context is not None
+                    ctx = r.context.fetch(aheads[i])
+                    for p in r.processors:
+                        x = p(ctx, x)
+                parts.append(x)
+            logits = mx.concatenate(parts, axis=0)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        first = rows[0].sampler
+        if all(r.sampler is first for r in rows):
+            return first(logprobs), logprobs
+        return mx.concatenate([r.sampler(logprobs[i : i + 1]) for i, r in enumerate(rows)]), logprobs
+
+    def _land(self, flight: _Flight) -> list[tuple[int, list[Token]]]:
+        present = {id(r) for r in self.rows}
+        landed = [i for i, r in enumerate(flight.rows) if id(r) in present]  # in the batch's order
+        if flight.sampled is not None:
+            picks: list[int] = flight.sampled.tolist()  # type: ignore[assignment]
+            assert flight.logprobs is not None
+            sampled = [([picks[i]], [flight.logprobs[i]]) for i in landed]
+        else:
+            sampled = self._sample(flight, landed)
         out: list[tuple[int, list[Token]]] = []
         keeps: list[int] = []
         finished: list[int] = []
-        for i, (row, d, (toks, lps)) in enumerate(zip(self.rows, drafts, sampled, strict=True)):
+        for n, (i, (toks, lps)) in enumerate(zip(landed, sampled, strict=True)):
+            row, d = flight.rows[i], flight.drafts[i]
             tokens: list[Token] = []
             finish = None
             for j, t in enumerate(toks):
@@ -227,6 +368,7 @@ class DecodeBatch:
             row.tally.drafted += len(d)
             row.tally.accepted += matched
             row.tally.steps += 1
+            row.gate.tick()
             row.gate.record(len(d), matched)
             kept = [row.pending, *d[:accepted]]
             row.tokens.extend(kept)
@@ -235,19 +377,23 @@ class DecodeBatch:
             if row.lookup is not None:
                 row.lookup.extend(tokens_of(tokens) if finish is None else [])
             if finish is not None:
-                finished.append(i)
+                finished.append(n)
             else:
                 row.pending = tokens[-1].token
             out.append((row.uid, tokens))
-        self._align(width, keeps)
+        if not self.rows:
+            return out
+        if flight.width > 1:
+            self._align(flight.width, keeps)
         if self.drafter is not None:
             self.drafter.accepted(self.rows)
         if finished:
-            for i in finished:
-                last = out[i][1][-1]
-                last.all_tokens = self.rows[i].tokens
-                last.prompt_cache = [c.extract(i) for c in self._cache] if self.keep_caches else []
+            for n in finished:
+                last = out[n][1][-1]
+                last.all_tokens = self.rows[n].tokens
+                last.prompt_cache = self._extract(n) if self.keep_caches else []
             self._drop(finished)
+        self._drafting = self._would_draft()
         return out
 
     def _align(self, width: int, keeps: list[int]) -> None:
@@ -263,28 +409,28 @@ class DecodeBatch:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def _sample(self, logits: mx.array, drafts: list[list[int]]) -> list[tuple[list[int], list[Any]]]:
-        """Per row: the tokens it samples along its drafts (up to and including the first that
-        differs from its draft, or one past its last draft), with their log-probabilities."""
-        rows = self.rows
-        results: list[tuple[list[int], list[Any]] | None] = [None] * len(rows)
-        plain = [i for i, r in enumerate(rows) if not r.processors and not r.sequential]
+    def _sample(self, flight: _Flight, landed: list[int]) -> list[tuple[list[int], list[Any]]]:
+        """Per landed row: the tokens it samples along its drafts (up to and including the
+        first that differs from its draft, or one past its last draft), with their
+        log-probabilities."""
+        rows, drafts, logits = flight.rows, flight.drafts, flight.logits
+        results: dict[int, tuple[list[int], list[Any]]] = {}
+        plain = [i for i in landed if not rows[i].processors and not rows[i].sequential]
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         if plain:
             greedy = [i for i in plain if rows[i].greedy]
             batched = [i for i in plain if not rows[i].greedy]
-            argmax = mx.argmax(logits, axis=-1) if greedy else None
             draws = [rows[i].sampler(logprobs[i, : 1 + len(drafts[i])]) for i in batched]
-            mx.eval([a for a in (argmax, *draws) if a is not None])
-            picks: list[list[int]] = argmax.tolist() if argmax is not None else []  # type: ignore[assignment]
+            mx.eval([a for a in (flight.argmax if greedy else None, *draws) if a is not None])
+            picks: list[list[int]] = flight.argmax.tolist() if greedy else []  # type: ignore[union-attr,assignment]
             for i in greedy:
                 results[i] = _walk(picks[i], drafts[i], logprobs[i])
             for i, drawn in zip(batched, draws, strict=True):
                 results[i] = _walk(drawn.tolist(), drafts[i], logprobs[i])  # type: ignore[arg-type]
-        for i, r in enumerate(rows):
-            if results[i] is None:
-                results[i] = self._sample_in_order(r, logits[i], drafts[i])
-        return results  # type: ignore[return-value]
+        for i in landed:
+            if i not in results:
+                results[i] = self._sample_in_order(rows[i], logits[i], drafts[i])
+        return [results[i] for i in landed]
 
     def _sample_in_order(self, row: Row, logits: mx.array, draft: list[int]) -> tuple[list[int], list[Any]]:
         """Position by position, as decoding without drafts would: processors see the row's

@@ -27,12 +27,15 @@ class Gate:
     pause: int = _FIRST_PAUSE  # the next pause's length
     length: int = 4  # drafts to ask for next: grows while all are accepted, else what was
 
-    def allows(self) -> bool:
-        """Whether the sequence drafts this step (a paused one counts the step)."""
+    @property
+    def open(self) -> bool:
+        """Whether the sequence drafts now."""
+        return self.paused == 0
+
+    def tick(self) -> None:
+        """A step went by (a paused sequence counts it)."""
         if self.paused > 0:
             self.paused -= 1
-            return False
-        return True
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""

@@ -206,3 +206,21 @@ def test_a_draft_model_with_another_tokenizer_is_refused(tiny_model: Path, tmp_p
     other = build_tiny_model(tmp_path / "other", vocab=700)
     with pytest.raises(DraftError, match="vocabulary"):
         make_core(tiny_model, draft_model=str(other))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"repetition_penalty": 1.3, "presence_penalty": 0.5},
+        {"response_format": {"type": "json_schema", "schema": {"type": "array", "items": {"type": "integer"}}}},
+        {"temperature": 0.9, "seed": 11, "frequency_penalty": 0.4},
+    ],
+    ids=["penalties", "json_schema", "seeded"],
+)
+def test_plain_steps_launched_before_the_last_one_lands_give_the_same_tokens(
+    cores: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """Rows that don't draft run plain steps, each launched on the previous one's tokens while
+    they are still computing: their processors must still see every token, in order."""
+    reqs = [req(f"p{i}", CODE + str(i), speculative=False, **params) for i in range(3)]
+    assert texts(run(cores["lookup"], *reqs)) == texts(run(cores["off"], *reqs))
