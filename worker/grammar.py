@@ -30,6 +30,7 @@ import numpy as np
 
 from shared.grammar import GrammarError, tool_schema
 from worker.toolcalls import ToolSyntax
+from worker.toolformats import answer_grammar
 
 GENERIC_MARKER = '{"tool_call": '  # how a generic-format call opens: the whole answer is the call object
 
@@ -65,6 +66,28 @@ class GrammarTokenizer:
                 self._matchers.clear()
             self._matchers[grammar] = template
         return template.deep_copy()
+
+    def seq(self, text: str) -> str:
+        """``text`` as a Lark expression: each special token inside it by id, the rest as
+        literals (llguidance's byte-level text never matches a special token)."""
+        parts: list[str] = []
+        run: list[int] = []
+        for t in self.ll.tokenize_str(text):
+            if self.ll.is_special_token(t):
+                if run:
+                    parts.append(_lit(self.ll.decode_str(run)))
+                    run = []
+                parts.append(f"<[{t}]>")
+            else:
+                run.append(t)
+        if run:
+            parts.append(_lit(self.ll.decode_str(run)))
+        return " ".join(parts) if parts else '""'
+
+    def opening_special(self, text: str) -> int | None:
+        """The special token ``text`` opens with, if it does (a marker such as ``<tool_call>``)."""
+        ids = self.ll.tokenize_str(text)
+        return ids[0] if ids and self.ll.is_special_token(ids[0]) else None
 
     def is_special(self, text: str) -> bool:
         """Whether ``text`` is one special token (a marker the grammar must name as a token)."""
@@ -207,7 +230,8 @@ def _tool_grammar(
     parallel: bool,
 ) -> str | None:
     """The grammar of a whole answer when ``tools`` are offered; None when Hearth has no
-    argument grammar for this tool-call format (its calls are then parsed, not constrained).
+    argument grammar for this tool-call format or can't hold a schema in it faithfully (its
+    calls are then parsed, not constrained). Native formats: ``worker.toolformats``.
 
     ``choice`` "auto": free text with calls; "required" / {"name"}: the answer opens with a
     call (of that function). ``parallel`` False: at most one call, then the answer ends."""
@@ -218,23 +242,7 @@ def _tool_grammar(
         call = f'call: {_lit(GENERIC_MARKER)} ({_functions(tools, only)}) "}}"'
         start = "start: call" if forced else "start: call | TEXT"
         return llguidance.LLMatcher.grammar_from_lark("\n".join([start, call, text]))
-    if syntax.name != "json_tools":
-        return None
-    open_, close = syntax.start, syntax.end
-    body_any = f'"\\n" ({_functions(tools, None)}) "\\n" {_marker(tok, close)}'
-    rules = ["TEXT: /(.|\\n)*/"]
-    if tok.is_special(open_):
-        rules[0] = f"text: {_free(tok, open_)}"
-        rules.append(f"call: text {open_} {body_any}")
-    else:
-        rules += [f"trigger[lazy]: TEXT {_lit(open_)}", f"call: trigger {body_any}"]
-    rest = "text" if tok.is_special(open_) else "TEXT"
-    if forced:
-        rules.append(f'first: {_marker(tok, open_)} "\\n" ({_functions(tools, only)}) "\\n" {_marker(tok, close)}')
-        rules.insert(0, f"start: first call* {rest}" if parallel else "start: first")
-    else:
-        rules.insert(0, f"start: call* {rest}" if parallel else f"start: call | {rest}")
-    return llguidance.LLMatcher.grammar_from_lark("\n".join(rules))
+    return answer_grammar(tok, syntax, tools, choice, parallel)
 
 
 def with_reasoning(tok: GrammarTokenizer, grammar: str, start: str, end: str, inside: bool) -> str:

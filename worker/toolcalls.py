@@ -61,14 +61,37 @@ class ToolSyntax:
 
     def prefill(self, function: str | None) -> str | None:
         """The opening of an assistant turn that makes the model write a call (to ``function``,
-        or to one of its choosing when None); None when this syntax has no known opening."""
+        or to one of its choosing when None); None when this syntax has no known opening.
+        Where a format's opening does not name the function (mistral, longcat), it is the start
+        marker alone and the grammar (``worker.toolformats``) holds the call to ``function``."""
         if self.name == "json_tools":
             if function is None:
                 return self.start + '\n{"name": "'
             return self.start + '\n{"name": ' + json.dumps(function, ensure_ascii=False) + ', "arguments": '
-        if self.name == "qwen3_coder":
-            return self.start + "\n<function=" + (f"{function}>\n" if function is not None else "")
-        return None
+        opening = _OPENINGS.get(self.name)
+        if opening is None:
+            return None
+        before, after = opening
+        return self.start + before + ("" if function is None or after is None else function + after)
+
+
+# (text after the start marker, text after the function's name) for a forced call; None: the
+# opening can't name the function (the grammar does)
+_OPENINGS: dict[str, tuple[str, str | None]] = {
+    "qwen3_coder": ("\n<function=", ">\n"),
+    "glm47": ("", ""),
+    "laguna": ("", ""),
+    "longcat": ("", None),
+    "minimax_m2": ('\n<invoke name="', '">\n'),
+    "minicpm5": ('"', '">'),
+    "muse_spark": ('\n<atem:invoke name="', '">\n'),
+    "kimi_k2": ("<|tool_call_begin|>functions.", ":"),
+    "kimi_k3": ('\n<|open|>call tool="', '" index="'),
+    "gemma4": ("call:", "{"),
+    "function_gemma": ("call:", "{"),
+    "pythonic": ("[", "("),
+    "mistral": ("", None),
+}
 
 
 def new_call_id() -> str:
@@ -190,4 +213,7 @@ def _call_of(item: Any) -> tuple[str, str] | None:
             return None
     if not isinstance(args, dict):
         return None
-    return item["name"], json.dumps(args, ensure_ascii=False)
+    try:  # a number too large for a float (1e400) decodes as inf, which JSON can't carry
+        return item["name"], json.dumps(args, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return None

@@ -130,10 +130,15 @@ def test_a_prefilled_call_starts_inside_the_call() -> None:
     assert text_of(feed(bad, ["oops"])) == prefill + "oops"
 
 
-def test_prefill_is_known_only_for_json_like_syntaxes() -> None:
+def test_prefill_is_known_for_every_format_with_a_grammar() -> None:
+    """Every mlx-lm format Hearth has a call grammar for (worker/toolformats.py) has a forced
+    opening; one it doesn't know (a parser added to mlx-lm later) has none."""
     assert json_tools().prefill(None) == '<tool_call>\n{"name": "'
     assert ToolSyntax.named("qwen3_coder").prefill("f") == "<tool_call>\n<function=f>\n"
-    assert ToolSyntax.named("pythonic").prefill("f") is None
+    assert ToolSyntax.named("pythonic").prefill("f") == "<|tool_call_start|>[f("
+    assert ToolSyntax.named("mistral").prefill("f") == "[TOOL_CALLS]"  # the grammar names the function
+    future = ToolSyntax("future_format", "<call>", "</call>", lambda text, tools: None)
+    assert future.prefill("f") is None and future.prefill(None) is None
 
 
 def test_a_syntax_without_end_marker_runs_to_the_end() -> None:
@@ -157,3 +162,12 @@ def test_plain_text_is_never_lost_or_reordered(text: str, size: int) -> None:
     events = feed(ToolCallStream(json_tools(), TOOLS), chunks(text, size))
     assert calls_of(events) == []
     assert text_of(events) == text
+
+
+def test_a_number_json_cannot_carry_makes_the_call_text() -> None:
+    """1e400 decodes as inf, and arguments holding it would not be JSON: the call is text."""
+    syntax = json_tools()
+    stream = ToolCallStream(syntax, TOOLS)
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1e400}}\n</tool_call>'
+    events = feed(stream, [text])
+    assert not calls_of(events) and text_of(events) == text

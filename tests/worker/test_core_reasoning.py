@@ -120,3 +120,33 @@ def test_a_forced_tool_call_closes_the_reasoning_the_template_opened(core: Any) 
     assert parts(deltas) == ("", "") and done.usage["reasoning_tokens"] == 0
     opening = '</think><tool_call>\n{"name": "get_time", "arguments": '
     assert done.usage["prompt_tokens"] == plain + len(core.m.tokenizer.encode(opening, add_special_tokens=False))
+
+
+def test_a_forced_call_in_another_native_format_is_held_to_its_schema_after_the_reasoning(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The reasoning model told to write qwen3_coder calls: the forced opening closes the
+    reasoning, and the grammar (worker/toolformats.py, behind the reasoning block) holds the
+    random model's call to the function's schema."""
+    import json
+
+    import jsonschema
+
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-think-coder"), think=True)
+    cfg = ModelConfig(name="t", path=str(path), tool_parser="qwen3_coder")
+    coder = EngineCore(load_model(cfg), cfg)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 6}, "days": {"type": "integer", "maximum": 9}},
+        "required": ["city", "days"],
+    }
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]
+    params = {"max_tokens": 200, "tool_choice": {"name": "get_weather"}, "parallel_tool_calls": False}
+    deltas, done = run(coder, params, tools=tools)
+    (call,) = [c for d in deltas for c in d.tool_calls or []]
+    assert call["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["arguments"]), schema)
+    assert parts(deltas) == ("", "") and done.finish_reason == "tool_calls"

@@ -78,11 +78,21 @@ def test_bad_tool_choice_is_refused_naming_it(core: Any) -> None:
 
 
 def test_a_format_without_a_call_opening_refuses_forced_choices(tool_model: Path) -> None:
+    """pythonic has an opening and a call grammar now (worker/toolformats.py): a forced choice
+    runs; a format with neither (one mlx-lm adds later) refuses it, naming the format."""
+    from worker.templating import TemplateError, _prefill
+    from worker.toolcalls import ToolSyntax
+
     pythonic = make_core(tool_model, tool_parser="pythonic")
     assert pythonic.tool_syntax.name == "pythonic"
-    (err,) = pythonic.add(gen("p", {"tool_choice": "required"}))
-    assert isinstance(err, Error) and err.param == "tool_choice" and "pythonic" in err.message
-    assert pythonic.add(gen("q", {"tool_choice": "auto", "max_tokens": 1})) == []
+    events = run(pythonic, gen("p", {"tool_choice": "required", "max_tokens": 1}))
+    assert not [e for e in events if isinstance(e, Error)] and isinstance(events[-1], Done)
+    events = run(pythonic, gen("q", {"tool_choice": "auto", "max_tokens": 1}))
+    assert not [e for e in events if isinstance(e, Error)] and isinstance(events[-1], Done)
+    future = ToolSyntax("future_format", "<call>", "</call>", lambda text, tools: None)
+    with pytest.raises(TemplateError) as e:
+        _prefill(future, "required")
+    assert e.value.param == "tool_choice" and "future_format" in str(e.value)
 
 
 def test_an_unknown_tool_parser_fails_the_load(tool_model: Path) -> None:
