@@ -1,0 +1,276 @@
+"""The web console (issue 17) in a real browser: Debian's headless Chromium driven by Playwright,
+against one real gateway (API key on) and real workers on the tiny model.
+
+The tests share one page and run in order, as a person would use it: the page asks for the key,
+lists the models with their states, streams a chat, stops one (and the worker frees the
+sequence), shows a 400's message, loads and unloads a model, shows a model that failed with its
+reason, and its Live chart moves under load. Screenshots go to ``.artifacts/console/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, Gateway, broken_model, chat, serving
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+KEY = "console-test-key"
+ARTIFACTS = ROOT / ".artifacts" / "console"
+CHROMIUM = os.environ.get("HEARTH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+if CHROMIUM is None:
+    pytest.skip("no chromium (scripts/setup.sh installs Debian's)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("console")
+    models = [
+        {"name": "tiny", "path": str(tiny_model)},
+        {"name": "spare", "path": str(tiny_model), "preload": False},
+        {"name": "broken", "path": str(broken_model(tmp)), "preload": False},
+    ]
+    server = {"api_key_env": "HEARTH_CONSOLE_KEY", "restart_limit": 1, "restart_window": 120.0}
+    with serving(tmp, models, server, env={"HEARTH_CONSOLE_KEY": KEY}) as g:
+        yield g
+
+
+class Browser:
+    """One page of headless Chromium, with every console message and page error it logged."""
+
+    def __init__(self, url: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.pw = playwright.sync_playwright().start()
+        self.browser = self.pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        self.context = self.browser.new_context(viewport={"width": 1366, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(20_000)
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.url = url
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def state(self, model: str) -> str:
+        return self.page.locator(f'tr[data-model="{model}"]').get_attribute("data-state") or ""
+
+    def close(self) -> None:
+        self.context.close()
+        self.browser.close()
+        self.pw.stop()
+
+
+@pytest.fixture(scope="module")
+def b(gw: Gateway) -> Iterator[Browser]:
+    br = Browser(gw.url)
+    try:
+        yield br
+    finally:
+        br.close()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.1)
+
+
+def admin_model(gw: Gateway, name: str) -> dict[str, Any]:
+    r = gw.http.get("/admin/models", headers=AUTH)
+    assert r.status_code == 200, r.text
+    return next(m for m in r.json()["models"] if m["name"] == name)
+
+
+def test_the_page_is_served_without_the_key_and_guarded(gw: Gateway) -> None:
+    page = gw.http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert 'data-key-required="true"' in page.text
+    assert gw.http.get("/console").text == page.text
+    assert gw.http.get("/console/console.js").headers["content-type"].startswith("text/javascript")
+    # the data behind the page needs the key, and a foreign page can't hold the stream open
+    assert gw.http.get("/console/events").status_code == 401
+    foreign = gw.http.get("/console/events", headers={**AUTH, "Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
+    cross = gw.http.get("/console/events", headers={**AUTH, "Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403
+    with gw.http.stream("GET", "/console/events", headers=AUTH) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+    assert '"name":"tiny","state":"ready"' in first
+
+
+def test_the_page_asks_for_the_key_then_lists_the_models(gw: Gateway, b: Browser) -> None:
+    b.page.goto(gw.url + "/")
+    form = b.page.locator("#key-form")
+    form.wait_for(state="visible")
+    assert b.page.evaluate("document.activeElement.id") == "key-input"  # the keyboard goes straight there
+    b.shot("01-key")
+    b.page.keyboard.type("wrong-key")
+    b.page.keyboard.press("Enter")
+    b.page.locator("#key-why", has_text="refused").wait_for()
+    assert [e for e in b.errors if "401" not in e] == [], b.errors  # only the refused key's 401
+    b.errors.clear()
+    b.page.fill("#key-input", KEY)
+    b.page.keyboard.press("Enter")
+    b.page.locator('tr[data-model="tiny"][data-state="ready"]').wait_for()
+    assert b.page.evaluate("sessionStorage.getItem('hearth.apiKey')") == KEY
+    assert b.page.evaluate("localStorage.length") == 0
+    assert b.state("spare") == "unloaded" and b.state("broken") == "unloaded"
+    row = b.page.locator('tr[data-model="tiny"]').inner_text()
+    assert "1/1" in row and "16,384" in row  # workers and the context length
+    assert b.page.locator("#conn").inner_text() == "live"
+    assert [o for o in b.page.locator("#p-model option").all_inner_texts()] == ["tiny", "spare", "broken"]
+    b.shot("02-models")
+    assert b.errors == []
+
+
+def test_a_chat_streams_a_reply_with_its_usage(gw: Gateway, b: Browser) -> None:
+    b.page.select_option("#p-model", "tiny")
+    b.page.fill("#p-max-tokens", "24")
+    b.page.fill("#p-temperature", "1")
+    b.page.fill("#p-system", "You are terse.")
+    b.page.fill("#p-prompt", "Say hello")
+    b.page.keyboard.press("Enter")  # in the message box: sends
+    done = b.page.locator('.msg.assistant[data-done="ok"]')
+    done.wait_for()
+    stats = done.locator(".stats").inner_text()
+    assert re.search(r"prompt \d+ \(cached \d+\) · completion 24 ·", stats), stats
+    assert "first token" in stats and "finish: length" in stats
+    assert done.locator(".text").inner_text()  # the tiny model's text is gibberish, whitespace too
+    # the same conversation again: its prefix comes from the worker's prompt cache
+    b.page.fill("#p-prompt", "And again")
+    b.page.click("#send")
+    second = b.page.locator('.msg.assistant[data-done="ok"]').nth(1)
+    second.wait_for()
+    cached = int(re.search(r"cached (\d+)", second.locator(".stats").inner_text()).group(1))  # type: ignore[union-attr]
+    assert cached > 0
+    b.shot("03-chat")
+    assert b.errors == []
+
+
+def test_stop_cancels_the_generation_in_the_worker(gw: Gateway, b: Browser) -> None:
+    b.page.click("#clear")
+    b.page.fill("#p-max-tokens", "15000")
+    b.page.fill("#p-temperature", "0")  # greedy: the tiny model never picks its end token
+    b.page.fill("#p-prompt", "Go on forever")
+    b.page.click("#send")
+    reply = b.page.locator(".msg.assistant.streaming .text")
+    wait_for("streamed text", lambda: len(reply.inner_text()) > 20)
+    assert gw.workers("tiny")[0]["inflight"] == 1
+    assert b.page.evaluate("document.activeElement.id") == "stop"  # Space or Enter stops it
+    b.shot("04-streaming")
+    b.page.keyboard.press("Enter")
+    b.page.locator('.msg.assistant[data-done="stopped"]').wait_for()
+    # the gateway saw the disconnect and cancelled: the worker freed the sequence
+    def freed() -> bool:
+        w = gw.workers("tiny")[0]
+        return (w["inflight"], w["running"], w["waiting"]) == (0, 0, 0)
+
+    wait_for("the worker to free the sequence", freed, timeout=10)
+    text = gw.http.get("/metrics").text
+    assert 'hearth_running_requests{model="tiny"} 0.0' in text
+    assert b.page.locator("#send").is_enabled() and b.page.locator("#stop").is_disabled()
+    assert b.errors == []
+
+
+def test_a_bad_request_shows_its_message(gw: Gateway, b: Browser) -> None:
+    b.page.fill("#p-max-tokens", "8")
+    b.page.select_option("#p-format", "json_schema")
+    b.page.fill("#p-schema", '{"type": "array", "uniqueItems": true}')
+    b.page.fill("#p-prompt", "A list")
+    b.page.click("#send")
+    error = b.page.locator("#chat-error")
+    error.wait_for(state="visible")
+    assert error.inner_text().startswith("400: ") and "uniqueItems" in error.inner_text()
+    b.shot("05-error")
+    b.page.select_option("#p-format", "json_object")
+    b.page.fill("#p-max-tokens", "40")
+    b.page.fill("#p-prompt", "A JSON object please")
+    b.page.click("#send")
+    b.page.locator('.msg.assistant[data-done]').last.wait_for()
+    assert error.is_hidden()
+    assert b.page.locator(".msg.assistant").last.get_attribute("data-done") == "ok"
+    b.page.select_option("#p-format", "text")
+    # the 400's resource error is the only console error
+    assert [e for e in b.errors if "400" not in e] == [], b.errors
+    b.errors.clear()
+
+
+def test_load_and_unload_change_the_state_shown(gw: Gateway, b: Browser) -> None:
+    b.page.click('button[aria-label="load spare"]')
+    b.page.locator('tr[data-model="spare"][data-state="ready"]').wait_for(timeout=60_000)
+    assert admin_model(gw, "spare")["state"] == "ready"
+    b.shot("06-loaded")
+    b.page.click('button[aria-label="unload spare"]')
+    b.page.locator('tr[data-model="spare"][data-state="unloaded"]').wait_for(timeout=60_000)
+    assert admin_model(gw, "spare")["workers"] == []
+    assert b.errors == []
+
+
+def test_a_model_that_fails_shows_why(gw: Gateway, b: Browser) -> None:
+    b.page.click('button[aria-label="load broken"]')
+    row = b.page.locator('tr[data-model="broken"][data-state="failed"]')
+    row.wait_for(timeout=90_000)
+    reason = admin_model(gw, "broken")["detail"]
+    assert reason and reason in row.locator(".detail").inner_text()
+    b.shot("07-failed")
+    assert b.errors == []
+
+
+def test_the_live_chart_moves_under_load(gw: Gateway, b: Browser) -> None:
+    def one(i: int) -> int:
+        body = chat("tiny", f"load {i}", max_tokens=300)
+        with httpx.Client(base_url=gw.url, headers=AUTH, timeout=120) as c:
+            return c.post("/v1/chat/completions", json=body).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        futures = [ex.submit(one, i) for i in range(9)]
+        wait_for("requests in flight on the chart", lambda: float(b.page.get_attribute("#c-inflight", "data-max") or 0) > 0)
+        assert [f.result() for f in futures] == [200] * 9
+    wait_for("tokens per second on the chart", lambda: float(b.page.get_attribute("#c-tps", "data-max") or 0) > 0)
+    assert int(b.page.get_attribute("#c-tps", "data-points") or 0) >= 2
+    assert b.page.locator("#v-p50").inner_text().endswith("s")  # TTFT from the histogram: ms or s
+    assert b.page.locator("#v-cache").inner_text().endswith("%")
+    b.shot("08-live")
+    assert b.errors == []
+
+
+def test_dark_mode_and_a_laptop_screen(gw: Gateway, b: Browser) -> None:
+    b.page.emulate_media(color_scheme="dark")
+    b.page.set_viewport_size({"width": 1280, "height": 800})
+    bg = b.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg == "rgb(22, 22, 24)"
+    # nothing wider than the screen: no sideways scrolling of the page
+    assert b.page.evaluate("document.documentElement.scrollWidth") <= 1280
+    b.shot("09-dark")
+    b.page.emulate_media(color_scheme="light")
+    assert b.errors == []
+
+
+def test_forgetting_the_key_asks_again(gw: Gateway, b: Browser) -> None:
+    b.page.click("#key-button")
+    b.page.click("#key-forget")
+    b.page.reload()
+    b.page.locator("#key-form").wait_for(state="visible")
+    assert b.page.evaluate("sessionStorage.getItem('hearth.apiKey')") is None
+    assert b.errors == []
