@@ -135,6 +135,8 @@ def test_the_page_asks_for_the_key_then_lists_the_models(gw: Gateway, b: Browser
     b.page.locator('tr[data-model="tiny"][data-state="ready"]').wait_for()
     assert b.page.evaluate("sessionStorage.getItem('hearth.apiKey')") == KEY
     assert b.page.evaluate("localStorage.length") == 0
+    assert form.is_hidden()
+    assert b.page.locator("#p-schema").is_hidden()  # shown only for response_format json_schema
     assert b.state("spare") == "unloaded" and b.state("broken") == "unloaded"
     row = b.page.locator('tr[data-model="tiny"]').inner_text()
     assert "1/1" in row and "16,384" in row  # workers and the context length
@@ -147,7 +149,7 @@ def test_the_page_asks_for_the_key_then_lists_the_models(gw: Gateway, b: Browser
 def test_a_chat_streams_a_reply_with_its_usage(gw: Gateway, b: Browser) -> None:
     b.page.select_option("#p-model", "tiny")
     b.page.fill("#p-max-tokens", "24")
-    b.page.fill("#p-temperature", "1")
+    b.page.fill("#p-temperature", "0")  # greedy, so it runs to max tokens (its text is whitespace)
     b.page.fill("#p-system", "You are terse.")
     b.page.fill("#p-prompt", "Say hello")
     b.page.keyboard.press("Enter")  # in the message box: sends
@@ -156,7 +158,7 @@ def test_a_chat_streams_a_reply_with_its_usage(gw: Gateway, b: Browser) -> None:
     stats = done.locator(".stats").inner_text()
     assert re.search(r"prompt \d+ \(cached \d+\) · completion 24 ·", stats), stats
     assert "first token" in stats and "finish: length" in stats
-    assert done.locator(".text").inner_text()  # the tiny model's text is gibberish, whitespace too
+    assert done.locator(".text").inner_text()
     # the same conversation again: its prefix comes from the worker's prompt cache
     b.page.fill("#p-prompt", "And again")
     b.page.click("#send")
@@ -171,7 +173,6 @@ def test_a_chat_streams_a_reply_with_its_usage(gw: Gateway, b: Browser) -> None:
 def test_stop_cancels_the_generation_in_the_worker(gw: Gateway, b: Browser) -> None:
     b.page.click("#clear")
     b.page.fill("#p-max-tokens", "15000")
-    b.page.fill("#p-temperature", "0")  # greedy: the tiny model never picks its end token
     b.page.fill("#p-prompt", "Go on forever")
     b.page.click("#send")
     reply = b.page.locator(".msg.assistant.streaming .text")
@@ -202,14 +203,15 @@ def test_a_bad_request_shows_its_message(gw: Gateway, b: Browser) -> None:
     error = b.page.locator("#chat-error")
     error.wait_for(state="visible")
     assert error.inner_text().startswith("400: ") and "uniqueItems" in error.inner_text()
+    failed = b.page.locator('.msg.assistant[data-done="failed"] .stats')
+    assert "failed: 400: " in failed.inner_text()
     b.shot("05-error")
     b.page.select_option("#p-format", "json_object")
     b.page.fill("#p-max-tokens", "40")
     b.page.fill("#p-prompt", "A JSON object please")
     b.page.click("#send")
-    b.page.locator('.msg.assistant[data-done]').last.wait_for()
+    playwright.expect(b.page.locator(".msg.assistant").last).to_have_attribute("data-done", "ok")
     assert error.is_hidden()
-    assert b.page.locator(".msg.assistant").last.get_attribute("data-done") == "ok"
     b.page.select_option("#p-format", "text")
     # the 400's resource error is the only console error
     assert [e for e in b.errors if "400" not in e] == [], b.errors

@@ -436,6 +436,7 @@ async function send() {
   parts.push("total " + seconds(total));
   if (finish) parts.push("finish: " + finish);
   if (fail === "stopped") parts.push("stopped");
+  else if (fail) parts.push("failed: " + fail);
   reply.stats.textContent = parts.join(" · ");
   if (fail && fail !== "stopped") {
     reply.div.classList.add("failed");
