@@ -131,4 +131,4 @@ class Console:
             body = {"models": [model_row(sup, n) for n in sup.runners], "live": self.window.snapshot()}
             yield b"data: " + orjson.dumps(body) + b"\n\n"
             await asyncio.sleep(INTERVAL)
-        yield b"event: end\ndata: {\"reason\": \"shutting down\"}\n\n"
+        yield b'event: end\ndata: {"reason": "shutting down"}\n\n'

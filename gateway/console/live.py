@@ -102,8 +102,8 @@ class Window:
 
     def add(self, reading: Reading) -> None:
         self.readings.append(reading)
-        # keep one reading older than the horizon: the first interval inside it needs it
-        while len(self.readings) > 2 and reading.t - self.readings[1].t > self.horizon:
+        # the oldest kept is the last one at or before the horizon: the first interval starts there
+        while len(self.readings) > 2 and reading.t - self.readings[1].t >= self.horizon:
             self.readings.popleft()
 
     def snapshot(self) -> dict[str, Any]:

@@ -264,8 +264,9 @@ function seconds(s) {
 }
 
 function chart(svg, points, key) {
-  // x: seconds before now over the window (300 s), y: 0..max of the series
-  const span = 300;
+  // x: seconds before now, over the history there is (at least a minute, at most the server's
+  // window of five); y: 0 to a little over the series' maximum
+  const span = Math.max(60, ...points.map((p) => -p.t));
   let max = 0;
   for (const p of points) max = Math.max(max, p[key]);
   const top = max > 0 ? max * 1.15 : 1;
