@@ -1,7 +1,10 @@
 """The console's Live panel, derived from the gateway's own metrics: pure, so it is unit-tested.
 
 The gateway's Prometheus registry (gateway/metrics.py) already counts tokens, time to first
-token, prompt-cache hits, requests in flight and restarts. ``read`` reduces one collection of it
+token, prompt-cache hits, requests in flight and restarts. Tokens per second are the tokens
+*streamed*: one time-to-first-token and one inter-token-latency observation per token, made as
+each delta arrives (gateway/streams.py), so the chart moves while generations run, not only when
+they end (the completion-token counter grows at each request's end). ``read`` reduces one collection of it
 (through prometheus-client's public ``collect``) to a ``Reading``; a ``Window`` keeps the
 readings of the last few minutes and turns them into what the page draws: tokens per second and
 requests in flight per interval, and TTFT quantiles and the cache hit rate over the window
@@ -29,6 +32,7 @@ class Reading:
     """The gateway-wide totals at one moment (summed over models)."""
 
     t: float  # monotonic seconds
+    streamed_tokens: float = 0.0  # tokens that arrived from workers (TTFT + ITL observations)
     completion_tokens: float = 0.0
     prompt_tokens: float = 0.0
     cached_tokens: float = 0.0
@@ -48,17 +52,20 @@ _SUMS = {
     "hearth_waiting_requests": "waiting",
     "hearth_worker_restarts": "restarts",
 }
+_STREAMED = ("hearth_time_to_first_token_seconds_count", "hearth_inter_token_latency_seconds_count")
 _TTFT_BUCKET = "hearth_time_to_first_token_seconds_bucket"
 
 
 def read(families: Iterable[Metric], t: float) -> Reading:
     """One ``Reading`` from the metric families of a registry's ``collect()``."""
-    sums = dict.fromkeys(_SUMS.values(), 0.0)
+    sums = dict.fromkeys([*_SUMS.values(), "streamed_tokens"], 0.0)
     buckets: dict[float, float] = {}
     for family in families:
         for s in family.samples:
             if s.name in _SUMS:
                 sums[_SUMS[s.name]] += s.value
+            elif s.name in _STREAMED:
+                sums["streamed_tokens"] += s.value
             elif s.name == _TTFT_BUCKET:
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
@@ -120,7 +127,7 @@ class Window:
             series.append(
                 {
                     "t": round(new.t - last.t, 2),
-                    "tokens_per_s": round(max(0.0, new.completion_tokens - old.completion_tokens) / dt, 2),
+                    "tokens_per_s": round(max(0.0, new.streamed_tokens - old.streamed_tokens) / dt, 2),
                     "in_flight": new.in_flight,
                     "running": new.running,
                     "waiting": new.waiting,

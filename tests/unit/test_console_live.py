@@ -17,7 +17,10 @@ def test_a_reading_sums_the_gateways_metrics_over_models() -> None:
     m.ttft.labels("a").observe(0.02)
     m.ttft.labels("b").observe(0.3)
     m.in_flight.set(2)
+    for _ in range(3):
+        m.itl.labels("a").observe(0.01)
     r = read(m.registry.collect(), t=7.0)
+    assert r.streamed_tokens == 2 + 3  # a first token each, three more of a
     assert (r.t, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.in_flight) == (7.0, 15, 5, 6, 2)
     buckets = dict(r.ttft_buckets)
     assert buckets[0.025] == 1 and buckets[0.25] == 1 and buckets[0.5] == 2 and buckets[float("inf")] == 2
@@ -67,9 +70,9 @@ def test_quantiles_come_from_the_window_only() -> None:
 
 def test_rates_series_and_hit_rate_from_differences() -> None:
     w = Window(horizon=300, interval=1)
-    w.add(Reading(t=100.0, completion_tokens=1000, prompt_tokens=500, cached_tokens=100, in_flight=0))
-    w.add(Reading(t=101.0, completion_tokens=1050, prompt_tokens=600, cached_tokens=150, in_flight=2, running=2))
-    w.add(Reading(t=103.0, completion_tokens=1250, prompt_tokens=700, cached_tokens=250, in_flight=1, restarts=1))
+    w.add(Reading(t=100.0, streamed_tokens=1000, prompt_tokens=500, cached_tokens=100, in_flight=0))
+    w.add(Reading(t=101.0, streamed_tokens=1050, prompt_tokens=600, cached_tokens=150, in_flight=2, running=2))
+    w.add(Reading(t=103.0, streamed_tokens=1250, prompt_tokens=700, cached_tokens=250, in_flight=1, restarts=1))
     snap = w.snapshot()
     assert snap["series"] == [
         {"t": -2.0, "tokens_per_s": 50.0, "in_flight": 2, "running": 2, "waiting": 0},
@@ -83,15 +86,15 @@ def test_rates_series_and_hit_rate_from_differences() -> None:
 
 def test_a_counter_that_went_back_is_not_a_negative_rate() -> None:
     w = Window()
-    w.add(Reading(t=0.0, completion_tokens=10))
-    w.add(Reading(t=1.0, completion_tokens=4))
+    w.add(Reading(t=0.0, streamed_tokens=10))
+    w.add(Reading(t=1.0, streamed_tokens=4))
     assert w.snapshot()["series"][0]["tokens_per_s"] == 0.0
 
 
 def test_the_window_keeps_its_horizon_and_one_reading_before_it() -> None:
     w = Window(horizon=10, interval=1)
     for t in range(30):
-        w.add(Reading(t=float(t), completion_tokens=float(t)))
+        w.add(Reading(t=float(t), streamed_tokens=float(t)))
     ts = [r.t for r in w.readings]
     assert ts[0] == 19.0 and ts[-1] == 29.0 and len(ts) == 11
     assert len(w.snapshot()["series"]) == 10

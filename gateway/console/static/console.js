@@ -116,11 +116,12 @@ async function connect() {
     if (!r.ok) throw new Error(await errorText(r));
     status("live", true);
     showModelsError(null);
+    let ended = false;
     await readEvents(r, (name, data) => {
-      if (name === "end") status("server is shutting down", false);
+      if (name === "end") ended = true;
       else update(JSON.parse(data));
     });
-    status("disconnected: retrying", false);
+    status(ended ? "server is shutting down: retrying" : "disconnected: retrying", false);
   } catch (e) {
     if (ctrl.signal.aborted) return;
     status("disconnected: retrying", false);
