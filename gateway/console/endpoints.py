@@ -10,13 +10,15 @@ and the one server-sent-events stream that feeds it (behind the API key like the
 The page calls only same-origin URLs, which the browser guard (gateway/origins.py) lets through;
 its answers carry a Content-Security-Policy that allows nothing but this origin and no framing.
 The event stream, which holds a connection and shows the server's state, is refused to a
-request from a foreign page (an untrusted ``Origin``, or ``Sec-Fetch-Site: cross-site``) even
-though it is a GET: without CORS such a page could not read it, but it need not hold it open.
+request from another page (an untrusted ``Origin``; without one, ``Sec-Fetch-Site: cross-site``
+or ``same-site``, which is what a no-cors GET from a page on another port of this host sends)
+even though it is a GET: without CORS such a page could not read it, but it need not hold it open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -35,6 +37,7 @@ from gateway.origins import Policy
 from gateway.sse import KEEPALIVE
 from gateway.supervisor import Supervisor
 
+log = logging.getLogger("hearth.console")
 ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -108,13 +111,16 @@ class Console:
         origin = request.headers.get("origin")
         if origin is not None and not self.policy.trusts(origin, request.headers.get("host")):
             return f"the console's event stream is not served to the web page origin {origin!r}"
-        if origin is None and request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-            return "the console's event stream is not served to another site's page (Sec-Fetch-Site: cross-site)"
+        site = request.headers.get("sec-fetch-site", "").lower()
+        if origin is None and site in ("cross-site", "same-site"):
+            # a no-cors GET sends no Origin; same-site includes a page on another port of this host
+            return f"the console's event stream is not served to another page (Sec-Fetch-Site: {site})"
         return None
 
     async def events(self, request: Request) -> Response:
         problem = self.refusal(request)
         if problem:
+            log.warning("refused %s %s: %s", request.method, request.url.path, problem)
             raise Forbidden(problem, code="origin_not_allowed")
         return StreamingResponse(
             self._stream(request),

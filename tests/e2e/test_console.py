@@ -10,9 +10,11 @@ reason, and its Live chart moves under load. Screenshots go to ``.artifacts/cons
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,8 +117,8 @@ def test_the_page_is_served_without_the_key_and_guarded(gw: Gateway) -> None:
     assert gw.http.get("/console/events").status_code == 401
     foreign = gw.http.get("/console/events", headers={**AUTH, "Origin": "http://evil.example"})
     assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
-    cross = gw.http.get("/console/events", headers={**AUTH, "Sec-Fetch-Site": "cross-site"})
-    assert cross.status_code == 403
+    for site in ("cross-site", "same-site"):  # same-site: a no-cors GET from another port of this host
+        assert gw.http.get("/console/events", headers={**AUTH, "Sec-Fetch-Site": site}).status_code == 403
     with gw.http.stream("GET", "/console/events", headers=AUTH) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()
@@ -129,6 +131,10 @@ def test_the_page_asks_for_the_key_then_lists_the_models(gw: Gateway, b: Browser
     form = b.page.locator("#key-form")
     form.wait_for(state="visible")
     assert b.page.evaluate("document.activeElement.id") == "key-input"  # the keyboard goes straight there
+    unlabelled = b.page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels.length).map(e => e.id)"
+    )
+    assert unlabelled == []
     b.shot("01-key")
     b.page.keyboard.type("wrong-key")
     b.page.keyboard.press("Enter")
@@ -284,3 +290,49 @@ def test_forgetting_the_key_asks_again(gw: Gateway, b: Browser) -> None:
     b.page.locator("#key-form").wait_for(state="visible")
     assert b.page.evaluate("sessionStorage.getItem('hearth.apiKey')") is None
     assert b.errors == []
+
+
+class _OtherPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<title>another page</title>")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_another_pages_origin_cannot_use_the_consoles_calls(gw: Gateway, b: Browser) -> None:
+    """A page of another origin on this machine (another loopback port, so Chromium's local
+    network rules let it try) does what the console does: the gateway's guard refuses the unload
+    and the stream's preflight, the answers stay unreadable, the model stays on the same worker."""
+    pid = admin_model(gw, "tiny")["workers"][0]["pid"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    other = f"http://127.0.0.1:{server.server_port}"
+    context = b.browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(other + "/")
+        outcome = page.evaluate(
+            """async ([url, key]) => {
+                const tries = [
+                    fetch(url + "/console/events", {headers: {Authorization: "Bearer " + key}}),
+                    fetch(url + "/console/events", {mode: "no-cors"}),
+                    fetch(url + "/admin/models/tiny/unload", {method: "POST", mode: "no-cors"}),
+                ];
+                return Promise.all(tries.map((p) => p.then((r) => r.type + " " + r.status, () => "blocked")));
+            }""",
+            [gw.url, KEY],
+        )
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+    assert outcome == ["blocked", "opaque 0", "opaque 0"], outcome  # nothing readable
+    log = gw.log()
+    assert f"refused OPTIONS /console/events: requests from the web page origin '{other}'" in log
+    assert f"refused POST /admin/models/tiny/unload: requests from the web page origin '{other}'" in log
+    tiny = admin_model(gw, "tiny")
+    assert tiny["state"] == "ready" and tiny["workers"][0]["pid"] == pid

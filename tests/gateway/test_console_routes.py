@@ -29,6 +29,10 @@ def test_with_ollama_the_console_moves_to_console(gw: Gateway) -> None:
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert gw.http.get("/console/nothing.js").status_code == 404
     assert gw.http.post("/console/events").status_code == 405
+    # no API key here: a no-cors GET from a page on another port (no Origin) meets the console's own check
+    refused = gw.http.get("/console/events", headers={"Sec-Fetch-Site": "same-site"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+    assert "refused GET /console/events" in gw.log()
 
 
 def test_the_stream_describes_a_worker_started_on_its_own(gw: Gateway, fakes: Callable[..., FakeWorker]) -> None:

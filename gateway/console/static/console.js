@@ -21,6 +21,7 @@ function headers(extra) {
 }
 
 function askForKey(why) {
+  if (!models.length) $("model-rows").replaceChildren(placeholder("enter the API key to see the models"));
   $("key-why").textContent = why;
   $("key-form").hidden = false;
   $("key-input").focus();
@@ -51,6 +52,14 @@ $("key-forget").addEventListener("click", () => {
     reconnect();
   }
 });
+
+function placeholder(text) {
+  const row = document.createElement("tr");
+  const td = row.insertCell();
+  td.colSpan = 10;
+  td.textContent = text;
+  return row;
+}
 
 // The message of an error answer in either API's format (or the status line).
 async function errorText(r) {
