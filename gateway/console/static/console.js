@@ -303,6 +303,13 @@ function updateLive(live) {
   $("live-window").textContent = live.window_seconds ? "(last " + duration(live.window_seconds) + ")" : "";
   $("c-tps-max").textContent = "max " + chart($("c-tps"), live.series, "tokens_per_s").toFixed(1);
   $("c-inflight-max").textContent = "max " + chart($("c-inflight"), live.series, "in_flight");
+  if (live.prompt_tokens === undefined) return;
+  // running and waiting as the gateway counts them (the table's), not the workers' last heartbeats
+  const running = models.reduce((s, m) => s + m.running, 0);
+  const waiting = models.reduce((s, m) => s + m.waiting, 0);
+  $("live-totals").textContent = "Now: " + running + " running, " + waiting + " waiting. Since the start: " +
+    live.prompt_tokens.toLocaleString() + " prompt tokens, " + live.completion_tokens.toLocaleString() +
+    " completion tokens.";
 }
 
 function update(snapshot) {
