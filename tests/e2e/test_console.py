@@ -60,7 +60,9 @@ class Browser:
     def __init__(self, url: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.pw = playwright.sync_playwright().start()
-        self.browser = self.pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root; --disable-dev-shm-usage: a container's /dev/shm is small
+        args = ["--no-sandbox", "--disable-dev-shm-usage"]
+        self.browser = self.pw.chromium.launch(executable_path=CHROMIUM, args=args)
         self.context = self.browser.new_context(viewport={"width": 1366, "height": 900})
         self.page = self.context.new_page()
         self.page.set_default_timeout(20_000)
