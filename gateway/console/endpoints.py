@@ -82,6 +82,7 @@ class Console:
         self.ollama = ollama
         self.key_required = key_required  # the page asks for the key before its first call (no 401 to see)
         self.window = Window()
+        self.snapshot: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
         pages = ["/console"] if self.ollama else ["/", "/console"]
@@ -101,11 +102,14 @@ class Console:
         name = request.url.path.rsplit("/", 1)[1]
         return Response(_asset(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
-    def tick(self) -> None:
-        """Take a reading if one is due (every open stream asks; the first one each second reads)."""
+    def tick(self) -> dict[str, Any]:
+        """The Live figures, with a new reading if one is due: every open stream asks each second,
+        the first one reads and derives (a few ms on the loop), the others share its answer."""
         now = time.monotonic()
-        if self.window.due(now):
+        if self.window.due(now) or self.snapshot is None:
             self.window.add(read(self.metrics.registry.collect(), now))
+            self.snapshot = self.window.snapshot()
+        return self.snapshot
 
     def refusal(self, request: Request) -> str | None:
         origin = request.headers.get("origin")
@@ -133,8 +137,7 @@ class Console:
         gate = request.app.state.gate
         yield KEEPALIVE  # the headers and a first byte at once: the page shows it is connected
         while not gate.draining:  # a shutdown ends the stream, so it never holds the drain up
-            self.tick()
-            body = {"models": [model_row(sup, n) for n in sup.runners], "live": self.window.snapshot()}
+            body = {"models": [model_row(sup, n) for n in sup.runners], "live": self.tick()}
             yield b"data: " + orjson.dumps(body) + b"\n\n"
             await asyncio.sleep(INTERVAL)
         yield b'event: end\ndata: {"reason": "shutting down"}\n\n'
