@@ -109,8 +109,25 @@ class Drafter(Protocol):
     def accepted(self, rows: list[Row]) -> None: ...
 
 
+@dataclass
+class _Flight:
+    """A step launched on the device and not yet landed: who was in it and what it verifies."""
+
+    rows: list[Row]
+    drafts: list[list[int]]
+    width: int
+    logits: mx.array
+    argmax: mx.array | None
+
+
 class DecodeBatch:
-    """Every decoding sequence of one worker, stepped together with their drafts verified."""
+    """Every decoding sequence of one worker, stepped together with their drafts verified.
+
+    Steps are pipelined as mlx-lm's own: ``step`` lands the step in flight (samples and checks
+    its tokens on the host), then launches the next one on the device (``mx.async_eval``) and
+    returns the landed tokens, so the engine's per-token work (text, stop strings, the socket)
+    runs while the device computes. Rows that arrive, or leave, meanwhile join after the landing
+    and are dropped from what lands."""
 
     def __init__(
         self,
@@ -128,38 +145,56 @@ class DecodeBatch:
         self.keep_caches = keep_caches  # a finished row's cache goes back for the prompt cache
         self.drafter = drafter
         self.rows: list[Row] = []
+        self._joining: list[tuple[Row, list[Any]]] = []
         self._cache: list[BatchKVCache] = []
+        self._flight: _Flight | None = None
         self.steps = 0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self._joining)
 
     def __contains__(self, uid: int) -> bool:
-        return any(r.uid == uid for r in self.rows)
+        return any(r.uid == uid for r in self.rows) or any(r.uid == uid for r, _ in self._joining)
 
     # -- rows in and out ---------------------------------------------------------------------
 
     def add(self, row: Row, cache: list[Any]) -> None:
-        """Take ``row`` in with its own cache (holding ``row.tokens``)."""
+        """Take ``row`` in with its own cache (holding ``row.tokens``); it joins the next step."""
+        if row.processors:
+            row.context = _Context(row.tokens)
+        self._joining.append((row, cache))
+
+    def _join(self, row: Row, cache: list[Any]) -> None:
         merged = [BatchKVCache.merge([c]) for c in cache]
         if not self.rows:
             self._cache = merged
         else:
             for mine, theirs in zip(self._cache, merged, strict=True):
                 mine.extend(theirs)
-        if row.processors:
-            row.context = _Context(row.tokens)
         self.rows.append(row)
         if self.drafter is not None:
             self.drafter.add(row)
 
     def remove(self, uid: int) -> tuple[list[Any] | None, list[int]]:
         """Take a row out: its cache (when caches are kept) and the tokens it holds."""
+        for j, (waiting, own) in enumerate(self._joining):
+            if waiting.uid == uid:
+                del self._joining[j]
+                return (own if self.keep_caches else None), waiting.tokens
         index = next(i for i, r in enumerate(self.rows) if r.uid == uid)
         row = self.rows[index]
-        cache = [c.extract(index) for c in self._cache] if self.keep_caches else None
+        cache = self._extract(index) if self.keep_caches else None
         self._drop([index])
         return cache, row.tokens
+
+    def _extract(self, index: int) -> list[Any]:
+        """Row ``index``'s cache, cut to its tokens (a step in flight wrote past them)."""
+        out = [c.extract(index) for c in self._cache]
+        extra = (out[0].offset - len(self.rows[index].tokens)) if out else 0
+        for c in out:
+            if extra > 0:
+                c.trim(extra)
+        return out
 
     def _drop(self, indices: list[int]) -> None:
         gone = set(indices)
@@ -196,20 +231,39 @@ class DecodeBatch:
         return out
 
     def step(self) -> list[tuple[int, list[Token]]]:
-        """One forward pass: each row's accepted tokens (one at least), in order; the last of a
-        finished row carries its finish reason (and its cache, when caches are kept)."""
-        if not self.rows:
-            return []
+        """Land the step in flight and launch the next: the landed rows' accepted tokens (one
+        at least), in order; the last of a finished row carries its finish reason (and its
+        cache, when caches are kept)."""
+        out = self._land() if self._flight is not None else []
+        for row, cache in self._joining:
+            self._join(row, cache)
+        self._joining = []
+        if self.rows:
+            self._launch()
+        return out
+
+    def _launch(self) -> None:
         drafts = self._propose(self._caps())
         width = 1 + max(len(d) for d in drafts)
         inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
         logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
+        greedy = any(r.greedy and not r.processors and not r.sequential for r in self.rows)
+        argmax = mx.argmax(logits, axis=-1) if greedy else None
+        mx.async_eval(argmax if argmax is not None else logits)
+        self._flight = _Flight(list(self.rows), drafts, width, logits, argmax)
         self.steps += 1
-        sampled = self._sample(logits, drafts)
+
+    def _land(self) -> list[tuple[int, list[Token]]]:
+        flight, self._flight = self._flight, None
+        assert flight is not None
+        present = {id(r) for r in self.rows}
+        landed = [i for i, r in enumerate(flight.rows) if id(r) in present]  # in the batch's order
+        sampled = self._sample(flight, landed)
         out: list[tuple[int, list[Token]]] = []
         keeps: list[int] = []
         finished: list[int] = []
-        for i, (row, d, (toks, lps)) in enumerate(zip(self.rows, drafts, sampled, strict=True)):
+        for n, (i, (toks, lps)) in enumerate(zip(landed, sampled, strict=True)):
+            row, d = flight.rows[i], flight.drafts[i]
             tokens: list[Token] = []
             finish = None
             for j, t in enumerate(toks):
@@ -235,18 +289,20 @@ class DecodeBatch:
             if row.lookup is not None:
                 row.lookup.extend(tokens_of(tokens) if finish is None else [])
             if finish is not None:
-                finished.append(i)
+                finished.append(n)
             else:
                 row.pending = tokens[-1].token
             out.append((row.uid, tokens))
-        self._align(width, keeps)
+        if not self.rows:
+            return out
+        self._align(flight.width, keeps)
         if self.drafter is not None:
             self.drafter.accepted(self.rows)
         if finished:
-            for i in finished:
-                last = out[i][1][-1]
-                last.all_tokens = self.rows[i].tokens
-                last.prompt_cache = [c.extract(i) for c in self._cache] if self.keep_caches else []
+            for n in finished:
+                last = out[n][1][-1]
+                last.all_tokens = self.rows[n].tokens
+                last.prompt_cache = self._extract(n) if self.keep_caches else []
             self._drop(finished)
         return out
 
@@ -263,28 +319,28 @@ class DecodeBatch:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def _sample(self, logits: mx.array, drafts: list[list[int]]) -> list[tuple[list[int], list[Any]]]:
-        """Per row: the tokens it samples along its drafts (up to and including the first that
-        differs from its draft, or one past its last draft), with their log-probabilities."""
-        rows = self.rows
-        results: list[tuple[list[int], list[Any]] | None] = [None] * len(rows)
-        plain = [i for i, r in enumerate(rows) if not r.processors and not r.sequential]
+    def _sample(self, flight: _Flight, landed: list[int]) -> list[tuple[list[int], list[Any]]]:
+        """Per landed row: the tokens it samples along its drafts (up to and including the
+        first that differs from its draft, or one past its last draft), with their
+        log-probabilities."""
+        rows, drafts, logits = flight.rows, flight.drafts, flight.logits
+        results: dict[int, tuple[list[int], list[Any]]] = {}
+        plain = [i for i in landed if not rows[i].processors and not rows[i].sequential]
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         if plain:
             greedy = [i for i in plain if rows[i].greedy]
             batched = [i for i in plain if not rows[i].greedy]
-            argmax = mx.argmax(logits, axis=-1) if greedy else None
             draws = [rows[i].sampler(logprobs[i, : 1 + len(drafts[i])]) for i in batched]
-            mx.eval([a for a in (argmax, *draws) if a is not None])
-            picks: list[list[int]] = argmax.tolist() if argmax is not None else []  # type: ignore[assignment]
+            mx.eval([a for a in (flight.argmax if greedy else None, *draws) if a is not None])
+            picks: list[list[int]] = flight.argmax.tolist() if greedy else []  # type: ignore[union-attr,assignment]
             for i in greedy:
                 results[i] = _walk(picks[i], drafts[i], logprobs[i])
             for i, drawn in zip(batched, draws, strict=True):
                 results[i] = _walk(drawn.tolist(), drafts[i], logprobs[i])  # type: ignore[arg-type]
-        for i, r in enumerate(rows):
-            if results[i] is None:
-                results[i] = self._sample_in_order(r, logits[i], drafts[i])
-        return results  # type: ignore[return-value]
+        for i in landed:
+            if i not in results:
+                results[i] = self._sample_in_order(rows[i], logits[i], drafts[i])
+        return [results[i] for i in landed]
 
     def _sample_in_order(self, row: Row, logits: mx.array, draft: list[int]) -> tuple[list[int], list[Any]]:
         """Position by position, as decoding without drafts would: processors see the row's
