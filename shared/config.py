@@ -43,6 +43,24 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """``[models.distributed]``: the model runs as a worker group, split over ``hosts`` (one
+    entry per rank, a host repeated for several ranks on it, as ``mlx.launch --hosts`` takes
+    them) with MLX's ``backend``; ``strategy`` is mlx-lm's tensor parallelism (``shard``) or its
+    pipeline split, where the architecture has one. ``launcher``: ``hearth`` starts each rank
+    itself (ring ranks on this machine), ``mlx.launch`` runs MLX's launcher (ranks over SSH),
+    ``auto`` picks. ``port``: the first of the ranks' consecutive ports (0: free ones)."""
+
+    __pydantic_config__ = STRICT_CLOSED
+
+    hosts: list[str]
+    backend: str = "ring"
+    strategy: str = "tensor"
+    launcher: str = "auto"
+    port: int = 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load);
     for ``kind = "embedding"``, a sentence-transformers folder or its zip (extracted on first load).
@@ -98,6 +116,8 @@ class ModelConfig:
     # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
     # if still above, restarts: bytes or "6GiB"; 0: no ceiling
     memory_ceiling: int | str = 0
+    # run as a worker group: one replica split over several processes (shared/group.py)
+    distributed: DistributedConfig | None = None
 
     def memory_ceiling_bytes(self) -> int:
         return parse_size(self.memory_ceiling)
@@ -113,7 +133,10 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelConfig:
-        return cls(**orjson.loads(data))
+        fields = orjson.loads(data)
+        if fields.get("distributed") is not None:
+            fields["distributed"] = DistributedConfig(**fields["distributed"])
+        return cls(**fields)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
@@ -273,6 +296,25 @@ def validate_model(m: ModelConfig) -> None:
         m.memory_ceiling_bytes()
     except ValueError as e:
         raise ConfigError(f"model {m.name}: memory_ceiling: {e}") from None
+    if m.distributed is not None:
+        validate_group(m, m.distributed)
+
+
+def validate_group(m: ModelConfig, d: DistributedConfig) -> None:
+    """A worker group's settings, the split of the model's heads over its ranks included."""
+    from shared import group
+    from shared.shape import ShapeError, read_shape
+
+    pipes = None
+    if d.strategy == "pipeline":
+        try:
+            pipes = group.pipelines(read_shape(m.path).model_type)
+        except (ShapeError, OSError):
+            pipes = None  # group.validate says why the shape can't be read
+    try:
+        group.validate(d.hosts, d.backend, d.strategy, d.launcher, d.port, m.path, m.kind, m.replicas, pipes)
+    except group.GroupConfigError as e:
+        raise ConfigError(f"model {m.name}: [models.distributed] {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
