@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -59,9 +60,10 @@ class GroupProcess:
     """A worker group's processes as one (module docstring). ``procs[0]`` is rank 0 (or, under
     mlx.launch, the launcher)."""
 
-    def __init__(self, procs: list[asyncio.subprocess.Process], hosts: list[str]) -> None:
+    def __init__(self, procs: list[asyncio.subprocess.Process], hosts: list[str], launcher: bool = False) -> None:
         self.procs = procs
         self.hosts = hosts
+        self.launcher = launcher  # procs[0] is mlx.launch, leading a process group of its own
         self.returncode: int | None = None
         self.why = ""  # which rank ended the group, and how
         self._done = asyncio.Event()
@@ -75,7 +77,9 @@ class GroupProcess:
         """Each rank's pid and host, as spawned (mlx.launch's ranks come in rank 0's heartbeats)."""
         if len(self.procs) == 1:
             return []
-        return [{"rank": r, "pid": p.pid, "host": h} for r, (p, h) in enumerate(zip(self.procs, self.hosts, strict=True))]
+        return [
+            {"rank": r, "pid": p.pid, "host": h} for r, (p, h) in enumerate(zip(self.procs, self.hosts, strict=True))
+        ]
 
     async def _watch(self) -> None:
         waits = {asyncio.create_task(p.wait()): r for r, p in enumerate(self.procs)}
@@ -101,6 +105,12 @@ class GroupProcess:
         return self.returncode
 
     def _signal_all(self, sig: int) -> None:
+        if self.launcher:  # the launcher, its local ranks and its SSH sessions (whose remote ranks then hang up)
+            try:
+                os.killpg(self.procs[0].pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
         for p in self.procs:
             if p.returncode is None:
                 try:
@@ -109,8 +119,11 @@ class GroupProcess:
                     pass
 
     def terminate(self) -> None:
-        """Rank 0 takes SIGTERM as a drain and lets the followers go (a launcher passes it on)."""
-        if self.procs[0].returncode is None:
+        """Rank 0 takes SIGTERM as a drain and lets the followers go. Under mlx.launch (which
+        does not pass signals on) the whole process group gets it: the stop ladder's second rung."""
+        if self.launcher:
+            self._signal_all(signal.SIGTERM)
+        elif self.procs[0].returncode is None:
             self.procs[0].terminate()
 
     def kill(self) -> None:
@@ -169,17 +182,23 @@ async def start_group(
                 p.kill()
             raise
         return GroupProcess(procs, list(d.hosts))
-    hostfile = runtime / f"{name}.hosts.json"
-    hostfile.write_bytes(orjson.dumps(group.launch_hostfile(d.hosts, d.backend)))
-    # mlx.launch reads the terminal for its ranks' stdin: give it none
+    if d.hostfile is not None:  # the operator's own (jaccl's RDMA devices, several addresses per host)
+        hostfile = Path(d.hostfile)
+    else:
+        hostfile = runtime / f"{name}.hosts.json"
+        hostfile.write_bytes(orjson.dumps(group.launch_hostfile(d.hosts, d.backend)))
+    # mlx.launch reads the terminal for its ranks' stdin: give it none. A session of its own, so
+    # that the group's end reaches every process it started
     proc = await asyncio.create_subprocess_exec(
-        *launch_command(d, hostfile, ports, worker, env), env=dict(env), stdin=asyncio.subprocess.DEVNULL
+        *launch_command(d, hostfile, ports, worker, env),
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )
-    return GroupProcess([proc], list(d.hosts))
+    return GroupProcess([proc], list(d.hosts), launcher=True)
 
 
 def parent_pid_ok(cfg: ModelConfig) -> bool:
     """Whether ranks can watch the gateway's pid (they are its children only when Hearth starts them)."""
     d = cfg.distributed
     return d is None or group.launcher_of(d.hosts, d.backend, d.launcher) == "hearth"
-

@@ -198,7 +198,11 @@ class Supervisor:
     def runtime_dir(self) -> Path:
         """The gateway's private runtime folder (a worker group's hostfile goes there)."""
         endpoint = self.client.endpoint
-        return Path(endpoint.removeprefix("ipc://")).parent if endpoint.startswith("ipc://") else Path(tempfile.gettempdir())
+        return (
+            Path(endpoint.removeprefix("ipc://")).parent
+            if endpoint.startswith("ipc://")
+            else Path(tempfile.gettempdir())
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -58,6 +58,7 @@ class DistributedConfig:
     strategy: str = "tensor"
     launcher: str = "auto"
     port: int = 0
+    hostfile: str | None = None  # an mlx.launch hostfile of the operator's (jaccl: its RDMA devices)
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,8 @@ def validate_group(m: ModelConfig, d: DistributedConfig) -> None:
             pipes = None  # group.validate says why the shape can't be read
     try:
         group.validate(d.hosts, d.backend, d.strategy, d.launcher, d.port, m.path, m.kind, m.replicas, pipes)
+        if d.hostfile is not None:
+            group.check_hostfile(d.hostfile, d.hosts, group.launcher_of(d.hosts, d.backend, d.launcher))
     except group.GroupConfigError as e:
         raise ConfigError(f"model {m.name}: [models.distributed] {e}") from None
 
@@ -346,6 +349,12 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
             raw["path"] = default_model_path()
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
+        hostfile = raw.get("distributed", {}).get("hostfile") if isinstance(raw.get("distributed"), dict) else None
+        if isinstance(hostfile, str):  # relative to the config file, as paths are
+            raw["distributed"] = {
+                **raw["distributed"],
+                "hostfile": str((p.parent / os.path.expanduser(hostfile)).resolve()),
+            }
         models.append(_build(ModelConfig, raw, where))
     keys: dict[str, Any] = {
         k: str((p.parent / os.path.expanduser(v)).resolve())

@@ -34,6 +34,18 @@ def is_local(host: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "::1", "[::1]")
 
 
+def is_this_machine(host: str) -> bool:
+    """A loopback name, or an address a socket on this machine can bind (one of its own)."""
+    if is_local(host):
+        return True
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((_ip(host), 0))
+        return True
+    except OSError:
+        return False
+
+
 def launcher_of(hosts: Sequence[str], backend: str, launcher: str) -> str:
     """Who starts the ranks: Hearth itself (every rank on this machine, ring backend) or
     ``mlx.launch`` (ranks elsewhere, or a backend whose set-up only it knows)."""
@@ -71,7 +83,9 @@ def check_split(shape: Shape, ranks: int, strategy: str, pipelines: bool | None 
                 'use strategy = "tensor"'
             )
         if shape.layers < ranks:
-            raise GroupConfigError(f"a pipeline over {ranks} ranks needs at least {ranks} layers; the model has {shape.layers}")
+            raise GroupConfigError(
+                f"a pipeline over {ranks} ranks needs at least {ranks} layers; the model has {shape.layers}"
+            )
 
 
 def _divides(shape: Shape, n: int) -> bool:
@@ -107,9 +121,17 @@ def validate(
         raise GroupConfigError(f"launcher = {launcher!r} must be one of {', '.join(LAUNCHERS)}")
     if not 0 <= port <= 65535 - len(hosts):
         raise GroupConfigError(f"port = {port} must be 0 (free ports) or a port with {len(hosts)} more above it")
-    if not is_local(hosts[0]):
+    if not is_this_machine(hosts[0]):
         # rank 0 speaks to the gateway over its private ipc:// socket, so it runs beside the gateway
-        raise GroupConfigError(f"hosts[0] = {hosts[0]!r}: rank 0 runs on the gateway's machine; list it first as 127.0.0.1")
+        raise GroupConfigError(
+            f"hosts[0] = {hosts[0]!r} is not an address of this machine: rank 0 runs beside the gateway "
+            "(127.0.0.1, or this machine's address on the link the other hosts use)"
+        )
+    if is_local(hosts[0]) and not all(is_local(h) for h in hosts):
+        raise GroupConfigError(
+            f"hosts[0] = {hosts[0]!r}: the ranks on other hosts can't reach rank 0 at a loopback address; "
+            "list this machine's address on the link they use (e.g. its Thunderbolt bridge address)"
+        )
     who = launcher_of(hosts, backend, launcher)
     if who == "hearth" and (backend != "ring" or not all(is_local(h) for h in hosts)):
         raise GroupConfigError(
@@ -121,6 +143,24 @@ def validate(
     except (ShapeError, OSError) as e:
         raise GroupConfigError(f"can't read the model's shape for the split: {e}") from None
     check_split(shape, len(hosts), strategy, pipelines)
+
+
+def check_hostfile(path: str, hosts: Sequence[str], launcher: str) -> None:
+    """An operator's ``mlx.launch`` hostfile: JSON with one ``hosts`` entry per rank, in the
+    order of ``hosts`` (whose names ``hearth ps`` shows), for mlx.launch."""
+    import json
+
+    if launcher != "mlx.launch":
+        raise GroupConfigError('hostfile is for launcher = "mlx.launch" (Hearth writes the ring\'s own)')
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise GroupConfigError(f"hostfile {path}: {e}") from None
+    listed = data.get("hosts") if isinstance(data, dict) else data
+    if not isinstance(listed, list) or len(listed) != len(hosts):
+        n = len(listed) if isinstance(listed, list) else 0
+        raise GroupConfigError(f"hostfile {path} lists {n} host(s); hosts lists {len(hosts)} ranks")
 
 
 # -- hostfiles and environments -------------------------------------------------------------------
@@ -153,7 +193,11 @@ def launch_hostfile(hosts: Sequence[str], backend: str, envs: Sequence[str] = ()
     return {
         "backend": backend,
         "envs": list(envs),
-        "hosts": [{"ssh": h, "ips": [_ip(h)] if backend == "ring" else []} for h in hosts],
+        # mlx.launch runs a rank without SSH only for the name 127.0.0.1; the ring connects over `ips`
+        "hosts": [
+            {"ssh": "127.0.0.1" if is_this_machine(h) else h, "ips": [_ip(h)] if backend == "ring" else []}
+            for h in hosts
+        ],
     }
 
 

@@ -50,7 +50,11 @@ def load(cfg: ModelConfig) -> tuple[object, int, int]:
     memory.bound_cache(cfg.cache_limit_bytes, budget)
     if loaded:
         log.info("%d prompt cache entries loaded (warm start)", loaded)
-    return core, (len(core.prompt_cache) if core.prompt_cache else 0), (core.prompt_cache.ntokens if core.prompt_cache else 0)
+    return (
+        core,
+        (len(core.prompt_cache) if core.prompt_cache else 0),
+        (core.prompt_cache.ntokens if core.prompt_cache else 0),
+    )
 
 
 def follow(cfg: ModelConfig, endpoint: str, rank: int, parent_pid: int | None) -> int:

@@ -184,7 +184,10 @@ def group_heartbeat(core: Any, hb: Heartbeat, host: str) -> Heartbeat:
         {k: v for k, v in dataclasses.asdict(r).items() if k not in ("entries", "tokens")}
         for _, r in sorted(core.channel.collect().items())
     ]
-    total = {k: sum(int(r[k]) for r in ranks) for k in ("memory_bytes", "mlx_active_bytes", "mlx_cache_bytes", "mlx_peak_bytes")}
+    total = {
+        k: sum(int(r[k]) for r in ranks)
+        for k in ("memory_bytes", "mlx_active_bytes", "mlx_cache_bytes", "mlx_peak_bytes")
+    }
     return dataclasses.replace(hb, ranks=ranks, **total)
 
 

@@ -97,9 +97,7 @@ class LeaderChannel:
         while len(joins) < self.followers:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000)):
-                raise ChannelError(
-                    f"{len(joins)} of {self.followers} follower rank(s) joined within {timeout:.0f}s"
-                )
+                raise ChannelError(f"{len(joins)} of {self.followers} follower rank(s) joined within {timeout:.0f}s")
             frames = self.sock.recv_multipart()
             if len(frames) == 3 and frames[1] == JOIN:
                 try:

@@ -375,15 +375,15 @@ class WorkerProcess:
                 self.idle_since = 0.0
         m = self._watch_memory() if core is not None else memory.read()
         hb = Heartbeat(
-                running=core.running if core else 0,
-                waiting=core.waiting if core else 0,
-                cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
-                cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
-                memory_bytes=m.footprint,
-                mlx_active_bytes=m.active,
-                mlx_cache_bytes=m.cache,
-                mlx_peak_bytes=m.peak,
-            )
+            running=core.running if core else 0,
+            waiting=core.waiting if core else 0,
+            cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
+            cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
+            memory_bytes=m.footprint,
+            mlx_active_bytes=m.active,
+            mlx_cache_bytes=m.cache,
+            mlx_peak_bytes=m.peak,
+        )
         if self.cfg.distributed is not None:  # rank 0 of a worker group: the group's sums, each rank
             from worker.group import group_heartbeat
 
@@ -458,9 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("MLX_RANK", "0")) if cfg.distributed is not None else 0
     if bool(args.server_key) != bool(args.key):
         p.error("--server-key and --key go together")
+    who = f"{args.worker_id}/rank{rank}" if cfg.distributed is not None else args.worker_id
     logging.basicConfig(
         level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s worker[{args.worker_id}{f'/rank{rank}' if cfg.distributed else ''}] %(levelname)s %(message)s",
+        format=f"%(asctime)s worker[{who}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     if cfg.distributed is not None and not args.group_channel:

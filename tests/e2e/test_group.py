@@ -62,7 +62,7 @@ def wait_group(gw: Gateway, old: set[int] = frozenset(), timeout: float = 240) -
 
 
 def answer(gw: Gateway, model: str, content: str, stream: bool, **params: Any) -> str:
-    body = chat(model, content, max_tokens=24, stream=stream, **params)
+    body = chat(model, content, max_tokens=12, stream=stream, **params)
     r = gw.http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     if not stream:
@@ -123,12 +123,12 @@ def test_sampling_above_zero_temperature_agrees_with_the_single_worker(gw: Gatew
     assert got == expected
     # unseeded, several at once: the ranks stay in step (a rank that drew another token would
     # feed the shared collectives another sequence) and each answer runs its whole length
-    body = chat(GROUP, "Tell me a story.", temperature=1.0, max_tokens=16, logit_bias={"2": -100})
+    body = chat(GROUP, "Tell me a story.", temperature=1.0, max_tokens=8, logit_bias={"2": -100})
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         rs = list(pool.map(lambda _: gw.http.post("/v1/chat/completions", json=body), range(3)))
     for r in rs:
         assert r.status_code == 200, r.text
-        assert r.json()["usage"]["completion_tokens"] == 16
+        assert r.json()["usage"]["completion_tokens"] == 8
     assert answer(gw, GROUP, PROMPTS[0], stream=False) == answer(gw, SINGLE, PROMPTS[0], stream=False)
 
 
@@ -141,7 +141,7 @@ def test_a_rank_killed_mid_stream_fails_the_answer_and_the_group_restarts(gw: Ga
     queued: list[Any] = []
 
     def ask() -> None:
-        queued.append(gw.http.post("/v1/chat/completions", json=chat(GROUP, PROMPTS[0], max_tokens=24)))
+        queued.append(gw.http.post("/v1/chat/completions", json=chat(GROUP, PROMPTS[0], max_tokens=12)))
 
     threads = [threading.Thread(target=ask) for _ in range(2)]
     events: list[Any] = []
