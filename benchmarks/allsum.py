@@ -25,7 +25,10 @@ def main() -> None:
         mx.eval(mx.distributed.all_sum(x, group=group))
     each = (time.perf_counter() - t) / ROUNDS
     if group.rank() == 0:
-        print(f"{group.size()} ranks: all_sum of {WIDTH} floats {each * 1e6:.0f} us (x60 per SmolLM2 step: {each * 60 * 1e3:.1f} ms)")
+        step = each * 60 * 1e3
+        print(
+            f"{group.size()} ranks: all_sum of {WIDTH} floats {each * 1e6:.0f} us (x60 per SmolLM2 step: {step:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ class GroupProcess:
         first = min(waits[t] for t in done)
         rc = self.procs[first].returncode
         assert rc is not None
+        if self.launcher:
+            self.why = f"mlx.launch exited with {_describe(rc)} (its log names the rank that ended the group)"
         if len(self.procs) > 1:
             self.why = f"rank {first} exited with {_describe(rc)}"
             if first == 0 and rc == 0 and pending:  # a drain: rank 0 told them to go
@@ -96,6 +98,8 @@ class GroupProcess:
                     log.warning("worker group: %s; ending its other ranks", self.why)
                 self._signal_all(signal.SIGKILL)
                 await asyncio.wait(pending)
+        if self.launcher:  # mlx.launch is gone: so is anything it left in its session (a rank stuck in a collective)
+            self._signal_all(signal.SIGKILL)
         self.returncode = rc
         self._done.set()
 

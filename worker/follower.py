@@ -6,8 +6,11 @@ then runs each op rank 0 sends, in order, on its own ``GroupCore`` (worker/group
 admissions, cancels, trims and batch steps, so its collectives meet rank 0's. What its steps
 produce is dropped: rank 0 answers the gateway. It exits when rank 0 says ``exit`` (after a
 drain, having saved its prompt cache shard when told), when rank 0 has been silent for
-``LEADER_SILENCE`` seconds, or when the gateway that spawned it is gone. SIGTERM and SIGINT
-don't stop it on their own: rank 0 drains the group and tells it.
+``LEADER_SILENCE`` seconds, or when the gateway that spawned it is gone. SIGTERM alone does not
+stop it while rank 0 lives (a service manager's stop reaches every rank, and rank 0 drains the
+group and then tells it); after a SIGTERM it goes once rank 0 has been silent for
+``TERM_SILENCE`` seconds (mlx.launch ends the other ranks that way when one fails). SIGINT is
+ignored: a terminal's Ctrl-C is the gateway's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from worker import memory
 log = logging.getLogger("hearth.worker")
 BEAT_EVERY = 1.0
 LEADER_SILENCE = 15.0  # rank 0 beats every second; this long without a word, it is gone
+TERM_SILENCE = 2.5  # after a SIGTERM (mlx.launch ending its ranks): rank 0 silent this long, go
 
 
 def load(cfg: ModelConfig) -> tuple[object, int, int]:
@@ -62,7 +66,13 @@ def follow(cfg: ModelConfig, endpoint: str, rank: int, parent_pid: int | None) -
     from worker.group import GroupCore
 
     assert cfg.distributed is not None
-    signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: rank 0 drains the group and tells this rank"))
+    termed = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal termed
+        termed = True
+
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     host = cfg.distributed.hosts[rank]
     core, entries, tokens = load(cfg)
@@ -83,6 +93,9 @@ def follow(cfg: ModelConfig, endpoint: str, rank: int, parent_pid: int | None) -
                     log.error("a batch step failed (%s); exiting (the group restarts)", core.broken)
                     return 4
             now = time.monotonic()
+            if termed and now - heard > TERM_SILENCE:
+                log.info("SIGTERM, and rank 0 is silent: exiting")
+                return 0
             if now - heard > LEADER_SILENCE:
                 log.error("rank 0 said nothing for %.0fs; exiting", now - heard)
                 return 0
