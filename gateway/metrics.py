@@ -71,6 +71,31 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.draft_tokens = Counter(
+            "hearth_speculative_draft_tokens",
+            "Draft tokens the target model verified (speculative decoding)",
+            ["model"],
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "hearth_speculative_accepted_tokens",
+            "Draft tokens the target model agreed with: acceptance = accepted / draft tokens",
+            ["model"],
+            registry=r,
+        )
+        self.decode_steps = Counter(
+            "hearth_decode_steps",
+            "Decode steps (forward passes) of finished generations that ran in the speculative decode batch: "
+            "tokens per step = their completion tokens / steps",
+            ["model"],
+            registry=r,
+        )
+        self.speculative_tokens = Counter(
+            "hearth_speculative_completion_tokens",
+            "Completion tokens of the generations counted in hearth_decode_steps",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("hearth_http_requests_in_flight", "API requests being answered", registry=r)
         self.shutting_down = Gauge("hearth_shutting_down", "1 once a shutdown has started", registry=r)
 
@@ -78,6 +103,11 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(usage.get("prompt_tokens", 0))
         self.completion_tokens.labels(model).inc(usage.get("completion_tokens", 0))
         self.cached_tokens.labels(model).inc(usage.get("cached_tokens", 0))
+        if usage.get("decode_steps"):
+            self.draft_tokens.labels(model).inc(usage.get("draft_tokens", 0))
+            self.accepted_tokens.labels(model).inc(usage.get("accepted_draft_tokens", 0))
+            self.decode_steps.labels(model).inc(usage["decode_steps"])
+            self.speculative_tokens.labels(model).inc(usage.get("completion_tokens", 0))
 
     def watch_models(self, models: Models, restarts: dict[str, int]) -> None:
         self.registry.register(_ModelsCollector(models, restarts))

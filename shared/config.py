@@ -32,6 +32,7 @@ KINDS = ("chat", "embedding")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "keep")
 TOOL_MODES = ("auto", "native", "generic", "off")  # a model's ``tools`` setting
 IMAGE_POLICIES = ("reject", "placeholder")
+SPECULATION_MODES = ("off", "lookup", "draft")  # a model's ``speculative`` setting
 ON_DEMAND_KEEP_ALIVE = 300.0  # Ollama's default: an on-demand model stays 5 minutes after its last use
 
 
@@ -119,6 +120,21 @@ class ModelConfig:
     memory_ceiling: int | str = 0
     # run as a worker group: one replica split over several processes (shared/group.py)
     distributed: DistributedConfig | None = None
+    # speculative decoding (worker/decode.py): "lookup" drafts from the sequence's own prompt and
+    # output, "draft" from ``draft_model``, "off" decodes one token per step. None: "draft" when a
+    # draft_model is set, else "lookup". A request may opt out with "speculative": false.
+    speculative: str | None = None
+    draft_model: str | None = None  # an MLX folder or GGUF file of a small model with the same tokenizer
+    speculative_tokens: int = 8  # drafts per sequence per step, at most
+    # forward positions a step may spend on drafts and next tokens, shared by the batch's sequences;
+    # None: the device's default (shared/device.py: a CPU pays for each, a GPU hardly)
+    speculative_budget: int | None = None
+
+    def speculation(self) -> str:
+        """The speculative decoding mode this model runs: off, lookup or draft."""
+        if self.speculative is not None:
+            return self.speculative
+        return "draft" if self.draft_model else "lookup"
 
     def memory_ceiling_bytes(self) -> int:
         return parse_size(self.memory_ceiling)
@@ -291,6 +307,14 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: context_length must be at least 16 tokens")
     if isinstance(m.rope_scaling, str) and m.rope_scaling not in ROPE_METHODS:
         raise ConfigError(f"model {m.name}: rope_scaling must be one of {', '.join(ROPE_METHODS)} or a table")
+    if m.speculative is not None and m.speculative not in SPECULATION_MODES:
+        raise ConfigError(f"model {m.name}: speculative must be one of {', '.join(SPECULATION_MODES)}")
+    if m.speculation() == "draft" and not m.draft_model:
+        raise ConfigError(f'model {m.name}: speculative = "draft" needs a draft_model')
+    if m.draft_model and m.speculation() != "draft":
+        raise ConfigError(f'model {m.name}: a draft_model is used only with speculative = "draft"')
+    if m.speculative_tokens < 1 or (m.speculative_budget is not None and m.speculative_budget < 2):
+        raise ConfigError(f"model {m.name}: speculative_tokens must be >= 1 and speculative_budget >= 2")
     if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
         raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
     try:
@@ -306,6 +330,11 @@ def validate_group(m: ModelConfig, d: DistributedConfig) -> None:
     from shared import group
     from shared.shape import ShapeError, read_shape
 
+    if m.draft_model is not None:
+        raise ConfigError(
+            f"model {m.name}: [models.distributed] a worker group can't run a draft_model yet; "
+            'prompt-lookup speculation (speculative = "lookup") works'
+        )
     pipes = None
     if d.strategy == "pipeline":
         try:

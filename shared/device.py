@@ -109,6 +109,18 @@ def warmup_batches(backend: str, max_batch: int) -> list[int]:
     return list(range(max_batch, 0, -1))
 
 
+def speculative_budget(backend: str, configured: int | None) -> int:
+    """Forward positions a decode step may spend on drafts plus next tokens, shared by the
+    batch (``worker.speculation.draft_cap``): what the model sets, else the backend's default.
+    On the CPU each position costs compute (SmolLM2-135M float32: one sequence with 8 positions
+    ~1.6x a plain step, 8 sequences with 8 each ~3x), so 32 lets one sequence draft 8 and 8
+    sequences draft 3; a GPU has compute to spare at these sizes."""
+    _check(backend)
+    if configured is not None:
+        return configured
+    return 32 if backend == "cpu" else 128
+
+
 _WORKER_ENV = {"cuda": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}}
 
 

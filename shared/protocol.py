@@ -62,7 +62,8 @@ SAMPLING_PARAMS = (
     "repetition_context_size",
     "logit_bias",
 )
-GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard")
+# ``speculative``: false opts a request out of its model's speculative decoding (worker/decode.py)
+GENERATE_PARAMS = ("max_tokens", *SAMPLING_PARAMS, "stop", "loop_guard", "speculative")
 # Tool-calling keys of ``Generate.params``, set by the API layer when the input offers ``tools``:
 # ``tool_choice`` is "auto" | "none" | "required" | {"name": NAME}; ``parallel_tool_calls`` a bool.
 TOOL_PARAMS = ("tool_choice", "parallel_tool_calls")

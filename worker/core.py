@@ -18,6 +18,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
 
 from shared.config import ModelConfig
 from shared.protocol import (
@@ -30,7 +31,13 @@ from shared.protocol import (
     Generate,
     Message,
 )
+from worker.decode import DecodeBatch, Row, Token, can_verify
 from worker.detok import TextStream
+from worker.draft import DraftModel, load_draft
+from worker.lookup import PromptLookup
+from worker import device
+from shared import device as device_rules
+from worker.speculation import Tally
 from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
@@ -40,7 +47,15 @@ from shared.grammar import GrammarError, response_grammar
 from worker.resume import Resume, ResumeMismatch, fast_forward, unsent
 from worker import testhook
 from worker.reasoning import ReasoningBudget, ReasoningSyntax, ReasoningText, ThinkCounter, budget_of
-from worker.sampling import LogitsProcessor, ParamError, Sampler, make_request_processors, make_request_sampler
+from worker.sampling import (
+    LogitsProcessor,
+    ParamError,
+    Sampler,
+    is_greedy,
+    is_seeded,
+    make_request_processors,
+    make_request_sampler,
+)
 from worker.templating import Prompt, TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
 
@@ -80,18 +95,22 @@ class _Live:
     thoughts: ThinkCounter | None = None  # counts its reasoning tokens
     ids: list[int] = field(default_factory=list)  # token ids not yet sent in a delta (Delta.token_ids)
     exit_at: int = 0  # the test hook's trigger (worker/testhook.py); 0 always outside its tests
+    # what the decode batch needs to take it over (worker/decode.py)
+    sampler: Sampler | None = None
+    processors: list[LogitsProcessor] = field(default_factory=list)
+    budget: int = 0  # completion tokens it may have in all (max_tokens)
+    speculate: bool = False  # it drafts (the model speculates and the request did not opt out)
+    prefill_left: int = 0  # prompt segments the batch generator has still to prefill
+    last_token: int = 0  # the prompt's last token: the decode batch's first input
+    tally: Tally = field(default_factory=Tally)
 
 
-@dataclass
-class _Token:
-    """A generated token in the shape of mlx-lm's batch response (for the direct first token)."""
-
-    uid: int
-    token: int
-    logprobs: mx.array | None  # None for a token replayed by a resume (no logprobs asked)
-    finish_reason: str | None
-    all_tokens: list[int]
-    prompt_cache: list[Any]
+def _prefill_segments(segments: list[list[int]]) -> int:
+    """How many of a prompt's ``segments`` the batch generator prefills before it decodes: all
+    that are not empty, its last one split in two when longer than a token (mlx-lm's
+    ``insert_segments`` runs the prompt's last token as the first decode step)."""
+    parts = [s for s in segments if s]
+    return len(parts) if parts and len(parts[-1]) != 1 else len(parts) - 1
 
 
 class EngineCore:
@@ -115,6 +134,25 @@ class EngineCore:
         self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
         # a worker group's ranks draw rank 0's tokens (worker/group.py); one process: the sampler itself
         self.wrap_sampler: Callable[[Sampler], Sampler] = _same
+        self.speculation = cfg.speculation() if can_verify(make_prompt_cache(loaded.model)) else "off"
+        self._in_gen: set[int] = set()  # uids inside the batch generator (prefilling, or decoding)
+        self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
+        self._decode = self._new_decode()
+        self._own_uid = 1 << 40  # uids for sequences that never enter the batch generator
+
+    def _new_decode(self) -> DecodeBatch | None:
+        """The decode batch when this model speculates (worker/decode.py); None: every
+        sequence decodes in mlx-lm's batch generator, one token per step."""
+        if self.speculation == "off":
+            return None
+        return DecodeBatch(
+            self.m.model,
+            set(self.m.tokenizer.eos_token_ids),
+            self.cfg.speculative_tokens,
+            device_rules.speculative_budget(device.backend(), self.cfg.speculative_budget),
+            keep_caches=self.prompt_cache is not None,
+            drafter=DraftModel(self._draft_model) if self._draft_model is not None else None,
+        )
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -234,6 +272,11 @@ class EngineCore:
             reasoning=split,
             thoughts=ThinkCounter(thinking, inside) if thinking is not None else None,
             exit_at=testhook.exit_at(req.input, len(forced)),
+            sampler=sampler,
+            processors=processors,
+            budget=max_tokens + len(forced),
+            speculate=self._decode is not None and params.get("speculative", True) is not False,
+            last_token=tokens[-1],
         )
         if prompt.tools and prompt.syntax is not None:
             parallel = params.get("parallel_tool_calls", True) is not False
@@ -253,6 +296,12 @@ class EngineCore:
         warm = takes_direct_path(cached, len(tokens), self.cfg.prefill_step)
         if idle and warm and cache is not None and len(segments) == 1:
             return replayed + self._start_direct(live, tokens, cached, cache, sampler, processors, max_tokens)
+        if self._decode is not None:
+            live.prefill_left = _prefill_segments(segments)
+            if not live.prefill_left:  # one new token: it is the decode batch's next input
+                self._live[req.id] = live
+                self._to_decode(live, cache if cache is not None else make_prompt_cache(self.m.model), tokens)
+                return replayed
         (live.uid,) = self._gen.insert_segments(
             [segments],
             max_tokens=[max_tokens],
@@ -263,7 +312,50 @@ class EngineCore:
         )
         self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
         self._by_uid[live.uid] = live
+        self._in_gen.add(live.uid)
         return replayed
+
+    def _to_decode(
+        self, live: _Live, cache: list[Any], tokens: list[int], pending: int | None = None, sent: int = 0
+    ) -> None:
+        """Hand ``live`` to the decode batch: ``cache`` holds ``tokens`` but the last (that one
+        is its next input) or, with ``pending`` (its first token, ``sent`` but not yet counted),
+        all of them."""
+        assert self._decode is not None and live.sampler is not None
+        if pending is None:
+            tokens, pending = tokens[:-1], tokens[-1]
+        if live.uid < 0:
+            live.uid, self._own_uid = self._own_uid, self._own_uid + 1
+        history = [*tokens, pending]
+        row = Row(
+            uid=live.uid,
+            tokens=list(tokens),
+            pending=pending,
+            left=live.budget - live.completion_tokens - sent,
+            sampler=live.sampler,
+            processors=live.processors,
+            greedy=is_greedy(live.sampler),
+            sequential=is_seeded(live.sampler),
+            lookup=PromptLookup(history) if live.speculate and self.speculation == "lookup" else None,
+            tally=live.tally,
+            speculate=live.speculate,
+        )
+        self._decode.add(row, cache)
+        self._by_uid[live.uid] = live
+
+    def _prefilled(self, prompt_responses: list[Any]) -> None:
+        """Sequences whose prompt the batch generator has processed, all but its last token:
+        they move to the decode batch, which samples their first token."""
+        for r in prompt_responses:
+            live = self._by_uid.get(r.uid)
+            if live is None or not r.end_of_segment or r.uid not in self._in_gen:
+                continue
+            live.prefill_left -= 1
+            if live.prefill_left == 0:
+                caches = self._gen.remove([r.uid], return_prompt_caches=True)
+                self._in_gen.discard(r.uid)
+                cache, held = caches[r.uid]
+                self._to_decode(live, cache, [*held, live.last_token])
 
     def _replay(self, live: _Live, resume: Resume, left: int) -> list[Message]:
         """A resume's forced tokens through the per-token path (worker/resume.py), without
@@ -274,7 +366,7 @@ class EngineCore:
         last = len(resume.tokens) - 1
         for i, token in enumerate(resume.tokens):
             finish = "length" if i == last and left < 1 else None
-            out.extend(self._respond(live, _Token(-1, token, None, finish, [], []), time.perf_counter()))
+            out.extend(self._respond(live, Token(-1, token, None, finish, [], []), time.perf_counter()))
         live.top_logprobs, live.t_first, live.ids = top, 0.0, []
         deltas, rest = unsent(resume, out)
         return [*deltas, *rest]
@@ -326,7 +418,9 @@ class EngineCore:
         except Exception as e:  # as a failed batch step: MLX state can't be trusted any more
             return self.fail_all(ERROR_GENERATION, f"generation failed: {type(e).__name__}: {e}")
         finish = "stop" if token in self.m.tokenizer.eos_token_ids else "length" if max_tokens == 1 else None
-        if finish is None:
+        if finish is None and self._decode is not None:
+            self._to_decode(live, cache, list(tokens), pending=token, sent=1)
+        elif finish is None:
             (live.uid,) = self._gen.insert(
                 [[token]],
                 max_tokens=[max_tokens - 1],
@@ -336,7 +430,8 @@ class EngineCore:
                 logits_processors=[processors],
             )
             self._by_uid[live.uid] = live
-        first = _Token(live.uid, token, logprobs, finish, list(tokens), cache)
+            self._in_gen.add(live.uid)
+        first = Token(live.uid, token, logprobs, finish, list(tokens), cache)
         return self._respond(live, first, time.perf_counter())
 
     def cancel(self, rid: str) -> None:
@@ -356,6 +451,12 @@ class EngineCore:
 
     def _remove(self, uid: int) -> None:
         """Take a sequence out of the batch, keeping its KV cache for later prompts."""
+        if self._decode is not None and uid not in self._in_gen:
+            if uid in self._decode:
+                cache, tokens = self._decode.remove(uid)
+                self._keep(tokens, cache)
+            return
+        self._in_gen.discard(uid)
         caches = self._gen.remove([uid], return_prompt_caches=self.prompt_cache is not None)
         for cache, tokens in caches.values():
             self._keep(tokens, cache)
@@ -371,6 +472,8 @@ class EngineCore:
         self._live.clear()
         self._by_uid.clear()
         self._system_pending.clear()
+        self._in_gen.clear()
+        self._decode = self._new_decode()
         self.broken = message
         return out
 
@@ -381,9 +484,14 @@ class EngineCore:
         if not self._live:
             return []
         try:
-            prompt_responses, responses = self._gen.next()
-            if self._system_pending:
-                self._keep_system_prompts(prompt_responses)
+            responses: list[Any] = []
+            if self._in_gen or self._decode is None:
+                prompt_responses, responses = self._gen.next()
+                if self._system_pending:
+                    self._keep_system_prompts(prompt_responses)
+                if self._decode is not None:
+                    self._prefilled(prompt_responses)
+            decoded = self._decode.step() if self._decode is not None else []
         except Exception as e:  # a failed step fails its requests, loudly, and the batch restarts
             return self.fail_all(ERROR_GENERATION, f"generation failed: {type(e).__name__}: {e}")
         out: list[Message] = []
@@ -391,7 +499,15 @@ class EngineCore:
         for r in responses:
             live = self._by_uid.get(r.uid)
             if live is not None:
+                if r.finish_reason is not None:
+                    self._in_gen.discard(r.uid)
                 out.extend(self._respond(live, r, now))
+        for uid, tokens in decoded:
+            live = self._by_uid.get(uid)
+            for t in tokens:  # several when drafts were accepted; those after a finish are dropped
+                if live is None or live.id not in self._live:
+                    break
+                out.extend(self._respond(live, t, now))
         return out
 
     def _respond(self, live: _Live, r: Any, now: float) -> list[Message]:
@@ -504,6 +620,7 @@ class EngineCore:
                 "completion_tokens": live.completion_tokens,
                 "cached_tokens": live.cached_tokens,
                 "reasoning_tokens": live.thoughts.count if live.thoughts is not None else 0,
+                **(live.tally.usage() if live.tally.steps else {}),
                 **({"loop_cycle_tokens": live.loop[0], "loop_repeats": live.loop[1]} if live.loop else {}),
             },
             timings={

@@ -10,7 +10,9 @@ its pipeline split) and runs a ``GroupCore``, Hearth's ``EngineCore`` with three
   caches and steps stay identical and their collectives pair up;
 - every sampled token is rank 0's: the request's sampler runs on every rank and an ``all_sum``
   of rank 0's draw (the others add zero) replaces it, so a temperature > 0 draw, seeded or not,
-  can't differ between ranks even if their PRNG states or logits' last bits did;
+  can't differ between ranks (each process's global PRNG is seeded from its clock; the ranks
+  also take rank 0's seed at load). Greedy tokens are an argmax of logits that are the same
+  bytes on every rank, so they need no broadcast;
 - the warm prompt cache is saved and loaded per rank (``-rankRofN``): each rank's KV is its shard.
 
 The load-time self-check and warm-up run on every rank, in lockstep, before rank 0 listens to
@@ -38,7 +40,7 @@ from worker import group_channel as ch
 from worker.core import EngineCore
 from worker.model import LoadedModel
 from worker.prompt_cache import PromptCache
-from worker.sampling import Sampler
+from worker.sampling import Sampler, is_greedy
 
 log = logging.getLogger("hearth.worker")
 
@@ -75,7 +77,12 @@ def shard(model: nn.Module, d: DistributedConfig) -> None:
             raise GroupError(f'mlx-lm\'s {type(model).__module__} model has no pipeline split; use strategy = "tensor"')
         inner.pipeline(group)
     mx.eval(model.parameters())
-    mx.eval(mx.distributed.all_sum(mx.array(1.0), stream=mx.cpu, group=group))
+    # every rank meets once (as mlx-lm's sharded_load does), and takes rank 0's random seed: the
+    # global PRNG is seeded from the clock in each process, so anything drawn from it without a
+    # key of its own (besides the sampled tokens, which rank 0 broadcasts) agrees across ranks
+    seed = mx.random.randint(0, 2**31 - 1, ()) if group.rank() == 0 else mx.array(0)
+    shared: int = mx.distributed.all_sum(seed, stream=mx.cpu, group=group).item()  # type: ignore[assignment]
+    mx.random.seed(shared)
 
 
 class _GroupPromptCache(PromptCache):
@@ -110,16 +117,25 @@ class GroupCore(EngineCore):
 
     def _rank0_draws(self, sampler: Sampler) -> Sampler:
         """``sampler``, with rank 0's draw broadcast (one wrapper per sampler object: mlx-lm
-        samples a batch in one call when its sequences share the object)."""
-        wrapped = self._wrapped.get(sampler)
-        if wrapped is None:
-            group, first = self.group, self.rank == 0
+        samples a batch in one call when its sequences share the object). The greedy sampler
+        stays itself: an argmax of logits that are the same bytes on every rank (the ring's
+        ``all_sum`` hands every rank the same result, and what follows it is the same
+        computation) is the same token, and the decode batch takes greedy rows' argmax
+        straight from the logits (``is_greedy``). A wrapper keeps a seeded sampler's mark
+        (``is_seeded``: one draw per token, in order)."""
+        if is_greedy(sampler):
+            return sampler
+        known = self._wrapped.get(sampler)
+        if known is not None:
+            return known
+        group, first = self.group, self.rank == 0
 
-            def wrapped(logprobs: mx.array) -> mx.array:
-                drawn = sampler(logprobs)
-                return mx.distributed.all_sum(drawn if first else mx.zeros_like(drawn), group=group)
+        @functools.wraps(sampler)  # its attributes too: the seeded mark
+        def wrapped(logprobs: mx.array) -> mx.array:
+            drawn = sampler(logprobs)
+            return mx.distributed.all_sum(drawn if first else mx.zeros_like(drawn), group=group)
 
-            self._wrapped[sampler] = wrapped
+        self._wrapped[sampler] = wrapped
         return wrapped
 
     # -- what rank 0 tells its followers before doing it ------------------------------------------

@@ -51,6 +51,16 @@ def make_request_sampler(params: dict[str, Any], vocab_size: int, draws: int = 0
     return _seeded_sampler(int(seed), temp, top_p, min_p, top_k, draws)
 
 
+def is_greedy(sampler: Sampler) -> bool:
+    """Whether ``sampler`` is the shared argmax (a batch checks drafts of greedy rows at once)."""
+    return sampler is _shared_sampler(0.0, 1.0, 0.0, 0)
+
+
+def is_seeded(sampler: Sampler) -> bool:
+    """Whether ``sampler`` draws from a key of its own (one draw per token, in order)."""
+    return getattr(sampler, "seeded", False) is True
+
+
 @functools.lru_cache(maxsize=256)
 def _shared_sampler(temp: float, top_p: float, min_p: float, top_k: int) -> Sampler:
     """One sampler object per setting: mlx-lm's batch samples every sequence in one call when
@@ -79,6 +89,7 @@ def _seeded_sampler(seed: int, temp: float, top_p: float, min_p: float, top_k: i
         state["key"], sub = mx.random.split(state["key"])
         return mx.random.categorical(logprobs * (1 / temp), key=sub)
 
+    sampler.seeded = True  # type: ignore[attr-defined]
     return sampler
 
 

@@ -279,6 +279,8 @@ class MessagesRequest(PromptFields):
     stream: StrictBool = False
     # Hearth/Ollama extension, as on the OpenAI endpoints: how long the model stays loaded once idle
     keep_alive: KeepAlive | None = None
+    # Hearth extension, as on the OpenAI endpoints: false opts out of speculative decoding
+    speculative: StrictBool | None = None
     # accepted and ignored (type-checked so a malformed one is still a clear 400)
     metadata: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None

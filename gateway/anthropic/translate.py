@@ -124,7 +124,7 @@ def params_for(req: MessagesRequest, cfg: ModelConfig) -> dict[str, Any]:
     clamped by the worker to the room the context leaves."""
     params = dict(cfg.defaults)
     params["max_tokens"] = req.max_tokens
-    for name in ("temperature", "top_p", "top_k"):
+    for name in ("temperature", "top_p", "top_k", "speculative"):
         value = getattr(req, name)
         if value is not None:
             params[name] = value

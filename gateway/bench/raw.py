@@ -134,7 +134,7 @@ def main() -> int:
     warmup = dataclasses.replace(plan, max_tokens=8, requests_per_client=1, duration=None)
     _single(model, tokenizer, warmup, Progress(quiet=True))
     for scenario, n in plan.steps():
-        if scenario in ("prefix", "structured"):  # a server's prompt cache, a server's grammars
+        if scenario in ("prefix", "structured", "edit"):  # a server's prompt cache, grammars, speculation
             continue
         progress.start(f"raw {scenario}" + (f" x{n}" if scenario == "concurrent" else ""), plan.expected(n))
         t0 = time.perf_counter()

@@ -107,14 +107,15 @@ def text(doc: dict[str, Any]) -> str:
                 [t["name"], s["scenario"], str(s["clients"]), str(s["requests"])]
                 + [_f(s["ttft_ms"]["p50"], 0), _f(s["ttft_ms"]["p99"], 0)]
                 + [_f(s["itl_ms"]["p50"]), _f(s["itl_ms"]["p99"])]
-                + [_f(s["decode_tps_median"]), _f(s["aggregate_tps"])]
+                + [_f(s["decode_tps_median"]), _f(s["aggregate_tps"]), _f(s.get("acceptance"), 2)]
                 + [_f(health.get("p50")), _f(health.get("p99")), errors]
             )
     parts = []
     if load:
         headers = ["target", "scenario", "clients", "reqs", "TTFT p50", "p99", "ITL p50", "p99"]
-        headers += ["decode tok/s", "agg tok/s", "/health p50", "p99", "errors"]
-        parts.append("Load (times in ms; decode tok/s: median per request)\n" + _table(headers, load))
+        headers += ["decode tok/s", "agg tok/s", "accept", "/health p50", "p99", "errors"]
+        note = "decode tok/s: median per request; accept: speculative drafts accepted ÷ drafted"
+        parts.append(f"Load (times in ms; {note})\n" + _table(headers, load))
     if prefix:
         headers = ["target", "prompt tokens", "cold TTFT", "warm TTFT p50", "cold/warm", "/health p99", "errors"]
         parts.append("Shared prefix (times in ms)\n" + _table(headers, prefix))
@@ -134,6 +135,17 @@ def text(doc: dict[str, Any]) -> str:
                 f"Structured output ({t['name']}): constrained ÷ free decode tok/s, one stream: "
                 f"{_f(ratios['constrained_decode_ratio'], 2)}; 7 free + 1 constrained ÷ 8 free aggregate tok/s: "
                 f"{_f(ratios['mixed_aggregate_ratio'], 2)}"
+            )
+    for t in doc["targets"]:
+        spec = next((s["speculation"] for s in t["scenarios"] if "speculation" in s), None)
+        if spec:
+            accept = {(s["scenario"], s["clients"]): s.get("acceptance") for s in t["scenarios"]}
+            parts.append(
+                f"Speculative decoding ({t['name']}), with ÷ without: edit one stream {_f(spec['edit_single'], 2)}, "
+                f"edit x8 aggregate {_f(spec['edit_concurrent'], 2)}; prose one stream {_f(spec['prose_single'], 2)}, "
+                f"prose x8 aggregate {_f(spec['prose_concurrent'], 2)}. Acceptance: edit "
+                f"{_f(accept.get(('edit', 1)), 2)} (x8 {_f(accept.get(('edit', 8)), 2)}), prose "
+                f"{_f(accept.get(('prose', 1)), 2)} (x8 {_f(accept.get(('prose', 8)), 2)})"
             )
     for t in doc["targets"]:
         for s in t["scenarios"]:

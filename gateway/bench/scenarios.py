@@ -5,6 +5,11 @@
 - ``prefix``: chats sharing one long system prompt: the first is cold (its prompt was never
   seen: a per-run salt leads it), the next ones warm (a prefix cache should skip the shared part).
 - ``structured`` (only when asked for): constrained decoding's cost, see ``gateway.bench.structured``.
+- ``edit`` (only when asked for): speculative decoding on an agent's file edit and on prose, see
+  ``gateway.bench.edit``.
+
+Every scenario reports the speculative acceptance the server sent in its usage (accepted ÷
+drafted tokens, OpenAI's predicted-output fields), when it sent any.
 
 Each client is a closed loop: it sends its next request when the previous one has finished,
 ``requests_per_client`` times or until ``duration`` seconds have passed. /health is probed
@@ -23,10 +28,11 @@ from gateway.bench import prompts
 from gateway.bench.progress import Progress
 from gateway.bench.stats import RequestResult, summarize, summarize_prefix
 from gateway.bench.streaming import Target, probe_health
+from gateway.bench.edit import run_edit
 from gateway.bench.structured import run_structured
 
 SCENARIOS = ("single", "concurrent", "prefix")  # "all"
-EXTRA_SCENARIOS = ("structured",)  # run only when named
+EXTRA_SCENARIOS = ("structured", "edit")  # run only when named
 PREFIX_MAX_TOKENS = 16  # the prefix scenario measures time to first token: a few tokens suffice
 
 
@@ -131,6 +137,9 @@ async def run_target(target: Target, plan: Plan, name: str, progress: Progress) 
     for scenario, n in plan.steps():
         if scenario == "structured":
             out += await run_structured(target, plan.max_tokens, max(plan.requests_per_client, 1), progress)
+            continue
+        if scenario == "edit":
+            out += await run_edit(target, plan.seed, max(plan.requests_per_client, 1), progress)
             continue
         total = 1 + plan.warm_turns if scenario == "prefix" else plan.expected(n)
         progress.start(f"{name} {scenario}" + (f" x{n}" if scenario == "concurrent" else ""), total)

@@ -28,6 +28,8 @@ class RequestResult:
     completion_tokens: int | None = None  # usage, when the server sent it
     prompt_tokens: int | None = None
     error: str | None = None
+    drafted: int | None = None  # speculative decoding: draft tokens verified, when the server says
+    accepted: int | None = None  # and of them accepted
 
     @property
     def ok(self) -> bool:
@@ -109,6 +111,7 @@ def summarize(
     decode = [d for r in ok if (d := r.decode_tps()) is not None]
     tokens = sum(r.tokens for r in ok)
     prompt = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    drafted = sum(r.drafted or 0 for r in ok)
     return {
         "scenario": scenario,
         "clients": clients,
@@ -120,6 +123,7 @@ def summarize(
         "itl_ms": _pcts(gaps),
         "decode_tps_median": statistics.median(decode) if decode else None,
         "aggregate_tps": tokens / wall if wall > 0 else None,
+        "acceptance": sum(r.accepted or 0 for r in ok) / drafted if drafted else None,
         "errors": {"count": len(failed), "first": next((r.error or "no tokens" for r in failed), None)},
         "health_ms": None if health is None else {**_pcts(health), "samples": len(health)},
     }

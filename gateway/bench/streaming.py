@@ -85,6 +85,10 @@ def _take_event(res: RequestResult, ev: dict[str, Any], now: float) -> None:
     if usage:
         res.completion_tokens = usage.get("completion_tokens")
         res.prompt_tokens = usage.get("prompt_tokens")
+        details = usage.get("completion_tokens_details") or {}
+        if "accepted_prediction_tokens" in details:
+            res.accepted = details["accepted_prediction_tokens"]
+            res.drafted = res.accepted + details.get("rejected_prediction_tokens", 0)
 
 
 async def probe_health(target: Target, stop: asyncio.Event, out: list[float], errors: list[str]) -> None:

@@ -29,6 +29,7 @@ MAPPED_OPTIONS = {
     "frequency_penalty": "frequency_penalty",
     "repeat_penalty": "repetition_penalty",
     "repeat_last_n": "repetition_context_size",
+    "speculative": "speculative",  # Hearth's own: false opts out of speculative decoding
 }
 # Options whose value turns them off; that value is accepted (it asks for nothing), others refused.
 OFF_VALUES: dict[str, Any] = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0, "penalize_newline": False}
@@ -73,6 +74,7 @@ class Options(_Strict):
     frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
     repeat_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
     repeat_last_n: Annotated[StrictInt, Field(ge=-1)] | None = None
+    speculative: StrictBool | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -220,6 +220,8 @@ class SamplingFields(_Strict):
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     loop_guard: StrictBool | LoopGuard | None = None
+    # Hearth extension: false decodes this request without its model's speculative decoding
+    speculative: StrictBool | None = None
     response_format: ResponseFormat | None = None
     # Hearth/Ollama extension: how long the model stays loaded once idle after this request
     keep_alive: KeepAlive | None = None

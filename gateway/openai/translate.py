@@ -130,7 +130,7 @@ def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": counts["cached_tokens"]},
-        "completion_tokens_details": {"reasoning_tokens": reasoning},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, **speculation(dones)},
     }
     if loops:
         out["loop_guard"] = loops
@@ -138,6 +138,16 @@ def usage(dones: list[tuple[Choice, Done]]) -> dict[str, Any]:
     if resumed:
         out["resumed"] = resumed  # times a generation was resumed after its worker died
     return out
+
+
+def speculation(dones: list[tuple[Choice, Done]]) -> dict[str, int]:
+    """Speculative decoding in OpenAI's predicted-output fields: drafts the model accepted and
+    rejected (absent when no choice decoded speculatively)."""
+    if not any(done.usage.get("decode_steps") for _, done in dones):
+        return {}
+    drafted = sum(done.usage.get("draft_tokens", 0) for _, done in dones)
+    accepted = sum(done.usage.get("accepted_draft_tokens", 0) for _, done in dones)
+    return {"accepted_prediction_tokens": accepted, "rejected_prediction_tokens": drafted - accepted}
 
 
 def completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:

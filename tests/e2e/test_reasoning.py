@@ -86,7 +86,7 @@ def test_openai_reasoning_content_is_the_text_before_the_end_marker(
     assert raw["text"] == message["reasoning_content"] + "</think>" + message["content"]
     assert "<think>" not in message["reasoning_content"] + message["content"]
     reasoning_tokens = raw["logprobs"]["tokens"].index("</think>") + 1
-    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": reasoning_tokens}
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
 
     stream = gw.http.post(CHAT, json=mixed(ids, messages=HI, stream=True, stream_options={"include_usage": True}))
     events = sse_events(stream)
@@ -96,7 +96,7 @@ def test_openai_reasoning_content_is_the_text_before_the_end_marker(
     assert "".join(d.get("reasoning_content", "") for d in deltas) == message["reasoning_content"]
     assert "".join(d.get("content") or "" for d in deltas) == message["content"]
     streamed = events[-2]["usage"]
-    assert streamed["completion_tokens_details"] == body["usage"]["completion_tokens_details"]
+    assert streamed["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
     assert streamed["completion_tokens"] == body["usage"]["completion_tokens"]
 
 
@@ -107,7 +107,7 @@ def test_openai_reasoning_effort_none_turns_thinking_off(gw: Gateway) -> None:
     assert on["choices"][0]["message"] == {"role": "assistant", "content": "", "reasoning_content": THOUGHT * 3}
     assert off_body["choices"][0]["message"] == {"role": "assistant", "content": THOUGHT * 3}
     assert off_body["usage"]["prompt_tokens"] == on["usage"]["prompt_tokens"] + 1  # <think></think>
-    assert off_body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+    assert off_body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
     high = gw.http.post(CHAT, json={"model": "think", "messages": HI, "max_tokens": 3, "reasoning_effort": "high"})
     assert high.json()["choices"][0]["message"]["reasoning_content"] == THOUGHT * 3
 

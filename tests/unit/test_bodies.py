@@ -352,9 +352,11 @@ def test_every_passed_param_is_forwarded() -> None:
         repetition_context_size=8,
         logit_bias={"1": 2},
         loop_guard=True,
+        speculative=False,
     )
     params = params_for(req, ModelConfig(name="m", path="/x"))
     assert set(params) == set(GENERATE_PARAMS)
+    assert params["speculative"] is False
     assert params["stop"] == ["x"] and params["logit_bias"] == {"1": 2} and params["loop_guard"] is True
     assert params["max_tokens"] == 5 and params["seed"] == 7
 

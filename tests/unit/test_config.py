@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from shared.config import (
     DEFAULT_MODEL_NAME,
+    DistributedConfig,
     DTYPES,
     ON_DEMAND_KEEP_ALIVE,
     Config,
@@ -22,6 +24,7 @@ from shared.config import (
     ServerConfig,
     load_toml,
     make_config,
+    validate_model,
 )
 
 
@@ -373,6 +376,11 @@ CHANGES: dict[str, Any] = {
     "warmup": False,
     "cache_limit_bytes": 1 << 20,
     "memory_ceiling": "2GiB",
+    "speculative": "off",
+    "draft_model": "/draft",
+    "speculative_tokens": 4,
+    "speculative_budget": 16,
+    "distributed": DistributedConfig(hosts=["127.0.0.1", "127.0.0.1", "127.0.0.1"]),
 }
 
 
@@ -469,3 +477,27 @@ def test_memory_budget_spellings(tmp_path: Path, value: str, size: int) -> None:
 def test_bad_residency_limits_are_config_errors_naming_them(tmp_path: Path, line: str, word: str) -> None:
     with pytest.raises(ConfigError, match=word):
         load_toml(write(tmp_path, f'[server]\n{line}\n[[models]]\nname = "a"\npath = "x"\n'))
+
+
+# ---- speculative decoding -------------------------------------------------------------------
+
+
+def test_speculation_defaults_to_lookup_and_to_draft_with_a_draft_model() -> None:
+    assert ModelConfig(name="m", path="/x").speculation() == "lookup"
+    assert ModelConfig(name="m", path="/x", draft_model="/d").speculation() == "draft"
+    assert ModelConfig(name="m", path="/x", speculative="off").speculation() == "off"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"speculative": "ngram"}, "speculative must be one of off, lookup, draft"),
+        ({"speculative": "draft"}, 'speculative = "draft" needs a draft_model'),
+        ({"speculative": "lookup", "draft_model": "/d"}, "a draft_model is used only with"),
+        ({"speculative_tokens": 0}, "speculative_tokens must be >= 1"),
+        ({"speculative_budget": 1}, "speculative_budget >= 2"),
+    ],
+)
+def test_speculation_settings_are_checked(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_model(ModelConfig(name="m", path="/x", **fields))

@@ -188,3 +188,10 @@ def test_an_operators_hostfile_must_list_a_host_per_rank(tmp_path: Path) -> None
         group.check_hostfile(str(f), ["127.0.0.1"] * 3, "mlx.launch")
     with pytest.raises(group.GroupConfigError, match='hostfile is for launcher = "mlx.launch"'):
         group.check_hostfile(str(f), ["127.0.0.1"] * 2, "hearth")
+
+
+def test_a_draft_model_is_refused_in_a_group(tmp_path: Path) -> None:
+    path = str(llama_folder(tmp_path))
+    d = DistributedConfig(hosts=["127.0.0.1"] * 2)
+    with pytest.raises(ConfigError, match="can't run a draft_model yet"):
+        validate_model(ModelConfig(name="m", path=path, draft_model=path, distributed=d))

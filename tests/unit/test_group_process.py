@@ -33,6 +33,7 @@ def test_a_follower_that_dies_takes_the_group_down() -> None:
         g = GroupProcess(procs, ["127.0.0.1"] * 3)
         assert g.pid == procs[0].pid and g.returncode is None
         assert [r["rank"] for r in g.ranks()] == [0, 1, 2]
+        await asyncio.sleep(0.2)
         os.kill(procs[2].pid, signal.SIGKILL)
         rc = await asyncio.wait_for(g.wait(), 10)
         return rc, g.why, [p.returncode for p in procs]
@@ -76,6 +77,7 @@ def test_kill_ends_every_rank_and_terminate_only_rank_0() -> None:
     async def run() -> tuple[list[int | None], list[int | None]]:
         procs = [await spawn("sleep", "60") for _ in range(2)]
         g = GroupProcess(procs, ["127.0.0.1"] * 2)
+        await asyncio.sleep(0.2)  # the child watcher knows them (a child reaped before it does reads 255)
         g.terminate()  # rank 0 drains on SIGTERM (here: sleep just ends); the follower then goes with it
         await asyncio.wait_for(g.wait(), 10)
         first = [p.returncode for p in procs]

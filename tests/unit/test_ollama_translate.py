@@ -343,3 +343,8 @@ def test_ndjson_stream_lines_keepalives_and_failures_parse_as_ollama_chunks() ->
     assert orjson.loads(fmt.failure(WorkerFailed("the model worker died"))) == {"error": "the model worker died"}
     gen = NdjsonStream(Shape("smol", chat=False, t0=0), want_logprobs=False)
     assert orjson.loads(gen.keepalive())["response"] == ""
+
+
+def test_the_speculative_option_opts_out_of_speculative_decoding() -> None:
+    assert params_for(chat_req(options={"speculative": False}), CFG, 8192)["speculative"] is False
+    assert "speculative" not in params_for(chat_req(options={}), CFG, 8192)

@@ -1,0 +1,376 @@
+"""Hearth's decode batch: continuous batching that verifies drafts (speculative decoding).
+
+mlx-lm's ``BatchGenerator`` feeds every sequence one token per step, and has no way to feed a
+sequence several tokens and take back the ones that were wrong. So with speculation on, a
+sequence leaves the generator once its prompt is processed and its first token sampled (the
+generator keeps doing what it is best at: chunked, batched prefill) and decodes here, beside
+the others, in one forward pass per step over every row's next token plus its drafts:
+
+- rows draft different numbers of tokens (ragged): the inputs are right-padded to the longest
+  and, since attention is causal, a row's padding never reaches its real positions;
+- each row then samples position after position with its own sampler and logits processors,
+  exactly as it would without drafts, and keeps going while the sampled token is its draft.
+  The output is what decoding without speculation gives: every token is a draw from the
+  target model's (processed) distribution, and processors see the same tokens in the same
+  order (sample-and-compare; a row of greedy rows is checked with one argmax);
+- the KV cache keeps each row's accepted tokens: all rows are trimmed to the longest keep, and
+  rows that kept fewer are shifted right into their left padding (mlx-lm's
+  ``BatchKVCache.prepare(right_padding=...)`` + ``finalize()``, as its own prefill does).
+
+A row without drafts (gated off, or ``"speculative": false``) is a plain decode step in the
+same forward pass: the batch never falls back to one sequence at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from worker.lookup import PromptLookup
+from worker.speculation import Gate, Tally, draft_cap
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+@dataclass
+class Token:
+    """A generated token in the shape of mlx-lm's batch response."""
+
+    uid: int
+    token: int
+    logprobs: mx.array | None  # over the vocabulary; None for a token replayed by a resume
+    finish_reason: str | None
+    all_tokens: list[int]  # with a finish: the tokens the returned cache holds
+    prompt_cache: list[Any]
+
+
+def can_verify(cache: Sequence[Any]) -> bool:
+    """Drafts can be taken back only from plain KV caches (not rotating, quantized or
+    recurrent-state ones): the models where every layer has one can speculate."""
+    return bool(cache) and all(type(c) is KVCache for c in cache)
+
+
+class _Context:
+    """A row's tokens as one MLX array, for its logits processors (mlx-lm's ``TokenBuffer``
+    with a look-ahead: drafts are written past the end without being committed)."""
+
+    STEP = 256
+
+    def __init__(self, tokens: list[int]) -> None:
+        self._buf = mx.array(tokens + [0] * self.STEP, dtype=mx.int32)
+        self.size = len(tokens)
+
+    def fetch(self, ahead: list[int]) -> mx.array:
+        """The committed tokens followed by ``ahead``."""
+        end = self.size + len(ahead)
+        if end > self._buf.size:
+            grow = ((end - self._buf.size) // self.STEP + 1) * self.STEP
+            self._buf = mx.concatenate([self._buf, mx.zeros(grow, dtype=mx.int32)])
+        if ahead:
+            self._buf[self.size : end] = mx.array(ahead, dtype=mx.int32)
+        return self._buf[:end]
+
+    def commit(self, tokens: list[int]) -> None:
+        self.fetch(tokens)
+        self.size += len(tokens)
+
+
+@dataclass
+class Row:
+    """One sequence of the batch."""
+
+    uid: int
+    tokens: list[int]  # the tokens whose keys and values are in the cache, in order
+    pending: int  # the next input: sampled and sent, not yet in the cache
+    left: int  # tokens it may still generate
+    sampler: Sampler
+    processors: list[LogitsProcessor]
+    greedy: bool  # its sampler is the shared argmax
+    sequential: bool  # its sampler draws from a key of its own: one draw per token, in order
+    lookup: PromptLookup | None  # its drafts' source with prompt lookup; None: it doesn't draft
+    context: _Context | None = None
+    gate: Gate = field(default_factory=Gate)
+    tally: Tally = field(default_factory=Tally)
+    draft_len: int = 0  # tokens of its history in the draft model's cache (worker.draft)
+    speculate: bool = True  # False: the request opted out; it decodes a token a step
+
+
+class Drafter(Protocol):
+    """Where drafts come from when they don't come from prompt lookup (a draft model)."""
+
+    def add(self, row: Row) -> None: ...
+    def remove(self, index: int) -> None: ...
+    def propose(self, rows: list[Row], ks: list[int]) -> list[list[int]]: ...
+    def accepted(self, rows: list[Row]) -> None: ...
+
+
+@dataclass
+class _Flight:
+    """A step launched on the device and not yet landed: who was in it and what it verifies."""
+
+    rows: list[Row]
+    drafts: list[list[int]]
+    width: int
+    logits: mx.array
+    argmax: mx.array | None
+
+
+class DecodeBatch:
+    """Every decoding sequence of one worker, stepped together with their drafts verified.
+
+    Steps are pipelined as mlx-lm's own: ``step`` lands the step in flight (samples and checks
+    its tokens on the host), then launches the next one on the device (``mx.async_eval``) and
+    returns the landed tokens, so the engine's per-token work (text, stop strings, the socket)
+    runs while the device computes. Rows that arrive, or leave, meanwhile join after the landing
+    and are dropped from what lands."""
+
+    def __init__(
+        self,
+        model: Any,
+        eos: set[int],
+        draft_tokens: int,
+        budget: int,
+        keep_caches: bool,
+        drafter: Drafter | None = None,
+    ) -> None:
+        self.model = model
+        self.eos = eos
+        self.draft_tokens = draft_tokens
+        self.budget = budget
+        self.keep_caches = keep_caches  # a finished row's cache goes back for the prompt cache
+        self.drafter = drafter
+        self.rows: list[Row] = []
+        self._joining: list[tuple[Row, list[Any]]] = []
+        self._cache: list[BatchKVCache] = []
+        self._flight: _Flight | None = None
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self._joining)
+
+    def __contains__(self, uid: int) -> bool:
+        return any(r.uid == uid for r in self.rows) or any(r.uid == uid for r, _ in self._joining)
+
+    # -- rows in and out ---------------------------------------------------------------------
+
+    def add(self, row: Row, cache: list[Any]) -> None:
+        """Take ``row`` in with its own cache (holding ``row.tokens``); it joins the next step."""
+        if row.processors:
+            row.context = _Context(row.tokens)
+        self._joining.append((row, cache))
+
+    def _join(self, row: Row, cache: list[Any]) -> None:
+        merged = [BatchKVCache.merge([c]) for c in cache]
+        if not self.rows:
+            self._cache = merged
+        else:
+            for mine, theirs in zip(self._cache, merged, strict=True):
+                mine.extend(theirs)
+        self.rows.append(row)
+        if self.drafter is not None:
+            self.drafter.add(row)
+
+    def remove(self, uid: int) -> tuple[list[Any] | None, list[int]]:
+        """Take a row out: its cache (when caches are kept) and the tokens it holds."""
+        for j, (waiting, own) in enumerate(self._joining):
+            if waiting.uid == uid:
+                del self._joining[j]
+                return (own if self.keep_caches else None), waiting.tokens
+        index = next(i for i, r in enumerate(self.rows) if r.uid == uid)
+        row = self.rows[index]
+        cache = self._extract(index) if self.keep_caches else None
+        self._drop([index])
+        return cache, row.tokens
+
+    def _extract(self, index: int) -> list[Any]:
+        """Row ``index``'s cache, cut to its tokens (a step in flight wrote past them)."""
+        out = [c.extract(index) for c in self._cache]
+        extra = (out[0].offset - len(self.rows[index].tokens)) if out else 0
+        for c in out:
+            if extra > 0:
+                c.trim(extra)
+        return out
+
+    def _drop(self, indices: list[int]) -> None:
+        gone = set(indices)
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        for i in sorted(gone, reverse=True):
+            if self.drafter is not None:
+                self.drafter.remove(i)
+        self.rows = [self.rows[i] for i in keep]
+        if keep:
+            for c in self._cache:
+                c.filter(keep)
+        else:
+            self._cache = []
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _caps(self) -> list[int]:
+        cap = draft_cap(self.draft_tokens, self.budget, len(self.rows))
+        ks = []
+        for r in self.rows:
+            source = r.lookup is not None or self.drafter is not None
+            wants = cap > 0 and r.speculate and source and r.gate.allows()
+            ks.append(min(cap, r.gate.length, r.left - 1) if wants else 0)
+        return ks
+
+    def _propose(self, ks: list[int]) -> list[list[int]]:
+        if self.drafter is not None:
+            if not any(ks):
+                return [[] for _ in ks]
+            return self.drafter.propose(self.rows, ks)
+        out = []
+        for r, k in zip(self.rows, ks, strict=True):
+            out.append(r.lookup.propose(k) if r.lookup is not None and k > 0 else [])
+        return out
+
+    def step(self) -> list[tuple[int, list[Token]]]:
+        """Land the step in flight and launch the next: the landed rows' accepted tokens (one
+        at least), in order; the last of a finished row carries its finish reason (and its
+        cache, when caches are kept)."""
+        out = self._land() if self._flight is not None else []
+        for row, cache in self._joining:
+            self._join(row, cache)
+        self._joining = []
+        if self.rows:
+            self._launch()
+        return out
+
+    def _launch(self) -> None:
+        drafts = self._propose(self._caps())
+        width = 1 + max(len(d) for d in drafts)
+        inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
+        logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
+        greedy = any(r.greedy and not r.processors and not r.sequential for r in self.rows)
+        argmax = mx.argmax(logits, axis=-1) if greedy else None
+        mx.async_eval(argmax if argmax is not None else logits)
+        self._flight = _Flight(list(self.rows), drafts, width, logits, argmax)
+        self.steps += 1
+
+    def _land(self) -> list[tuple[int, list[Token]]]:
+        flight, self._flight = self._flight, None
+        assert flight is not None
+        present = {id(r) for r in self.rows}
+        landed = [i for i, r in enumerate(flight.rows) if id(r) in present]  # in the batch's order
+        sampled = self._sample(flight, landed)
+        out: list[tuple[int, list[Token]]] = []
+        keeps: list[int] = []
+        finished: list[int] = []
+        for n, (i, (toks, lps)) in enumerate(zip(landed, sampled, strict=True)):
+            row, d = flight.rows[i], flight.drafts[i]
+            tokens: list[Token] = []
+            finish = None
+            for j, t in enumerate(toks):
+                row.left -= 1
+                if t in self.eos:
+                    finish = "stop"
+                elif row.left <= 0:
+                    finish = "length"
+                tokens.append(Token(row.uid, t, lps[j], finish, [], []))
+                if finish is not None:
+                    break
+            matched = len(toks) - 1  # sampling went along the drafts while they matched
+            accepted = min(matched, len(tokens))  # drafts that stay in the cache (sent as tokens)
+            keeps.append(1 + accepted)
+            row.tally.drafted += len(d)
+            row.tally.accepted += matched
+            row.tally.steps += 1
+            row.gate.record(len(d), matched)
+            kept = [row.pending, *d[:accepted]]
+            row.tokens.extend(kept)
+            if row.context is not None:
+                row.context.commit(kept)
+            if row.lookup is not None:
+                row.lookup.extend(tokens_of(tokens) if finish is None else [])
+            if finish is not None:
+                finished.append(n)
+            else:
+                row.pending = tokens[-1].token
+            out.append((row.uid, tokens))
+        if not self.rows:
+            return out
+        self._align(flight.width, keeps)
+        if self.drafter is not None:
+            self.drafter.accepted(self.rows)
+        if finished:
+            for n in finished:
+                last = out[n][1][-1]
+                last.all_tokens = self.rows[n].tokens
+                last.prompt_cache = self._extract(n) if self.keep_caches else []
+            self._drop(finished)
+        return out
+
+    def _align(self, width: int, keeps: list[int]) -> None:
+        """Keep each row's ``keeps`` first positions of this step: trim everyone to the
+        longest keep, then shift the rows that keep fewer right, into their left padding."""
+        most = max(keeps)
+        shift = [most - k for k in keeps]
+        for c in self._cache:
+            c.trim(width - most)
+            if any(shift):
+                c.prepare(right_padding=shift)
+                c.finalize()
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def _sample(self, flight: _Flight, landed: list[int]) -> list[tuple[list[int], list[Any]]]:
+        """Per landed row: the tokens it samples along its drafts (up to and including the
+        first that differs from its draft, or one past its last draft), with their
+        log-probabilities."""
+        rows, drafts, logits = flight.rows, flight.drafts, flight.logits
+        results: dict[int, tuple[list[int], list[Any]]] = {}
+        plain = [i for i in landed if not rows[i].processors and not rows[i].sequential]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if plain:
+            greedy = [i for i in plain if rows[i].greedy]
+            batched = [i for i in plain if not rows[i].greedy]
+            draws = [rows[i].sampler(logprobs[i, : 1 + len(drafts[i])]) for i in batched]
+            mx.eval([a for a in (flight.argmax if greedy else None, *draws) if a is not None])
+            picks: list[list[int]] = flight.argmax.tolist() if greedy else []  # type: ignore[union-attr,assignment]
+            for i in greedy:
+                results[i] = _walk(picks[i], drafts[i], logprobs[i])
+            for i, drawn in zip(batched, draws, strict=True):
+                results[i] = _walk(drawn.tolist(), drafts[i], logprobs[i])  # type: ignore[arg-type]
+        for i in landed:
+            if i not in results:
+                results[i] = self._sample_in_order(rows[i], logits[i], drafts[i])
+        return [results[i] for i in landed]
+
+    def _sample_in_order(self, row: Row, logits: mx.array, draft: list[int]) -> tuple[list[int], list[Any]]:
+        """Position by position, as decoding without drafts would: processors see the row's
+        tokens with the accepted drafts, and a seeded sampler makes one draw per token."""
+        tokens: list[int] = []
+        lps: list[Any] = []
+        for j in range(1 + len(draft)):
+            x = logits[j : j + 1]
+            if row.processors:
+                assert row.context is not None
+                ctx = row.context.fetch([row.pending, *draft[:j]])
+                for p in row.processors:
+                    x = p(ctx, x)
+            lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
+            t: int = row.sampler(lp).item()  # type: ignore[assignment]
+            tokens.append(t)
+            lps.append(lp[0])
+            if j >= len(draft) or t != draft[j]:
+                break
+        return tokens, lps
+
+
+def _walk(picks: list[int], draft: list[int], logprobs: mx.array) -> tuple[list[int], list[Any]]:
+    """The sampled tokens a row keeps: along its drafts while they match, then the first
+    that differs (or the one after its last draft)."""
+    n = 0
+    while n < len(draft) and picks[n] == draft[n]:
+        n += 1
+    return picks[: n + 1], [logprobs[j] for j in range(n + 1)]
+
+
+def tokens_of(tokens: list[Token]) -> list[int]:
+    return [t.token for t in tokens]
