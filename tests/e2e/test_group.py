@@ -132,6 +132,34 @@ def test_sampling_above_zero_temperature_agrees_with_the_single_worker(gw: Gatew
     assert answer(gw, GROUP, PROMPTS[0], stream=False) == answer(gw, SINGLE, PROMPTS[0], stream=False)
 
 
+def test_an_unloaded_group_saves_each_ranks_cache_and_the_next_one_starts_warm(gw: Gateway) -> None:
+    prompt = "Which planet is the largest? Answer in one sentence."
+    body = chat(GROUP, prompt, max_tokens=12)
+    first = gw.http.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    old = {r["pid"] for r in wait_group(gw)}
+    start = len(gw.log_path.read_bytes())
+    r = gw.http.post(f"/admin/models/{GROUP}/unload")  # a drain: every rank saves its shard of the cache
+    assert r.status_code == 200, r.text
+    assert gw.workers(GROUP) == []
+    r = gw.http.post(f"/admin/models/{GROUP}/load")
+    assert r.status_code == 200, r.text
+    wait_group(gw, old=old)
+    lines = gw.log_path.read_bytes()[start:].decode(errors="replace").splitlines()
+    for rank, saved in (
+        (0, "saved for the next worker"),
+        (1, "saved for the next group"),
+        (2, "saved for the next group"),
+    ):
+        assert any(f"/rank{rank}]" in line and saved in line for line in lines), (rank, lines[-40:])
+    for rank in (0, 1, 2):  # each rank loaded its own shard of the saved cache
+        assert any(f"/rank{rank}]" in line and "(warm start)" in line for line in lines), (rank, lines[-40:])
+    again = gw.http.post("/v1/chat/completions", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+
+
 @pytest.mark.parametrize("rank", [1, 0], ids=["follower", "rank0"])
 def test_a_rank_killed_mid_stream_fails_the_answer_and_the_group_restarts(gw: Gateway, rank: int) -> None:
     ranks = wait_group(gw)
