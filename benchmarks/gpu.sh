@@ -7,7 +7,8 @@
 # concurrency 64) on the same folder, then `hearth bench --compare --raw` at CLIENTS concurrent streaming
 # clients, REQUESTS requests each, 128 new tokens, greedy. Prints the table last; JSON and logs in OUTDIR.
 # PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
-# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only). MLX_* settings in the environment
+# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only); SCENARIO=edit RAW=0 measures speculative
+# decoding (gateway/bench/edit.py) instead of the concurrent scenario. MLX_* settings in the environment
 # (e.g. MLX_CUDA_USE_CUDNN_SDPA=0) reach every process alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
 COMPARE=${COMPARE:-1}
+SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
+SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
+RAW=${RAW:-1}
+MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
 HEARTH_PORT=${HEARTH_PORT:-18080}
 MLX_PORT=${MLX_PORT:-18081}
 mkdir -p "$OUTDIR" "$MODELS"
@@ -44,6 +49,7 @@ stop_all() {  # Hearth drains on SIGINT; mlx_lm.server needs SIGTERM
 }
 trap stop_all EXIT
 
+spec_line=""; [ -z "$SPECULATIVE" ] || spec_line="speculative = \"$SPECULATIVE\""
 for name in ${ONLY//,/ }; do
   dir=$MODELS/$name
   cat > "$OUTDIR/$name.toml" <<TOML
@@ -52,8 +58,9 @@ port = $HEARTH_PORT
 [[models]]
 name = "bench"
 path = "$dir"
-max_batch = 64
+max_batch = $MAX_BATCH
 max_queue = 256
+$spec_line
 TOML
   "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.toml" > "$OUTDIR/$name.hearth.log" 2>&1 &
   HEARTH_PID=$!
@@ -81,8 +88,10 @@ TOML
     done
   fi
   "$PY" -m gateway bench --url "http://127.0.0.1:$HEARTH_PORT" --model bench --name hearth \
-    "${cmp[@]}" --raw --model-path "$dir" --scenario concurrent --clients "$CLIENTS" --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" \
-    --quiet --json > "$OUTDIR/$name.json"
+    "${cmp[@]}" $([ "$RAW" = 1 ] && echo --raw --model-path "$dir") --scenario "$SCENARIO" --clients "$CLIENTS" \
+    --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" --quiet --json > "$OUTDIR/$name.json"
+  "$PY" -c "import json,sys; from gateway.bench import report; print(report.text(json.load(open(sys.argv[1]))))" \
+    "$OUTDIR/$name.json" > "$OUTDIR/$name.txt"
   for p in "${SPY[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   stop_all
 done

@@ -121,6 +121,36 @@ def speculative_budget(backend: str, configured: int | None) -> int:
     return 32 if backend == "cpu" else 128
 
 
+# (wait, position) for worker.speculation.StepCost. CPU: SmolLM2-135M float32, one sequence with
+# 8 positions ~1.6x a plain step (0.08 a position); the host's check is small beside a ~100 ms
+# forward pass. CUDA: on the H200 a step with drafts at 8 sequences of SmolLM2 cost about twice a
+# pipelined plain one (prose x8 with drafts 0.53x without), positions nearly free. Metal: not
+# measured; taken as CUDA.
+_STEP_COST = {"cpu": (0.05, 0.08), "cuda": (1.0, 0.01), "metal": (1.0, 0.01)}
+
+
+def speculation_cost(backend: str) -> tuple[float, float]:
+    """What verifying drafts costs on ``backend``: (the host wait, one extra position), relative
+    to a plain decode step (``worker.speculation.plan``)."""
+    _check(backend)
+    return _STEP_COST[backend]
+
+
+def verify_width(backend: str, width: int) -> int:
+    """The forward width a step with drafts runs at: on a GPU the next power of two (each new
+    shape compiles kernels once; a few widths can be warmed at load), on the CPU as it is
+    (nothing compiles there, and every padded position costs compute)."""
+    _check(backend)
+    if backend == "cpu" or width <= 1:
+        return width
+    return 1 << (width - 1).bit_length()
+
+
+def verify_widths(backend: str, cap: int) -> list[int]:
+    """The widths steps with up to ``cap`` drafts run at on ``backend`` (what the warm-up runs)."""
+    return sorted({verify_width(backend, w) for w in range(2, cap + 2)})
+
+
 _WORKER_ENV = {"cuda": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}}
 
 

@@ -37,7 +37,7 @@ from worker.draft import DraftModel, load_draft
 from worker.lookup import PromptLookup
 from worker import device
 from shared import device as device_rules
-from worker.speculation import Tally
+from worker.speculation import StepCost, Tally, draft_cap
 from worker.loops import LoopGuard
 from worker.prompt_cache import SYSTEM, PromptCache
 from worker.model import LoadedModel
@@ -151,8 +151,20 @@ class EngineCore:
             self.cfg.speculative_tokens,
             device_rules.speculative_budget(device.backend(), self.cfg.speculative_budget),
             keep_caches=self.prompt_cache is not None,
+            cost=StepCost(*device_rules.speculation_cost(device.backend())),
+            width=functools.partial(device_rules.verify_width, device.backend()),
             drafter=DraftModel(self._draft_model) if self._draft_model is not None else None,
         )
+
+    def warm_speculation(self) -> list[int]:
+        """Run the forward widths steps with drafts will use, over the decode batch's rows (the
+        load-time warm-up's; worker.warmup). Returns the widths run."""
+        if self._decode is None or not self._decode.rows:
+            return []
+        cap = draft_cap(self.cfg.speculative_tokens, self._decode.budget, len(self._decode.rows))
+        widths = device_rules.verify_widths(device.backend(), cap)
+        self._decode.warm(widths)
+        return widths
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(

@@ -31,7 +31,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from worker.lookup import PromptLookup
-from worker.speculation import Gate, Tally, draft_cap
+from worker.speculation import Gate, StepCost, Tally, draft_cap, plan
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -65,13 +65,13 @@ class _Context:
         self._buf = mx.array(tokens + [0] * self.STEP, dtype=mx.int32)
         self.size = len(tokens)
 
-    def fetch(self, ahead: list[int]) -> mx.array:
-        """The committed tokens followed by ``ahead``."""
+    def fetch(self, ahead: list[int] | mx.array) -> mx.array:
+        """The committed tokens followed by ``ahead`` (host ints, or an array still computing)."""
         end = self.size + len(ahead)
         if end > self._buf.size:
             grow = ((end - self._buf.size) // self.STEP + 1) * self.STEP
             self._buf = mx.concatenate([self._buf, mx.zeros(grow, dtype=mx.int32)])
-        if ahead:
+        if len(ahead):
             self._buf[self.size : end] = mx.array(ahead, dtype=mx.int32)
         return self._buf[:end]
 
@@ -117,17 +117,22 @@ class _Flight:
     drafts: list[list[int]]
     width: int
     logits: mx.array
-    argmax: mx.array | None
+    argmax: mx.array | None  # greedy rows' picks, computed with the forward pass
+    sampled: mx.array | None = None  # a plain step (no drafts): every row's token, sampled on the device
+    logprobs: mx.array | None = None  # and their distributions (a plain step's)
 
 
 class DecodeBatch:
     """Every decoding sequence of one worker, stepped together with their drafts verified.
 
-    Steps are pipelined as mlx-lm's own: ``step`` lands the step in flight (samples and checks
-    its tokens on the host), then launches the next one on the device (``mx.async_eval``) and
-    returns the landed tokens, so the engine's per-token work (text, stop strings, the socket)
-    runs while the device computes. Rows that arrive, or leave, meanwhile join after the landing
-    and are dropped from what lands."""
+    Steps are pipelined. A step with drafts is checked on the host, so ``step`` lands it (its
+    tokens sampled and compared with the drafts, the cache trimmed), then launches the next on
+    the device (``mx.async_eval``) and returns the landed tokens: the engine's per-token work
+    (text, stop strings, the socket) runs while the device computes. A plain step (no row has
+    drafts) samples on the device, so while no row would draft the next step is launched on its
+    tokens before it lands, as mlx-lm's ``GenerationBatch`` does, and the device never waits for
+    the host. Rows that leave meanwhile are dropped from what lands; rows that arrive join
+    before the next launch."""
 
     def __init__(
         self,
@@ -136,9 +141,13 @@ class DecodeBatch:
         draft_tokens: int,
         budget: int,
         keep_caches: bool,
+        cost: StepCost,
+        width: Callable[[int], int],
         drafter: Drafter | None = None,
     ) -> None:
         self.model = model
+        self.cost = cost  # what a step with drafts costs (worker.speculation.plan)
+        self.width = width  # the forward width a step with drafts runs at (shared.device.verify_width)
         self.eos = eos
         self.draft_tokens = draft_tokens
         self.budget = budget
@@ -148,6 +157,7 @@ class DecodeBatch:
         self._joining: list[tuple[Row, list[Any]]] = []
         self._cache: list[BatchKVCache] = []
         self._flight: _Flight | None = None
+        self._drafting = True  # whether the next launch looks for drafts (else it is plain, launched early)
         self.steps = 0
 
     def __len__(self) -> int:
@@ -211,54 +221,147 @@ class DecodeBatch:
 
     # -- the step -----------------------------------------------------------------------------
 
-    def _caps(self) -> list[int]:
-        cap = draft_cap(self.draft_tokens, self.budget, len(self.rows))
-        ks = []
-        for r in self.rows:
-            source = r.lookup is not None or self.drafter is not None
-            wants = cap > 0 and r.speculate and source and r.gate.allows()
-            ks.append(min(cap, r.gate.length, r.left - 1) if wants else 0)
-        return ks
+    def _caps(self, rows: list[Row]) -> list[int]:
+        cap = draft_cap(self.draft_tokens, self.budget, len(rows))
+        return [min(cap, r.gate.length, r.left - 1) if cap > 0 and self._may_draft(r) else 0 for r in rows]
 
-    def _propose(self, ks: list[int]) -> list[list[int]]:
+    def _may_draft(self, r: Row) -> bool:
+        return r.speculate and (r.lookup is not None or self.drafter is not None) and r.gate.open and r.left > 1
+
+    def _plan(self, rows: list[Row]) -> tuple[list[int], list[list[int]] | None]:
+        """Each row's draft count for the next step (``speculation.plan``), and with prompt
+        lookup the drafts themselves (a draft model proposes only once the plan says so)."""
+        ks = self._caps(rows)
+        rates = [r.gate.rate for r in rows]
         if self.drafter is not None:
-            if not any(ks):
-                return [[] for _ in ks]
-            return self.drafter.propose(self.rows, ks)
-        out = []
-        for r, k in zip(self.rows, ks, strict=True):
-            out.append(r.lookup.propose(k) if r.lookup is not None and k > 0 else [])
-        return out
+            return plan(ks, rates, self.cost), None
+        props = [r.lookup.propose(k) if r.lookup is not None and k > 0 else [] for r, k in zip(rows, ks, strict=True)]
+        ks = plan([len(p) for p in props], rates, self.cost)
+        return ks, [p[:k] for p, k in zip(props, ks, strict=True)]
+
+    def _drafts(self) -> list[list[int]]:
+        ks, drafts = self._plan(self.rows)
+        if drafts is not None:
+            return drafts
+        if not any(ks):
+            return [[] for _ in ks]
+        assert self.drafter is not None
+        return self.drafter.propose(self.rows, ks)
+
+    def _would_draft(self) -> bool:
+        """Whether the next step verifies drafts: then its launch waits for the landing."""
+        ks, _ = self._plan(self.rows + [r for r, _ in self._joining])
+        return any(ks)
+
+    def warm(self, widths: list[int]) -> None:
+        """Run a forward pass of each width over the rows and take it back: on a GPU, the
+        kernels of the shapes steps with drafts will run compile now (the load-time warm-up)."""
+        for w in widths:
+            mx.eval(self.model(mx.zeros((len(self.rows), w), dtype=mx.int32), cache=self._cache))
+            for c in self._cache:
+                c.trim(w)
 
     def step(self) -> list[tuple[int, list[Token]]]:
         """Land the step in flight and launch the next: the landed rows' accepted tokens (one
         at least), in order; the last of a finished row carries its finish reason (and its
         cache, when caches are kept)."""
-        out = self._land() if self._flight is not None else []
+        flight, self._flight = self._flight, None
+        if flight is not None and flight.sampled is not None and not self._drafting:
+            self._join_arrivals()  # a plain step stays plain: launch on its tokens, then land it
+            if self.rows:
+                self._launch(flight)
+            return self._land(flight)
+        out = self._land(flight) if flight is not None else []
+        self._join_arrivals()
+        if self.rows:
+            self._launch(None)
+        return out
+
+    def _join_arrivals(self) -> None:
         for row, cache in self._joining:
             self._join(row, cache)
         self._joining = []
-        if self.rows:
-            self._launch()
-        return out
 
-    def _launch(self) -> None:
-        drafts = self._propose(self._caps())
-        width = 1 + max(len(d) for d in drafts)
-        inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
+    def _launch(self, before: _Flight | None) -> None:
+        """Start the next step on the device: on ``before``'s tokens still computing (a plain
+        step launched early), else on every row's known next token plus its drafts."""
+        aheads: list[mx.array] | None = None
+        if before is not None:
+            drafts: list[list[int]] = [[] for _ in self.rows]
+            inputs, aheads = self._early_inputs(before)
+        else:
+            drafts = self._drafts()
+            longest = max(len(d) for d in drafts)
+            width = self.width(1 + longest) if longest else 1
+            inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
+        width = int(inputs.shape[1])
         logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
+        self.steps += 1
+        if width == 1:  # plain: sample on the device, as mlx-lm's GenerationBatch does
+            if aheads is None:
+                aheads = [inputs[i, :1] for i in range(len(self.rows))]
+            sampled, logprobs = self._sample_plain(logits[:, 0, :], aheads)
+            mx.async_eval(sampled, logprobs)
+            self._flight = _Flight(list(self.rows), drafts, 1, logits, None, sampled, logprobs)
+            return
         greedy = any(r.greedy and not r.processors and not r.sequential for r in self.rows)
         argmax = mx.argmax(logits, axis=-1) if greedy else None
         mx.async_eval(argmax if argmax is not None else logits)
         self._flight = _Flight(list(self.rows), drafts, width, logits, argmax)
-        self.steps += 1
 
-    def _land(self) -> list[tuple[int, list[Token]]]:
-        flight, self._flight = self._flight, None
-        assert flight is not None
+    def _early_inputs(self, before: _Flight) -> tuple[mx.array, list[mx.array]]:
+        """The rows' next tokens for a step launched before ``before`` landed: its samples for
+        the rows it had (those still here), the known next token of rows that joined since;
+        and what each row's processors see after its committed tokens (``before``'s input,
+        not committed until it lands, then this step's)."""
+        at = {id(r): i for i, r in enumerate(before.rows)}
+        sampled = before.sampled
+        assert sampled is not None
+        kept = [at[id(r)] for r in self.rows if id(r) in at]
+        parts = [sampled[mx.array(kept)] if kept else mx.array([], dtype=sampled.dtype)]
+        joined = [r.pending for r in self.rows if id(r) not in at]
+        if joined:
+            parts.append(mx.array(joined, dtype=sampled.dtype))
+        inputs = mx.concatenate(parts)
+        aheads = []
+        for i, r in enumerate(self.rows):
+            if id(r) in at:  # its pending token went in with ``before``
+                aheads.append(mx.concatenate([mx.array([r.pending], dtype=sampled.dtype), inputs[i : i + 1]]))
+            else:
+                aheads.append(inputs[i : i + 1])
+        return inputs[:, None], aheads
+
+    def _sample_plain(self, logits: mx.array, aheads: list[mx.array]) -> tuple[mx.array, mx.array]:
+        """Each row's next token, on the device: its processors (their context is its committed
+        tokens and its ``aheads``, which may still be computing), then its sampler; one sampler
+        call for rows that share one (mlx-lm's batch does the same)."""
+        rows = self.rows
+        if any(r.processors for r in rows):
+            parts = []
+            for i, r in enumerate(rows):
+                x = logits[i : i + 1]
+                if r.processors:
+                    assert r.context is not None
+                    ctx = r.context.fetch(aheads[i])
+                    for p in r.processors:
+                        x = p(ctx, x)
+                parts.append(x)
+            logits = mx.concatenate(parts, axis=0)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        first = rows[0].sampler
+        if all(r.sampler is first for r in rows):
+            return first(logprobs), logprobs
+        return mx.concatenate([r.sampler(logprobs[i : i + 1]) for i, r in enumerate(rows)]), logprobs
+
+    def _land(self, flight: _Flight) -> list[tuple[int, list[Token]]]:
         present = {id(r) for r in self.rows}
         landed = [i for i, r in enumerate(flight.rows) if id(r) in present]  # in the batch's order
-        sampled = self._sample(flight, landed)
+        if flight.sampled is not None:
+            picks: list[int] = flight.sampled.tolist()  # type: ignore[assignment]
+            assert flight.logprobs is not None
+            sampled = [([picks[i]], [flight.logprobs[i]]) for i in landed]
+        else:
+            sampled = self._sample(flight, landed)
         out: list[tuple[int, list[Token]]] = []
         keeps: list[int] = []
         finished: list[int] = []
@@ -281,6 +384,7 @@ class DecodeBatch:
             row.tally.drafted += len(d)
             row.tally.accepted += matched
             row.tally.steps += 1
+            row.gate.tick()
             row.gate.record(len(d), matched)
             kept = [row.pending, *d[:accepted]]
             row.tokens.extend(kept)
@@ -295,7 +399,8 @@ class DecodeBatch:
             out.append((row.uid, tokens))
         if not self.rows:
             return out
-        self._align(flight.width, keeps)
+        if flight.width > 1:
+            self._align(flight.width, keeps)
         if self.drafter is not None:
             self.drafter.accepted(self.rows)
         if finished:
@@ -304,6 +409,7 @@ class DecodeBatch:
                 last.all_tokens = self.rows[n].tokens
                 last.prompt_cache = self._extract(n) if self.keep_caches else []
             self._drop(finished)
+        self._drafting = self._would_draft()
         return out
 
     def _align(self, width: int, keeps: list[int]) -> None:

@@ -27,12 +27,15 @@ class Gate:
     pause: int = _FIRST_PAUSE  # the next pause's length
     length: int = 4  # drafts to ask for next: grows while all are accepted, else what was
 
-    def allows(self) -> bool:
-        """Whether the sequence drafts this step (a paused one counts the step)."""
+    @property
+    def open(self) -> bool:
+        """Whether the sequence drafts now."""
+        return self.paused == 0
+
+    def tick(self) -> None:
+        """A step went by (a paused sequence counts it)."""
         if self.paused > 0:
             self.paused -= 1
-            return False
-        return True
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""
@@ -45,6 +48,32 @@ class Gate:
             self.rate = MIN_ACCEPTANCE + 0.2  # after the pause it gets a fair new try
         elif accepted == drafted:
             self.pause = _FIRST_PAUSE
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What verifying drafts costs, relative to a plain decode step of the same batch: ``wait``,
+    the device idling while the host checks a step with drafts (a plain step is launched before
+    the previous one lands, a step with drafts only after: its inputs depend on what was
+    accepted), and ``position``, one extra forward position at a batch of one (at a batch of B,
+    ``position / B``). A CPU's forward pass dwarfs the host's work but pays for every position;
+    a GPU's is the reverse (shared/device.py)."""
+
+    wait: float
+    position: float
+
+
+def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
+    """How many drafts each row verifies this step, from the drafts it has (``lengths``) and
+    its recent acceptance (``rates``): none for a row whose drafts can't pay for their
+    positions, and none at all when the batch's expected accepted drafts don't pay for the step
+    it makes everyone wait for. A step with drafts gives B + Σ accepted tokens for 1 + wait +
+    position·Σ drafts / B plain steps' time, so it pays when Σ rate·drafts > wait·B + position·Σ drafts."""
+    keep = [n if n > 0 and rate > cost.position else 0 for n, rate in zip(lengths, rates, strict=True)]
+    gain = sum(rate * n for n, rate in zip(keep, rates, strict=True))
+    if not any(keep) or gain <= cost.wait * len(keep) + cost.position * sum(keep):
+        return [0] * len(keep)
+    return keep
 
 
 def draft_cap(tokens: int, budget: int, rows: int) -> int:

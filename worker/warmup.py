@@ -55,10 +55,13 @@ def _batch(core: EngineCore, n: int) -> float:
         prompt = tokens + [(tokens[-1] + i) % core.m.vocab_size]
         params = {"temperature": 0.0, "max_tokens": NEW_TOKENS}
         events += core.add(Generate(id=rid, model=core.cfg.name, input={"tokens": prompt}, params=params))
+    widths: list[int] = []
     for _ in range(MAX_STEPS):
         if not core.has_work:
             break
         events += core.step()
+        if not widths and backend() != "cpu":  # steps with drafts run wider shapes: compile them too
+            widths = core.warm_speculation()
     ends = {e.id: e for e in events if isinstance(e, (Done, Error))}
     failed = [ends.get(rid) for rid in ids if not isinstance(ends.get(rid), Done)]
     if failed or core.broken or core.has_work:

@@ -206,3 +206,37 @@ def test_a_draft_model_with_another_tokenizer_is_refused(tiny_model: Path, tmp_p
     other = build_tiny_model(tmp_path / "other", vocab=700)
     with pytest.raises(DraftError, match="vocabulary"):
         make_core(tiny_model, draft_model=str(other))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"repetition_penalty": 1.3, "presence_penalty": 0.5},
+        {"response_format": {"type": "json_schema", "schema": {"type": "array", "items": {"type": "integer"}}}},
+        {"temperature": 0.9, "seed": 11, "frequency_penalty": 0.4},
+    ],
+    ids=["penalties", "json_schema", "seeded"],
+)
+def test_plain_steps_launched_before_the_last_one_lands_give_the_same_tokens(
+    cores: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """Rows that don't draft run plain steps, each launched on the previous one's tokens while
+    they are still computing: their processors must still see every token, in order."""
+    reqs = [req(f"p{i}", CODE + str(i), speculative=False, **params) for i in range(3)]
+    assert texts(run(cores["lookup"], *reqs)) == texts(run(cores["off"], *reqs))
+
+
+def test_warming_the_verify_widths_leaves_the_batch_as_it_was(cores: dict[str, Any]) -> None:
+    """The GPU warm-up runs forward passes of each width over the rows and takes them back:
+    the answers are unchanged (run here on the CPU, which has nothing to compile)."""
+    core = cores["lookup"]
+    reqs = [req(f"w{i}", CODE + str(i)) for i in range(2)]
+    events = [e for r in reqs for e in core.add(r)]
+    widths: list[int] = []
+    while core.has_work:
+        events += core.step()
+        if not widths:
+            widths = core.warm_speculation()
+    assert widths  # the rows were in the decode batch at some step
+    got = {r.id: "".join(e.text for e in events if isinstance(e, Delta) and e.id == r.id) for r in reqs}
+    assert got == {k: v["text"] for k, v in run(cores["off"], *reqs).items()}

@@ -1,0 +1,55 @@
+"""The pure parts of speculative decoding: prompt lookup, the gate, the step plan, widths."""
+
+from __future__ import annotations
+
+from shared.device import speculation_cost, verify_width, verify_widths
+from worker.lookup import PromptLookup
+from worker.speculation import Gate, StepCost, draft_cap, plan
+
+
+def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
+    p = PromptLookup([1, 2, 3, 4, 5, 6, 1, 2, 3])
+    assert p.propose(3) == [4, 5, 6]
+    p.extend([4])
+    assert p.propose(2) == [5, 6]  # the 4-gram 1 2 3 4 matched; what followed it
+    assert PromptLookup([7, 8, 9]).propose(3) == []  # nothing repeats
+    assert PromptLookup([1, 2, 9, 1, 2, 7, 1, 2]).propose(2) == [7, 1]  # the most recent occurrence wins
+    assert PromptLookup([5, 1, 2, 8, 3, 1, 2]).propose(0) == []
+    single = PromptLookup([4, 9, 4])  # one token matching is not enough (n_min = 2)
+    assert single.propose(2) == []
+
+
+def test_the_gate_pauses_a_sequence_whose_drafts_miss_and_longer_each_time() -> None:
+    g = Gate()
+    assert g.open
+    g.record(4, 4)
+    assert g.open and g.length == 8  # all accepted: ask for more
+    g.record(8, 0)
+    g.record(8, 0)
+    assert not g.open and g.length == 1
+    first = g.paused
+    for _ in range(first):
+        g.tick()
+    assert g.open
+    g.record(4, 0)  # its fresh try misses
+    assert g.paused == 2 * first  # a longer pause
+
+
+def test_the_plan_drafts_only_what_pays_for_itself() -> None:
+    gpu = StepCost(wait=1.0, position=0.01)
+    assert plan([8], [0.75], gpu) == [8]  # one stream: 6 expected accepted tokens pay for the wait
+    assert plan([2], [0.3], gpu) == [0]  # 0.6 expected tokens don't
+    # eight streams, two with short drafts: not worth making all eight wait
+    assert plan([3, 3, 0, 0, 0, 0, 0, 0], [0.8, 0.8, 1, 1, 1, 1, 1, 1], gpu) == [0] * 8
+    assert plan([8] * 8, [0.75] * 8, gpu) == [8] * 8
+    cpu = StepCost(wait=0.05, position=0.08)
+    assert plan([3, 0], [0.5, 1.0], cpu) == [3, 0]
+    assert plan([3, 4], [0.05, 0.9], cpu) == [0, 4]  # a row whose drafts can't pay their positions
+
+
+def test_the_budget_is_shared_out_and_widths_are_bucketed_on_a_gpu() -> None:
+    assert draft_cap(8, 32, 1) == 8 and draft_cap(8, 32, 8) == 3 and draft_cap(8, 32, 32) == 0
+    assert [verify_width("cuda", w) for w in (1, 2, 3, 5, 9)] == [1, 2, 4, 8, 16]
+    assert [verify_width("cpu", w) for w in (1, 3, 5)] == [1, 3, 5]
+    assert verify_widths("cuda", 7) == [2, 4, 8] and verify_widths("cuda", 0) == []
+    assert speculation_cost("cpu")[0] < speculation_cost("cuda")[0]
