@@ -22,6 +22,7 @@ from starlette.responses import Response
 from gateway.errors import InvalidRequest, Unavailable
 from gateway.memory import reported, reported_total
 from gateway.models import ModelState
+from gateway.pool import WorkerHandle
 from gateway.supervisor import Supervisor
 from shared.units import FOREVER
 
@@ -34,6 +35,18 @@ def _iso(mono: float | None) -> str | None:
         return None
     wall = time.time() - (time.monotonic() - mono)
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def by_host(workers: list[WorkerHandle]) -> dict[str, int]:
+    """What a worker group's ranks hold on each host (from rank 0's heartbeat), summed per host;
+    empty for single workers (one process, one host)."""
+    out: dict[str, int] = {}
+    for w in workers:
+        ranks = w.heartbeat.ranks if w.heartbeat is not None and w.heartbeat.ranks else None
+        if ranks:
+            for r in ranks:
+                out[str(r["host"])] = out.get(str(r["host"]), 0) + int(r.get("memory_bytes") or 0)
+    return out
 
 
 def describe(sup: Supervisor, name: str) -> dict[str, Any]:
@@ -59,9 +72,11 @@ def describe(sup: Supervisor, name: str) -> dict[str, Any]:
                 "state": w.describe()["state"],
                 "running": len(w.inflight),
                 **reported(w.heartbeat),
+                **({"ranks": ranks} if (ranks := w.rank_list()) else {}),  # a worker group's
             }
             for w in workers
         ],
+        "memory_by_host": by_host(workers),
         "memory_estimate_bytes": est.total,
         "memory_estimate": {
             "weights_bytes": est.weights,

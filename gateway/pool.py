@@ -34,6 +34,14 @@ class WorkerHandle:
     last_seen: float = field(default_factory=time.monotonic)
     loading_since: float = 0.0  # when it said it was loading, for the model load time
     heartbeat: Heartbeat | None = None
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # a worker group's ranks, as spawned
+
+    def rank_list(self) -> list[dict[str, Any]] | None:
+        """A worker group's ranks (pid, host, memory once rank 0 reports them); None: one process."""
+        hb = self.heartbeat
+        if hb is not None and hb.ranks:
+            return hb.ranks
+        return self.ranks or None
 
     def describe(self) -> dict[str, Any]:
         hb = self.heartbeat
@@ -49,6 +57,7 @@ class WorkerHandle:
             "prompt_cache_bytes": hb.cache_bytes if hb else 0,
             "context_length": self.context_length or None,  # known once it is ready
             "trained_context_length": self.trained_context or None,  # set when RoPE-scaled beyond it
+            **({"ranks": ranks} if (ranks := self.rank_list()) else {}),  # a worker group's
         }
 
 

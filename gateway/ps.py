@@ -2,7 +2,9 @@
 
 It reads ``GET /admin/models``; the API key comes from ``--api-key-env NAME`` or
 ``HEARTH_API_KEY``. MEMORY is what the workers really hold (RSS on Linux, the physical
-footprint on macOS); MLX ACTIVE and MLX CACHE are MLX's own counters of it.
+footprint on macOS); MLX ACTIVE and MLX CACHE are MLX's own counters of it. A worker group (one model over
+several ranks) counts as one replica; its ranks (pid, host, memory) and its memory per host are
+listed under the table.
 """
 
 from __future__ import annotations
@@ -61,10 +63,29 @@ def rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
     return out
 
 
+def group_lines(data: dict[str, Any]) -> list[str]:
+    """A worker group's ranks under the table: each rank's pid, host and memory, then the
+    group's memory per host (a split model's footprint is the sum over its hosts)."""
+    out: list[str] = []
+    for m in data["models"]:
+        for w in m["workers"]:
+            for r in w.get("ranks") or []:
+                mem = format_size(r["memory_bytes"]) if r.get("memory_bytes") is not None else "-"
+                out.append(f"  {m['name']} {w['id']} rank {r['rank']}: pid {r['pid']} on {r['host']}, memory {mem}")
+        hosts = m.get("memory_by_host") or {}
+        if hosts:
+            per = ", ".join(f"{h} {format_size(n)}" for h, n in hosts.items())
+            out.append(f"  {m['name']} memory per host: {per}")
+    return out
+
+
 def table(data: dict[str, Any]) -> str:
     lines: list[tuple[str, ...]] = [COLUMNS, *rows(data)]
     widths = [max(len(r[i]) for r in lines) for i in range(len(COLUMNS))]
     text = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines]
+    groups = group_lines(data)
+    if groups:
+        text += ["", "worker groups:", *groups]
     limits = []
     if data.get("max_loaded_models"):
         limits.append(f"{data['loaded']}/{data['max_loaded_models']} models loaded")

@@ -9,13 +9,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 log = logging.getLogger("hearth.supervisor")
 SIGNAL_WAIT = 3.0  # seconds between SIGTERM and SIGKILL, and after SIGKILL
 
 
+class Child(Protocol):
+    """A worker process as the supervisor drives it: an ``asyncio.subprocess.Process``, or a
+    worker group's ranks as one (gateway/group.py)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
 async def stop_ladder(
-    procs: Callable[[], Iterable[asyncio.subprocess.Process]],
+    procs: Callable[[], Iterable[Child]],
     drain_timeout: float,
     what: str,
     go_on: Callable[[], bool] = lambda: True,

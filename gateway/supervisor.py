@@ -20,7 +20,9 @@ import asyncio
 import logging
 import os
 import re
+import tempfile
 import time
+from pathlib import Path
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
@@ -30,8 +32,9 @@ from gateway.client import EngineClient
 from gateway.errors import Unavailable
 from gateway.memory import Estimate, estimate, held
 from gateway.models import Model, ModelState, Models
+from gateway.group import parent_pid_ok, start_group
 from gateway.spawn import child_env, worker_command
-from gateway.stopping import stop_ladder
+from gateway.stopping import Child, stop_ladder
 from shared.config import Config, ModelConfig
 from shared.protocol import Drain
 
@@ -49,7 +52,7 @@ class ModelRunner:
         self.cfg = cfg
         self.slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.name)
         self.tasks: list[asyncio.Task[None]] = []
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.procs: dict[str, Child] = {}
         self.generations = [0] * cfg.replicas  # worker ids stay unique across restarts and reloads
         self.given_up = 0
         self.leaving = False  # being unloaded
@@ -126,10 +129,15 @@ class ModelRunner:
             self.generations[replica] += 1
             handle = sup.models.pool.add(worker_id, model.name)
             sup.models.changed()
+            parent = os.getpid() if parent_pid_ok(model) else None  # mlx.launch's ranks are not our children
+            cmd = worker_command(client.endpoint, worker_id, model, parent_pid=parent)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *worker_command(client.endpoint, worker_id, model, parent_pid=os.getpid()), env=child_env()
-                )
+                proc: Child
+                if model.distributed is not None:  # a worker group: its ranks as one (gateway/group.py)
+                    group = await start_group(model, cmd, child_env(), sup.runtime_dir, worker_id)
+                    handle.ranks, proc = group.ranks(), group
+                else:
+                    proc = await asyncio.create_subprocess_exec(*cmd, env=child_env())
             except OSError as e:
                 sup.models.pool.remove(worker_id)
                 self._give_up(f"cannot start a worker: {e}")
@@ -144,7 +152,8 @@ class ModelRunner:
             self.procs.pop(worker_id, None)
             sup.procs.pop(worker_id, None)
             detail = handle.detail
-            why = f"exit code {rc}" + (f": {detail}" if detail else "")
+            why = getattr(proc, "why", "") or f"exit code {rc}"  # a group says which rank ended it
+            why += f": {detail}" if detail else ""
             client.worker_exited(worker_id, why)
             if sup.stopping or self.leaving:
                 return
@@ -180,10 +189,20 @@ class Supervisor:
         self.estimates = estimates or {m.name: estimate(m) for m in config.models}
         self.limits = residency.Limits(config.server.max_loaded_models, config.server.memory_budget_bytes())
         self.runners = {m.name: ModelRunner(self, m) for m in config.models}
-        self.procs: dict[str, asyncio.subprocess.Process] = {}  # every worker process, by worker id
+        self.procs: dict[str, Child] = {}  # every worker process (or group), by worker id
         self.restarts: dict[str, int] = {}
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The gateway's private runtime folder (a worker group's hostfile goes there)."""
+        endpoint = self.client.endpoint
+        return (
+            Path(endpoint.removeprefix("ipc://")).parent
+            if endpoint.startswith("ipc://")
+            else Path(tempfile.gettempdir())
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -44,6 +44,25 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """``[models.distributed]``: the model runs as a worker group, split over ``hosts`` (one
+    entry per rank, a host repeated for several ranks on it, as ``mlx.launch --hosts`` takes
+    them) with MLX's ``backend``; ``strategy`` is mlx-lm's tensor parallelism (``shard``) or its
+    pipeline split, where the architecture has one. ``launcher``: ``hearth`` starts each rank
+    itself (ring ranks on this machine), ``mlx.launch`` runs MLX's launcher (ranks over SSH),
+    ``auto`` picks. ``port``: the first of the ranks' consecutive ports (0: free ones)."""
+
+    __pydantic_config__ = STRICT_CLOSED
+
+    hosts: list[str]
+    backend: str = "ring"
+    strategy: str = "tensor"
+    launcher: str = "auto"
+    port: int = 0
+    hostfile: str | None = None  # an mlx.launch hostfile of the operator's (jaccl: its RDMA devices)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One served model. ``path`` is an MLX model folder or a GGUF file (imported on first load);
     for ``kind = "embedding"``, a sentence-transformers folder or its zip (extracted on first load).
@@ -99,6 +118,8 @@ class ModelConfig:
     # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
     # if still above, restarts: bytes or "6GiB"; 0: no ceiling
     memory_ceiling: int | str = 0
+    # run as a worker group: one replica split over several processes (shared/group.py)
+    distributed: DistributedConfig | None = None
     # speculative decoding (worker/decode.py): "lookup" drafts from the sequence's own prompt and
     # output, "draft" from ``draft_model``, "off" decodes one token per step. None: "draft" when a
     # draft_model is set, else "lookup". A request may opt out with "speculative": false.
@@ -129,7 +150,10 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelConfig:
-        return cls(**orjson.loads(data))
+        fields = orjson.loads(data)
+        if fields.get("distributed") is not None:
+            fields["distributed"] = DistributedConfig(**fields["distributed"])
+        return cls(**fields)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
@@ -297,6 +321,32 @@ def validate_model(m: ModelConfig) -> None:
         m.memory_ceiling_bytes()
     except ValueError as e:
         raise ConfigError(f"model {m.name}: memory_ceiling: {e}") from None
+    if m.distributed is not None:
+        validate_group(m, m.distributed)
+
+
+def validate_group(m: ModelConfig, d: DistributedConfig) -> None:
+    """A worker group's settings, the split of the model's heads over its ranks included."""
+    from shared import group
+    from shared.shape import ShapeError, read_shape
+
+    if m.draft_model is not None:
+        raise ConfigError(
+            f"model {m.name}: [models.distributed] a worker group can't run a draft_model yet; "
+            'prompt-lookup speculation (speculative = "lookup") works'
+        )
+    pipes = None
+    if d.strategy == "pipeline":
+        try:
+            pipes = group.pipelines(read_shape(m.path).model_type)
+        except (ShapeError, OSError):
+            pipes = None  # group.validate says why the shape can't be read
+    try:
+        group.validate(d.hosts, d.backend, d.strategy, d.launcher, d.port, m.path, m.kind, m.replicas, pipes)
+        if d.hostfile is not None:
+            group.check_hostfile(d.hostfile, d.hosts, group.launcher_of(d.hosts, d.backend, d.launcher))
+    except group.GroupConfigError as e:
+        raise ConfigError(f"model {m.name}: [models.distributed] {e}") from None
 
 
 def load_toml(path: str | os.PathLike[str]) -> Config:
@@ -328,6 +378,12 @@ def load_toml(path: str | os.PathLike[str]) -> Config:
             raw["path"] = default_model_path()
         elif "path" in raw:
             raw["path"] = str((p.parent / os.path.expanduser(raw["path"])).resolve())
+        hostfile = raw.get("distributed", {}).get("hostfile") if isinstance(raw.get("distributed"), dict) else None
+        if isinstance(hostfile, str):  # relative to the config file, as paths are
+            raw["distributed"] = {
+                **raw["distributed"],
+                "hostfile": str((p.parent / os.path.expanduser(hostfile)).resolve()),
+            }
         models.append(_build(ModelConfig, raw, where))
     keys: dict[str, Any] = {
         k: str((p.parent / os.path.expanduser(v)).resolve())

@@ -171,6 +171,9 @@ class Heartbeat:
     mlx_active_bytes: int = 0
     mlx_cache_bytes: int = 0
     mlx_peak_bytes: int = 0
+    # a worker group's rank 0: each rank's {rank, pid, host, memory_bytes, mlx_*_bytes}; the
+    # fields above are then the sums over the ranks (docs/protocol.md, Worker groups)
+    ranks: list[dict[str, Any]] | None = None
     KIND = Kind.HEARTBEAT
 
 

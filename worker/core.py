@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ from worker.sampling import (
 )
 from worker.templating import Prompt, TemplateError, render, system_prefix
 from worker.toolcalls import ToolCall, ToolCallStream, ToolSyntax
+
+
+def _same(sampler: Sampler) -> Sampler:
+    return sampler
 
 
 @functools.cache
@@ -127,6 +132,8 @@ class EngineCore:
         self._system_pending: set[str] = set()  # requests whose system prompt is being prefilled
         self.tool_syntax = ToolSyntax.of(loaded.tokenizer, cfg.tool_parser)  # None: no tool calling
         self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
+        # a worker group's ranks draw rank 0's tokens (worker/group.py); one process: the sampler itself
+        self.wrap_sampler: Callable[[Sampler], Sampler] = _same
         self.speculation = cfg.speculation() if can_verify(make_prompt_cache(loaded.model)) else "off"
         self._in_gen: set[int] = set()  # uids inside the batch generator (prefilling, or decoding)
         self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
@@ -241,7 +248,7 @@ class EngineCore:
         thinking = self.reasoning_syntax if "messages" in req.input else None  # chats only
         inside = thinking is not None and not prompt.prefill and thinking.opens(prompt.tokens)
         try:
-            sampler = make_request_sampler(params, self.m.vocab_size, draws=len(forced))
+            sampler = self.wrap_sampler(make_request_sampler(params, self.m.vocab_size, draws=len(forced)))
             processors = make_request_processors(params, self.m.vocab_size)
             # a forced call's prefill already closed any reasoning block: the grammar starts after it
             constraint = self._constraint(params, prompt, None if prompt.prefill else thinking, inside)

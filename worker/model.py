@@ -51,7 +51,12 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
     plan = rope.plan(load_config(folder), cfg.context_length, cfg.rope_scaling)
     override = {"rope_scaling": plan.scaling} if plan.scaling is not None else None
-    model, tokenizer, config = mlx_load(str(folder), model_config=override, return_config=True)  # type: ignore[misc]
+    lazy = cfg.distributed is not None  # a group's rank reads only its own part of the weights
+    model, tokenizer, config = mlx_load(str(folder), model_config=override, lazy=lazy, return_config=True)  # type: ignore[misc]
+    if cfg.distributed is not None:
+        from worker.group import shard
+
+        shard(model, cfg.distributed)
     if plan.scaling is not None and getattr(getattr(model, "args", None), "rope_scaling", None) != plan.scaling:
         raise rope.RopeError(
             f"rope_scaling: mlx-lm's {config.get('model_type')} model does not take rope_scaling, so it can't run "

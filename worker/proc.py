@@ -72,9 +72,10 @@ class _Loader(threading.Thread):
     """Loads the model off the socket thread: the core its ``kind`` needs (for a chat model,
     with the sampling self-check, the warm-up and the warm prompt cache)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, group_channel: str | None = None) -> None:
         super().__init__(name="hearth-load", daemon=True)
         self.cfg = cfg
+        self.group_channel = group_channel  # rank 0 of a worker group: where its followers join
         self.core: Core | None = None
         self.error: str | None = None
 
@@ -91,13 +92,13 @@ class _Loader(threading.Thread):
                 self.core = EmbeddingCore(model, self.cfg)
                 memory.bound_cache(self.cfg.cache_limit_bytes, 0)  # no prompt cache: the smallest bound
                 return
-            from worker.core import EngineCore
+            from worker.group import join_followers, make_core
             from worker.model import load_model
             from worker.device import describe
             from worker.selfcheck import self_check
             from worker.warmup import warm_up
 
-            core = EngineCore(load_model(self.cfg), self.cfg)
+            core = make_core(load_model(self.cfg), self.cfg)  # a GroupCore on a worker group's rank
             self_check(core)
             if self.cfg.warmup:
                 t = time.perf_counter()
@@ -109,6 +110,8 @@ class _Loader(threading.Thread):
                     describe(),
                 )
             _warm(core, save=False)
+            if self.group_channel is not None:
+                join_followers(core, self.group_channel)
             budget = memory.model_bytes(core.m.model) + self.cfg.prompt_cache_bytes
             limit = memory.bound_cache(self.cfg.cache_limit_bytes, budget)
             log.info("MLX buffer cache bounded at %s", format_size(limit))
@@ -154,6 +157,7 @@ class WorkerProcess:
         cfg: ModelConfig,
         parent_pid: int | None,
         curve: tuple[bytes, bytes, bytes] | None = None,
+        group_channel: str | None = None,
     ):
         self.worker_id = worker_id
         self.cfg = cfg
@@ -181,7 +185,7 @@ class WorkerProcess:
         self.failed_handshakes = 0  # in a row
         self.sock.connect(endpoint)
         self.endpoint = endpoint
-        self.loader = _Loader(cfg)
+        self.loader = _Loader(cfg, group_channel)
         self.core: Core | None = None
         self.draining = False
         self.stop_signal = False
@@ -370,18 +374,21 @@ class WorkerProcess:
                 memory.release(heap=True)
                 self.idle_since = 0.0
         m = self._watch_memory() if core is not None else memory.read()
-        self.send(
-            Heartbeat(
-                running=core.running if core else 0,
-                waiting=core.waiting if core else 0,
-                cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
-                cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
-                memory_bytes=m.footprint,
-                mlx_active_bytes=m.active,
-                mlx_cache_bytes=m.cache,
-                mlx_peak_bytes=m.peak,
-            )
+        hb = Heartbeat(
+            running=core.running if core else 0,
+            waiting=core.waiting if core else 0,
+            cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
+            cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
+            memory_bytes=m.footprint,
+            mlx_active_bytes=m.active,
+            mlx_cache_bytes=m.cache,
+            mlx_peak_bytes=m.peak,
         )
+        if self.cfg.distributed is not None:  # rank 0 of a worker group: the group's sums, each rank
+            from worker.group import group_heartbeat
+
+            hb = group_heartbeat(core, hb, self.cfg.distributed.hosts[0])
+        self.send(hb)
 
     def _watch_memory(self) -> memory.Reading:
         """The memory now, after acting on the model's ``memory_ceiling`` (``memory.decide``):
@@ -426,6 +433,10 @@ class WorkerProcess:
         return reading
 
     def close(self) -> None:
+        if self.cfg.distributed is not None and self.core is not None:
+            from worker.group import release_followers
+
+            release_followers(self.core)
         if self.monitor is not None:
             self.sock.disable_monitor()
             self.monitor.close()
@@ -441,14 +452,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--server-key", help="CURVE: the gateway's public certificate file (NAME.key)")
     p.add_argument("--key", help="CURVE: this worker's secret certificate file (NAME.key_secret)")
+    p.add_argument("--group-channel", help="a worker group: rank 0's channel to its followers (tcp://HOST:PORT)")
     args = p.parse_args(argv)
+    cfg = ModelConfig.from_json(args.model_json)
+    rank = int(os.environ.get("MLX_RANK", "0")) if cfg.distributed is not None else 0
     if bool(args.server_key) != bool(args.key):
         p.error("--server-key and --key go together")
+    who = f"{args.worker_id}/rank{rank}" if cfg.distributed is not None else args.worker_id
     logging.basicConfig(
         level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s worker[{args.worker_id}] %(levelname)s %(message)s",
+        format=f"%(asctime)s worker[{who}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if cfg.distributed is not None and not args.group_channel:
+        p.error("a worker group's ranks need --group-channel")
+    if rank > 0:  # a follower rank: no gateway socket, only rank 0's ops (worker/follower.py)
+        from worker.follower import follow
+
+        return follow(cfg, args.group_channel, rank, args.parent_pid)
     curve = None
     if args.key:
         public, secret = zmq.auth.load_certificate(args.key)
@@ -456,8 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         if secret is None:
             p.error(f"--key {args.key} holds no secret key (use the NAME.key_secret file)")
         curve = (public, secret, server_public)
-    cfg = ModelConfig.from_json(args.model_json)
-    proc = WorkerProcess(args.endpoint, args.worker_id, cfg, args.parent_pid, curve)
+    proc = WorkerProcess(args.endpoint, args.worker_id, cfg, args.parent_pid, curve, args.group_channel)
 
     def on_term(signum: int, frame: object) -> None:
         proc.stop_signal = True

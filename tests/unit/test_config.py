@@ -15,6 +15,7 @@ import pytest
 
 from shared.config import (
     DEFAULT_MODEL_NAME,
+    DistributedConfig,
     DTYPES,
     ON_DEMAND_KEEP_ALIVE,
     Config,
@@ -379,6 +380,7 @@ CHANGES: dict[str, Any] = {
     "draft_model": "/draft",
     "speculative_tokens": 4,
     "speculative_budget": 16,
+    "distributed": DistributedConfig(hosts=["127.0.0.1", "127.0.0.1", "127.0.0.1"]),
 }
 
 
