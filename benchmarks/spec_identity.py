@@ -44,7 +44,7 @@ def main() -> None:
         print("  lookup", {k: ub.get(k) for k in ("draft_tokens", "accepted_draft_tokens", "decode_steps")})
         print("  exact ", {k: uc.get(k) for k in ("draft_tokens", "accepted_draft_tokens", "decode_steps")})
         if a != b:
-            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) if any(x != y for x, y in zip(a, b)) else min(len(a), len(b))
+            i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             print("  off   :", repr(a[max(0, i - 40) : i + 80]))
             print("  lookup:", repr(b[max(0, i - 40) : i + 80]))
 
