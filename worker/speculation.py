@@ -18,13 +18,16 @@ from dataclasses import dataclass
 
 _EMA = 0.5  # weight of the newest step in the acceptance average
 _FIRST_PAUSE, _LONGEST_PAUSE = 8, 64  # steps without drafts before a fresh try, doubled per failed try
+# a fresh try's rate: enough for one sequence alone to draft on any backend (plan), not enough
+# for one sequence's try to hold up a batch of several on a GPU
+_RETRY_RATE = 0.6
 
 
 @dataclass
 class Gate:
     """One sequence's recent acceptance (accepted ÷ drafted, averaged over its steps with
     drafts). The step plan (``plan``) drafts only what that rate pays for; a sequence left
-    without drafts for ``pause`` steps gets a fresh, optimistic try, and each try that doesn't
+    without drafts for ``pause`` steps gets a fresh try, and each try that doesn't
     pay doubles the wait for the next."""
 
     rate: float = 1.0  # an optimist at first: every sequence gets to try
@@ -35,7 +38,7 @@ class Gate:
         """A step went by, with or without drafts of this sequence."""
         self.idle = 0 if drafted else self.idle + 1
         if self.idle >= self.pause:
-            self.rate, self.idle, self.pause = 1.0, 0, min(self.pause * 2, _LONGEST_PAUSE)
+            self.rate, self.idle, self.pause = max(self.rate, _RETRY_RATE), 0, min(self.pause * 2, _LONGEST_PAUSE)
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""

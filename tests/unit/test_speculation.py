@@ -31,7 +31,7 @@ def test_a_sequence_without_drafts_gets_a_fresh_try_later_and_waits_longer_each_
         g.tick(False)
     assert g.rate == 0.25
     g.tick(False)
-    assert g.rate == 1.0 and g.pause == 2 * first  # a fresh try; the next one waits longer
+    assert g.rate == 0.6 and g.pause == 2 * first  # a fresh try; the next one waits longer
     g.record(4, 4)  # it paid: back to the short wait
     assert g.pause == first
 
