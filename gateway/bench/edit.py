@@ -99,12 +99,15 @@ def edit_messages(i: int) -> prompts.Messages:
 
 
 async def _step(target: Target, kind: str, n: int, seed: int, round_: int) -> tuple[list[RequestResult], float]:
-    extra = OFF if kind.endswith("-nospec") else None
+    """One step's requests: every one new to the server (with and without speculation too, so
+    neither side finds the other's prompts in the prompt cache)."""
+    off = kind.endswith("-nospec")
+    extra = OFF if off else None
 
     async def one(c: int) -> RequestResult:
         if kind.startswith("edit"):
-            return await target.chat(edit_messages(round_ * n + c), EDIT_MAX_TOKENS, extra)
-        return await target.chat(prompts.chat(seed, "single", n, c, round_), PROSE_MAX_TOKENS, extra)
+            return await target.chat(edit_messages(1000 * off + 100 * n + round_ * n + c), EDIT_MAX_TOKENS, extra)
+        return await target.chat(prompts.chat(seed, kind, n, c, round_), PROSE_MAX_TOKENS, extra)
 
     t0 = time.perf_counter()
     results = list(await asyncio.gather(*(one(c) for c in range(n))))
