@@ -105,6 +105,9 @@ class _Live:
     tally: Tally = field(default_factory=Tally)
 
 
+WARM_FORMAT = "kv-2"  # bump when the saved KV's layout or meaning changes: old saves are then ignored
+
+
 def _prefill_segments(segments: list[list[int]]) -> int:
     """How many of a prompt's ``segments`` the batch generator prefills before it decodes: all
     that are not empty, its last one split in two when longer than a token (mlx-lm's
@@ -193,11 +196,14 @@ class EngineCore:
 
     def warm_folder(self) -> Path:
         """Where this model's saved prompt caches live: keyed by the weights (folder, file sizes
-        and times), so a cache is never applied to other weights than those that made it."""
+        and times) and ``WARM_FORMAT``, so a cache is never applied to other weights than those
+        that made it, nor read by a Hearth that lays the KV out differently (a stale worker
+        group's shards, saved before the group's layout settled, gave garbage answers)."""
         from worker.gguf import default_cache_dir
 
         files = sorted(self.m.folder.glob("*.safetensors"))
-        ident = [str(self.m.folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        ident = [WARM_FORMAT, str(self.m.folder.resolve())]
+        ident += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
         key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
         return default_cache_dir() / "prompt-cache" / f"{self.m.folder.name}-{key}"
 
