@@ -158,6 +158,9 @@ class DecodeBatch:
         self._cache: list[BatchKVCache] = []
         self._flight: _Flight | None = None
         self._drafting = True  # whether the next launch looks for drafts (else it is plain, launched early)
+        # the plan ``_would_draft`` made at the last landing, for the rows it planned (by identity):
+        # the launch right after uses it instead of looking the drafts up again
+        self._planned: tuple[list[int], tuple[list[int], list[list[int]] | None]] | None = None
         self.steps = 0
 
     def __len__(self) -> int:
@@ -240,7 +243,11 @@ class DecodeBatch:
         return ks, [p[:k] for p, k in zip(props, ks, strict=True)]
 
     def _drafts(self) -> list[list[int]]:
-        ks, drafts = self._plan(self.rows)
+        planned, self._planned = self._planned, None
+        if planned is not None and planned[0] == [id(r) for r in self.rows]:
+            ks, drafts = planned[1]
+        else:
+            ks, drafts = self._plan(self.rows)
         if drafts is not None:
             return drafts
         if not any(ks):
@@ -250,8 +257,10 @@ class DecodeBatch:
 
     def _would_draft(self) -> bool:
         """Whether the next step verifies drafts: then its launch waits for the landing."""
-        ks, _ = self._plan(self.rows + [r for r, _ in self._joining])
-        return any(ks)
+        rows = self.rows + [r for r, _ in self._joining]
+        made = self._plan(rows)
+        self._planned = ([id(r) for r in rows], made)
+        return any(made[0])
 
     def warm(self, widths: list[int]) -> None:
         """Run a forward pass of each width over the rows and take it back: on a GPU, the
