@@ -121,15 +121,13 @@ def speculative_budget(backend: str, configured: int | None) -> int:
     return 32 if backend == "cpu" else 128
 
 
-# (wait, position) for worker.speculation.StepCost. CPU: SmolLM2-135M float32, one sequence with
-# 8 positions ~1.6x a plain step (0.08 a position); the host's check is small beside a ~100 ms
-# forward pass, but rows that keep different numbers of drafts are shifted into line, a copy of
-# the batch's whole KV cache (edit x8 with drafts ran at 1.3x, prose x8 at 0.72x the decode
-# speed without, when a step was taken as costing 0.05 of a plain one more: 0.4 now).
-# CUDA: on the H200 a step with drafts at 8 sequences of SmolLM2 cost about twice a
-# pipelined plain one (prose x8 with drafts 0.53x without), positions nearly free. Metal: not
-# measured; taken as CUDA.
-_STEP_COST = {"cpu": (0.4, 0.08), "cuda": (1.0, 0.01), "metal": (1.0, 0.01)}
+# (wait, position) for worker.speculation.StepCost, measured with benchmarks/step_costs.py.
+# CPU (SmolLM2-135M float32, 2 cores): a step of width W at B rows costs about
+# 1 + 0.1·sqrt(B)·(W - 1) plain steps (B=1: 1.46x at W=5, B=8: 1.68x at W=5, 2.6x at W=9), and
+# the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA: on the H200 a step
+# with drafts at 8 sequences of SmolLM2 cost about twice a pipelined plain one, positions nearly
+# free. Metal: not measured; taken as CUDA.
+_STEP_COST = {"cpu": (0.15, 0.1), "cuda": (1.0, 0.01), "metal": (1.0, 0.01)}
 
 
 def speculation_cost(backend: str) -> tuple[float, float]:

@@ -14,8 +14,8 @@ the others, in one forward pass per step over every row's next token plus its dr
   target model's (processed) distribution, and processors see the same tokens in the same
   order (sample-and-compare; a row of greedy rows is checked with one argmax);
 - the KV cache keeps each row's accepted tokens: all rows are trimmed to the longest keep, and
-  rows that kept fewer are shifted right into their left padding (mlx-lm's
-  ``BatchKVCache.prepare(right_padding=...)`` + ``finalize()``, as its own prefill does).
+  the positions a row rejected within it are masked out for that row
+  (``worker.ragged_cache``), rather than copying the whole cache to shift rows into line.
 
 A row without drafts (gated off, or ``"speculative": false``) is a plain decode step in the
 same forward pass: the batch never falls back to one sequence at a time.
@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import KVCache
 
 from worker.lookup import PromptLookup
+from worker.ragged_cache import RaggedKVCache
 from worker.speculation import Gate, StepCost, Tally, draft_cap, plan
 
 Sampler = Callable[[mx.array], mx.array]
@@ -155,7 +156,7 @@ class DecodeBatch:
         self.drafter = drafter
         self.rows: list[Row] = []
         self._joining: list[tuple[Row, list[Any]]] = []
-        self._cache: list[BatchKVCache] = []
+        self._cache: list[RaggedKVCache] = []
         self._flight: _Flight | None = None
         self._drafting = True  # whether the next launch looks for drafts (else it is plain, launched early)
         # the plan ``_would_draft`` made at the last landing, for the rows it planned (by identity):
@@ -178,7 +179,7 @@ class DecodeBatch:
         self._joining.append((row, cache))
 
     def _join(self, row: Row, cache: list[Any]) -> None:
-        merged = [BatchKVCache.merge([c]) for c in cache]
+        merged = [RaggedKVCache.single(c) for c in cache]
         if not self.rows:
             self._cache = merged
         else:
@@ -235,6 +236,8 @@ class DecodeBatch:
         """Each row's draft count for the next step (``speculation.plan``), and with prompt
         lookup the drafts themselves (a draft model proposes only once the plan says so)."""
         ks = self._caps(rows)
+        if not any(ks):
+            return ks, [[] for _ in rows] if self.drafter is None else None
         rates = [r.gate.rate for r in rows]
         if self.drafter is not None:
             return plan(ks, rates, self.cost), None
@@ -423,14 +426,12 @@ class DecodeBatch:
 
     def _align(self, width: int, keeps: list[int]) -> None:
         """Keep each row's ``keeps`` first positions of this step: trim everyone to the
-        longest keep, then shift the rows that keep fewer right, into their left padding."""
+        longest keep, then mask out the rest of the rows that keep fewer."""
         most = max(keeps)
-        shift = [most - k for k in keeps]
+        gaps = [most - k for k in keeps]
         for c in self._cache:
             c.trim(width - most)
-            if any(shift):
-                c.prepare(right_padding=shift)
-                c.finalize()
+            c.punch(gaps)
 
     # -- sampling -----------------------------------------------------------------------------
 

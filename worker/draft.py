@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from worker.decode import Row, can_verify
+from worker.ragged_cache import RaggedKVCache
 
 PREFILL_CHUNK = 512  # a joining row's history is prefilled this many tokens at a time
 
@@ -55,7 +56,7 @@ class DraftModel:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self._cache: list[BatchKVCache] = []
+        self._cache: list[RaggedKVCache] = []
         self._rows = 0
         self._fed: list[list[int]] = []  # per row: this step's drafts fed into the cache (all but the last)
 
@@ -66,7 +67,7 @@ class DraftModel:
             self.model(mx.array(history[start : start + PREFILL_CHUNK])[None], cache=cache)
             mx.eval([c.state for c in cache])
         row.draft_len = len(history)
-        merged = [BatchKVCache.merge([c]) for c in cache]
+        merged = [RaggedKVCache.single(c) for c in cache]
         if not self._rows:
             self._cache = merged
         else:
@@ -97,9 +98,7 @@ class DraftModel:
         token = mx.argmax(logits[mx.arange(len(rows)), last], axis=-1)
         shift = [width - len(f) for f in feeds]
         for c in self._cache:
-            if any(shift):
-                c.prepare(right_padding=shift)
-                c.finalize()
+            c.punch(shift)
         for r, f in zip(rows, feeds, strict=True):
             r.draft_len += len(f)
         drafted = [token]
@@ -126,7 +125,5 @@ class DraftModel:
         most = max(keeps)
         for c in self._cache:
             c.trim(width - most)
-            if most != min(keeps):
-                c.prepare(right_padding=[most - k for k in keeps])
-                c.finalize()
+            c.punch([most - k for k in keeps])
         self._fed = [[] for _ in rows]

@@ -3,12 +3,12 @@
 A draft costs the target model extra positions in its forward pass, and a step with drafts
 makes the whole batch wait for the host (its next inputs depend on what was accepted). On a GPU
 positions are nearly free and the wait is what costs; on a CPU the reverse. So the batch has a
-budget of positions per step (``speculative_budget``) shared by its rows, each sequence drafts
-only as far as its recent acceptance makes worth it, and a step verifies drafts only when the
-batch's expected accepted tokens pay for the wait (``plan``). A sequence that stops drafting
-gets a fresh try later, waiting longer after each try that did not pay, so prose (which rarely
-repeats its context) decodes as it would without speculation while a file being rewritten
-drafts on every step.
+budget of positions per step (``speculative_budget``) shared by its rows, and a step verifies
+drafts only when the rows' expected accepted tokens, from their recent acceptance, pay for the
+wait and the step's width, for the rows together (``plan``: the product of their speed-ups).
+A sequence that stops drafting gets a fresh try later, waiting longer after each try that did
+not pay, so prose (which rarely repeats its context) decodes as it would without speculation
+while a file being rewritten drafts on every step.
 """
 
 from __future__ import annotations
@@ -51,43 +51,47 @@ class Gate:
 
 @dataclass(frozen=True)
 class StepCost:
-    """What verifying drafts costs, relative to a plain decode step of the same batch: ``wait``,
-    the device idling while the host checks a step with drafts (a plain step is launched before
-    the previous one lands, a step with drafts only after: its inputs depend on what was
-    accepted), and ``position``, one extra forward position at a batch of one (at a batch of B,
-    ``position / B``). A CPU's forward pass dwarfs the host's work but pays for every position;
-    a GPU's is the reverse (shared/device.py)."""
+    """What a step with drafts costs, relative to a plain decode step of the same batch:
+    ``wait``, the device idling while the host checks it (a plain step is launched before the
+    previous one lands, a step with drafts only after: its inputs depend on what was
+    accepted), and ``position``, each extra position of the step's width. The inputs are a
+    rectangle, so every row pays for the longest row's drafts, drafting or not; a position
+    costs ``position`` at a batch of one and grows with the batch as its square root (the
+    batch's positions share the step's fixed costs). A CPU's forward pass dwarfs the host's
+    work but pays for every position; a GPU's is the reverse (shared/device.py)."""
 
     wait: float
     position: float
 
-
-def useful(rate: float, available: int, position: float) -> int:
-    """How many of ``available`` drafts are worth a position: the j-th is accepted with
-    probability about rate^j (all before it were), and is kept while that beats its cost."""
-    if rate >= 1.0:
-        return available
-    if rate <= position:
-        return 0
-    return min(available, int(math.log(position) / math.log(rate)))
+    def of(self, rows: int, drafts: int) -> float:
+        """A step of ``rows`` rows verifying up to ``drafts`` drafts each, in plain steps."""
+        return 1.0 + self.wait + self.position * math.sqrt(rows) * drafts if drafts else 1.0
 
 
 def expected(rate: float, n: int) -> float:
-    """Accepted tokens expected from ``n`` drafts at per-token acceptance ``rate``."""
+    """Accepted tokens expected from ``n`` drafts at per-token acceptance ``rate``: the j-th is
+    accepted with probability about rate^j (all before it were)."""
     return float(n) if rate >= 1.0 else rate * (1 - rate**n) / (1 - rate)
 
 
 def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
     """How many drafts each row verifies this step, from the drafts it has (``lengths``) and
-    its recent acceptance (``rates``): what its rate makes worth a position, and none at all
-    when the batch's expected accepted drafts don't pay for the step it makes everyone wait
-    for. A step with drafts gives B + Σ accepted tokens for 1 + wait + position·Σ drafts / B
-    plain steps' time, so it pays when Σ expected accepted > wait·B + position·Σ drafts."""
-    keep = [useful(rate, n, cost.position) for n, rate in zip(lengths, rates, strict=True)]
-    gain = sum(expected(rate, n) for n, rate in zip(keep, rates, strict=True))
-    if not any(keep) or gain <= cost.wait * len(keep) + cost.position * sum(keep):
-        return [0] * len(keep)
-    return keep
+    its recent acceptance (``rates``): the step's width (1 + its most drafts) that makes the
+    rows fastest together, or none (a plain step).
+
+    Each row decodes ``1 + expected`` tokens in a step that takes ``cost.of(rows, d)`` plain
+    steps' time; the width chosen maximises the product of the rows' speed-ups (the sum of
+    their logs), and drafts happen only when that product is above 1. Not the batch's total
+    tokens: a step where two rows accept many drafts while six wait for them has more
+    tokens, but six streams slower, and a stream's wall time is what its user waits for."""
+    most = max(lengths, default=0)
+    best, width = 0.0, 0
+    for d in range(1, most + 1):
+        gain = sum(math.log1p(expected(r, min(n, d))) for n, r in zip(lengths, rates, strict=True))
+        score = gain - len(lengths) * math.log(cost.of(len(lengths), d))
+        if score > best:
+            best, width = score, d
+    return [min(n, width) for n in lengths]
 
 
 def draft_cap(tokens: int, budget: int, rows: int) -> int:

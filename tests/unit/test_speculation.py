@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared.device import speculation_cost, verify_width, verify_widths
 from worker.lookup import PromptLookup
-from worker.speculation import Gate, StepCost, draft_cap, expected, plan, useful
+from worker.speculation import Gate, StepCost, draft_cap, expected, plan
 
 
 def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
@@ -38,15 +38,27 @@ def test_a_sequence_without_drafts_gets_a_fresh_try_later_and_waits_longer_each_
 
 def test_the_plan_drafts_only_what_pays_for_itself() -> None:
     gpu = StepCost(wait=1.0, position=0.01)
-    assert plan([8], [0.75], gpu) == [8]  # one stream: 6 expected accepted tokens pay for the wait
-    assert plan([2], [0.3], gpu) == [0]  # 0.6 expected tokens don't
+    assert plan([8], [0.75], gpu) == [8]  # one stream: 2.7 expected accepted tokens pay for the wait
+    assert plan([2], [0.3], gpu) == [0]  # 0.39 expected tokens don't
     # eight streams, two with short drafts: not worth making all eight wait
     assert plan([3, 3, 0, 0, 0, 0, 0, 0], [0.8, 0.8, 1, 1, 1, 1, 1, 1], gpu) == [0] * 8
     assert plan([8] * 8, [0.75] * 8, gpu) == [8] * 8
-    cpu = StepCost(wait=0.05, position=0.08)
-    assert plan([3, 0], [0.5, 1.0], cpu) == [3, 0]
-    assert plan([3, 4], [0.05, 0.9], cpu) == [0, 4]  # a row whose drafts can't pay their positions
-    assert useful(0.5, 16, 0.08) == 3 and useful(0.5, 16, 0.01) == 6 and useful(1.0, 5, 0.5) == 5
+    assert plan([], [], gpu) == [] and plan([0, 0], [1.0, 1.0], gpu) == [0, 0]
+
+
+def test_on_a_cpu_every_row_pays_for_the_width_so_the_plan_weighs_all_rows() -> None:
+    cpu = StepCost(wait=0.15, position=0.1)
+    assert cpu.of(1, 4) == 1.0 + 0.15 + 0.4 and cpu.of(8, 0) == 1.0
+    assert abs(cpu.of(4, 2) - (1.15 + 0.1 * 2 * 2)) < 1e-9
+    # one stream: drafts as far as its rate pays for the width
+    assert plan([8], [0.9], cpu) == [8]
+    assert plan([8], [0.4], cpu) == [2]  # a wider step costs more than the third draft brings
+    # the width is a rectangle's: a row with poor drafts rides along at no extra cost
+    assert plan([3, 4], [0.05, 0.9], cpu) == [3, 4]
+    # two rows of eight with good drafts make six wait at 1.5x: prose in a busy batch stays plain
+    assert plan([3, 3, 0, 0, 0, 0, 0, 0], [0.9, 0.9, 1, 1, 1, 1, 1, 1], cpu) == [0] * 8
+    # eight rows copying a file: everyone drafts
+    assert plan([3] * 8, [0.8] * 8, cpu) == [3] * 8
     assert abs(expected(0.5, 3) - 0.875) < 1e-9 and expected(1.0, 4) == 4
 
 
