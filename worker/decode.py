@@ -32,7 +32,7 @@ from mlx_lm.models.cache import KVCache
 
 from worker.lookup import PromptLookup
 from worker.ragged_cache import RaggedKVCache
-from worker.speculation import Gate, StepCost, Tally, draft_cap, plan
+from worker.speculation import Gate, StepCost, Tally, draft_cap, may_pay, plan
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -236,9 +236,9 @@ class DecodeBatch:
         """Each row's draft count for the next step (``speculation.plan``), and with prompt
         lookup the drafts themselves (a draft model proposes only once the plan says so)."""
         ks = self._caps(rows)
-        if not any(ks):
-            return ks, [[] for _ in rows] if self.drafter is None else None
         rates = [r.gate.rate for r in rows]
+        if not any(ks) or not may_pay(ks, rates, self.cost):
+            return [0] * len(rows), [[] for _ in rows] if self.drafter is None else None
         if self.drafter is not None:
             return plan(ks, rates, self.cost), None
         props = [r.lookup.propose(k) if r.lookup is not None and k > 0 else [] for r, k in zip(rows, ks, strict=True)]

@@ -94,6 +94,14 @@ def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
     return [min(n, width) for n in lengths]
 
 
+def may_pay(caps: list[int], rates: list[float], cost: StepCost) -> bool:
+    """Whether any drafts could pass ``plan``: its score if every row had all ``caps`` drafts
+    and paid only the narrowest step's cost. A bound from the rates alone, so a busy batch of
+    prose skips looking drafts up for its rows at every step."""
+    gain = sum(math.log1p(expected(r, n)) for n, r in zip(caps, rates, strict=True) if n)
+    return gain > len(caps) * math.log(cost.of(len(caps), 1))
+
+
 def draft_cap(tokens: int, budget: int, rows: int) -> int:
     """Drafts per sequence this step: ``tokens`` at most, and the batch's ``budget`` of forward
     positions shared out (each row also takes one position for its own next token)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from shared.device import speculation_cost, verify_width, verify_widths
 from worker.lookup import PromptLookup
-from worker.speculation import Gate, StepCost, draft_cap, expected, plan
+from worker.speculation import Gate, StepCost, draft_cap, expected, may_pay, plan
 
 
 def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
@@ -60,6 +62,23 @@ def test_on_a_cpu_every_row_pays_for_the_width_so_the_plan_weighs_all_rows() -> 
     # eight rows copying a file: everyone drafts
     assert plan([3] * 8, [0.8] * 8, cpu) == [3] * 8
     assert abs(expected(0.5, 3) - 0.875) < 1e-9 and expected(1.0, 4) == 4
+
+
+def test_rates_alone_tell_when_no_drafts_could_pay() -> None:
+    gpu = StepCost(wait=1.0, position=0.01)
+    assert not may_pay([1] * 64, [0.6] * 64, gpu)  # a busy batch of prose on a GPU: no lookups
+    assert may_pay([8], [0.75], gpu)
+    rng = random.Random(0)
+    drafted = 0
+    for _ in range(500):  # the bound never refuses what the plan would draft
+        rows = rng.randint(1, 16)
+        caps = [rng.randint(0, 8) for _ in range(rows)]
+        rates = [rng.random() for _ in range(rows)]
+        for cost in (gpu, StepCost(wait=0.15, position=0.1)):
+            if any(plan(caps, rates, cost)):
+                drafted += 1
+                assert may_pay(caps, rates, cost)
+    assert drafted > 50
 
 
 def test_the_budget_is_shared_out_and_widths_are_bucketed_on_a_gpu() -> None:
