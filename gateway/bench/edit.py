@@ -99,15 +99,17 @@ def edit_messages(i: int) -> prompts.Messages:
 
 
 async def _step(target: Target, kind: str, n: int, seed: int, round_: int) -> tuple[list[RequestResult], float]:
-    """One step's requests: every one new to the server (with and without speculation too, so
-    neither side finds the other's prompts in the prompt cache)."""
-    off = kind.endswith("-nospec")
-    extra = OFF if off else None
+    """One step's requests. With and without speculation send the same prompts in a round
+    (greedy speculation gives the same tokens, so both sides do the same work, where prompts of
+    their own would give answers of other lengths); new prompts each round. The second side of
+    a round finds the prompts in the prompt cache: the rounds' order alternates, so each side
+    is second in every other round."""
+    extra = OFF if kind.endswith("-nospec") else None
 
     async def one(c: int) -> RequestResult:
         if kind.startswith("edit"):
-            return await target.chat(edit_messages(1000 * off + 100 * n + round_ * n + c), EDIT_MAX_TOKENS, extra)
-        return await target.chat(prompts.chat(seed, kind, n, c, round_), PROSE_MAX_TOKENS, extra)
+            return await target.chat(edit_messages(1000 * round_ + 100 * n + c), EDIT_MAX_TOKENS, extra)
+        return await target.chat(prompts.chat(seed, "prose", n, c, round_), PROSE_MAX_TOKENS, extra)
 
     t0 = time.perf_counter()
     results = list(await asyncio.gather(*(one(c) for c in range(n))))

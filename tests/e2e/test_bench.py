@@ -106,3 +106,19 @@ def test_raw_reference_in_process(tiny_model: Path) -> None:
     for step in steps.values():
         check_load_step(step, probed=False)
         assert step["completion_tokens"] <= 4 * step["requests"]
+
+
+def test_edit_scenario_compares_the_same_work_with_and_without_speculation(tiny_gateway: Gateway) -> None:
+    doc = bench_json("--url", tiny_gateway.url, "--model", "tiny", "--scenario", "edit", "--requests-per-client", "1")
+    (target,) = doc["targets"]
+    steps = {(s["scenario"], s["clients"]): s for s in target["scenarios"]}
+    kinds = ("edit", "edit-nospec", "prose", "prose-nospec")
+    assert set(steps) == {(k, n) for k in kinds for n in (1, 8)}
+    for (kind, n), step in steps.items():
+        check_load_step(step, probed=False)
+        assert step["requests"] == n
+        if not kind.endswith("-nospec"):  # the same prompts, greedy: the same tokens either way
+            assert step["completion_tokens"] == steps[(f"{kind}-nospec", n)]["completion_tokens"]
+    ratios = steps[("edit", 1)]["speculation"]
+    assert set(ratios) == {"edit_single", "edit_concurrent", "prose_single", "prose_concurrent"}
+    assert all(v is not None and v > 0 for v in ratios.values())
