@@ -17,22 +17,22 @@ import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
-from worker.ragged_cache import RaggedKVCache
+from worker.ragged_cache import RaggedCache
 
 
-def batch(model: object, rows: int, context: int) -> list[RaggedKVCache]:
-    layers: list[RaggedKVCache] = []
+def batch(model: object, rows: int, context: int) -> RaggedCache:
+    out: RaggedCache | None = None
     for b in range(rows):
         cache = make_prompt_cache(model)
         model(mx.array([[(7 * b + i) % 1000 + 10 for i in range(context)]]), cache=cache)  # type: ignore[operator]
         mx.eval([c.state for c in cache])
-        single = [RaggedKVCache.single(c) for c in cache]
-        if not layers:
-            layers = single
+        single = RaggedCache.single(cache)
+        if out is None:
+            out = single
         else:
-            for mine, theirs in zip(layers, single, strict=True):
-                mine.extend(theirs)
-    return layers
+            out.extend(single)
+    assert out is not None
+    return out
 
 
 def main() -> None:
@@ -51,14 +51,12 @@ def main() -> None:
         for width in (int(x) for x in a.widths.split(",")):
             x = mx.zeros((rows, width), dtype=mx.int32)
             for _ in range(2):  # first use of a shape (kernels compile on a GPU)
-                mx.eval(model(x, cache=cache))
-                for c in cache:
-                    c.trim(width)
+                mx.eval(model(x, cache=cache.layers))
+                cache.trim(width)
             t = time.perf_counter()
             for _ in range(a.reps):
-                mx.eval(mx.argmax(model(x, cache=cache), axis=-1))
-                for c in cache:
-                    c.trim(width)
+                mx.eval(mx.argmax(model(x, cache=cache.layers), axis=-1))
+                cache.trim(width)
             ms = (time.perf_counter() - t) / a.reps * 1e3
             base = base or ms
             cells.append(f"W{width} {ms:7.2f} ms ({ms / base:4.2f})")

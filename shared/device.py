@@ -121,18 +121,20 @@ def speculative_budget(backend: str, configured: int | None) -> int:
     return 32 if backend == "cpu" else 128
 
 
-# (wait, position) for worker.speculation.StepCost, measured with benchmarks/step_costs.py.
+# (wait, position, row_wait) for worker.speculation.StepCost, measured with
+# benchmarks/step_costs.py (the forward pass) and benchmarks/speculation_loop.py (the whole step).
 # CPU (SmolLM2-135M float32, 2 cores): a step of width W at B rows costs about
 # 1 + 0.1·sqrt(B)·(W - 1) plain steps (B=1: 1.46x at W=5, B=8: 1.68x at W=5, 2.6x at W=9), and
-# the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA: on the H200 a step
-# with drafts at 8 sequences of SmolLM2 cost about twice a pipelined plain one, positions nearly
-# free. Metal: not measured; taken as CUDA.
-_STEP_COST = {"cpu": (0.15, 0.1), "cuda": (1.0, 0.01), "metal": (1.0, 0.01)}
+# the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA (H200, SmolLM2 bf16):
+# the forward pass barely notices the width (B=8: 1.04x at W=16), but a step with drafts took
+# about 1.6x a pipelined plain step at one row and 2.3x at 8 (closed loop, in-process): the
+# device waits while the host lands it and builds the next. Metal: not measured; taken as CUDA.
+_STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (0.5, 0.01, 0.1), "metal": (0.5, 0.01, 0.1)}
 
 
-def speculation_cost(backend: str) -> tuple[float, float]:
-    """What verifying drafts costs on ``backend``: (the host wait, one extra position), relative
-    to a plain decode step (``worker.speculation.plan``)."""
+def speculation_cost(backend: str) -> tuple[float, float, float]:
+    """What verifying drafts costs on ``backend``: (the host wait, one extra position, the
+    host wait per row), relative to a plain decode step (``worker.speculation.plan``)."""
     _check(backend)
     return _STEP_COST[backend]
 

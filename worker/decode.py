@@ -31,7 +31,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from worker.lookup import PromptLookup
-from worker.ragged_cache import RaggedKVCache
+from worker.ragged_cache import RaggedCache
 from worker.speculation import Gate, StepCost, Tally, draft_cap, may_pay, plan
 
 Sampler = Callable[[mx.array], mx.array]
@@ -156,7 +156,7 @@ class DecodeBatch:
         self.drafter = drafter
         self.rows: list[Row] = []
         self._joining: list[tuple[Row, list[Any]]] = []
-        self._cache: list[RaggedKVCache] = []
+        self._cache: RaggedCache | None = None
         self._flight: _Flight | None = None
         self._drafting = True  # whether the next launch looks for drafts (else it is plain, launched early)
         # the plan ``_would_draft`` made at the last landing, for the rows it planned (by identity):
@@ -179,12 +179,11 @@ class DecodeBatch:
         self._joining.append((row, cache))
 
     def _join(self, row: Row, cache: list[Any]) -> None:
-        merged = [RaggedKVCache.single(c) for c in cache]
-        if not self.rows:
+        merged = RaggedCache.single(cache)
+        if not self.rows or self._cache is None:
             self._cache = merged
         else:
-            for mine, theirs in zip(self._cache, merged, strict=True):
-                mine.extend(theirs)
+            self._cache.extend(merged)
         self.rows.append(row)
         if self.drafter is not None:
             self.drafter.add(row)
@@ -203,7 +202,8 @@ class DecodeBatch:
 
     def _extract(self, index: int) -> list[Any]:
         """Row ``index``'s cache, cut to its tokens (a step in flight wrote past them)."""
-        out = [c.extract(index) for c in self._cache]
+        assert self._cache is not None
+        out = self._cache.extract(index)
         extra = (out[0].offset - len(self.rows[index].tokens)) if out else 0
         for c in out:
             if extra > 0:
@@ -217,11 +217,10 @@ class DecodeBatch:
             if self.drafter is not None:
                 self.drafter.remove(i)
         self.rows = [self.rows[i] for i in keep]
-        if keep:
-            for c in self._cache:
-                c.filter(keep)
+        if keep and self._cache is not None:
+            self._cache.filter(keep)
         else:
-            self._cache = []
+            self._cache = None
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -268,10 +267,10 @@ class DecodeBatch:
     def warm(self, widths: list[int]) -> None:
         """Run a forward pass of each width over the rows and take it back: on a GPU, the
         kernels of the shapes steps with drafts will run compile now (the load-time warm-up)."""
+        assert self._cache is not None
         for w in widths:
-            mx.eval(self.model(mx.zeros((len(self.rows), w), dtype=mx.int32), cache=self._cache))
-            for c in self._cache:
-                c.trim(w)
+            mx.eval(self.model(mx.zeros((len(self.rows), w), dtype=mx.int32), cache=self._cache.layers))
+            self._cache.trim(w)
 
     def step(self) -> list[tuple[int, list[Token]]]:
         """Land the step in flight and launch the next: the landed rows' accepted tokens (one
@@ -307,7 +306,8 @@ class DecodeBatch:
             width = self.width(1 + longest) if longest else 1
             inputs = mx.array([[r.pending, *d] + [0] * (width - 1 - len(d)) for r, d in zip(self.rows, drafts)])
         width = int(inputs.shape[1])
-        logits = self.model(inputs, cache=self._cache)  # (rows, width, vocab)
+        assert self._cache is not None
+        logits = self.model(inputs, cache=self._cache.layers)  # (rows, width, vocab)
         self.steps += 1
         if width == 1:  # plain: sample on the device, as mlx-lm's GenerationBatch does
             if aheads is None:
@@ -427,11 +427,10 @@ class DecodeBatch:
     def _align(self, width: int, keeps: list[int]) -> None:
         """Keep each row's ``keeps`` first positions of this step: trim everyone to the
         longest keep, then mask out the rest of the rows that keep fewer."""
+        assert self._cache is not None
         most = max(keeps)
-        gaps = [most - k for k in keeps]
-        for c in self._cache:
-            c.trim(width - most)
-            c.punch(gaps)
+        self._cache.trim(width - most)
+        self._cache.punch([most - k for k in keeps])
 
     # -- sampling -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from worker.decode import Row, can_verify
-from worker.ragged_cache import RaggedKVCache
+from worker.ragged_cache import RaggedCache
 
 PREFILL_CHUNK = 512  # a joining row's history is prefilled this many tokens at a time
 
@@ -56,7 +56,7 @@ class DraftModel:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self._cache: list[RaggedKVCache] = []
+        self._cache: RaggedCache | None = None
         self._rows = 0
         self._fed: list[list[int]] = []  # per row: this step's drafts fed into the cache (all but the last)
 
@@ -67,12 +67,11 @@ class DraftModel:
             self.model(mx.array(history[start : start + PREFILL_CHUNK])[None], cache=cache)
             mx.eval([c.state for c in cache])
         row.draft_len = len(history)
-        merged = [RaggedKVCache.single(c) for c in cache]
-        if not self._rows:
+        merged = RaggedCache.single(cache)
+        if not self._rows or self._cache is None:
             self._cache = merged
         else:
-            for mine, theirs in zip(self._cache, merged, strict=True):
-                mine.extend(theirs)
+            self._cache.extend(merged)
         self._rows += 1
         self._fed.append([])
 
@@ -80,11 +79,10 @@ class DraftModel:
         keep = [i for i in range(self._rows) if i != index]
         self._rows -= 1
         del self._fed[index]
-        if keep:
-            for c in self._cache:
-                c.filter(keep)
+        if keep and self._cache is not None:
+            self._cache.filter(keep)
         else:
-            self._cache = []
+            self._cache = None
 
     def propose(self, rows: list[Row], ks: list[int]) -> list[list[int]]:
         """Up to ``ks[i]`` greedy drafts for row ``i``, continuing its history (its tokens and
@@ -93,17 +91,17 @@ class DraftModel:
         feeds = [[*r.tokens, r.pending][r.draft_len :] for r in rows]
         width = max(len(f) for f in feeds)
         inputs = mx.array([f + [0] * (width - len(f)) for f in feeds])
-        logits = self.model(inputs, cache=self._cache)
+        assert self._cache is not None
+        logits = self.model(inputs, cache=self._cache.layers)
         last = mx.array([len(f) - 1 for f in feeds])
         token = mx.argmax(logits[mx.arange(len(rows)), last], axis=-1)
         shift = [width - len(f) for f in feeds]
-        for c in self._cache:
-            c.punch(shift)
+        self._cache.punch(shift)
         for r, f in zip(rows, feeds, strict=True):
             r.draft_len += len(f)
         drafted = [token]
         for _ in range(most - 1):
-            token = mx.argmax(self.model(token[:, None], cache=self._cache)[:, -1], axis=-1)
+            token = mx.argmax(self.model(token[:, None], cache=self._cache.layers)[:, -1], axis=-1)
             drafted.append(token)
         table: list[list[int]] = mx.stack(drafted, axis=1).tolist()  # type: ignore[assignment]
         self._fed = [t[: most - 1] for t in table]
@@ -123,7 +121,7 @@ class DraftModel:
             keeps.append(n)
             r.draft_len += n
         most = max(keeps)
-        for c in self._cache:
-            c.trim(width - most)
-            c.punch([most - k for k in keeps])
+        assert self._cache is not None
+        self._cache.trim(width - most)
+        self._cache.punch([most - k for k in keeps])
         self._fed = [[] for _ in rows]

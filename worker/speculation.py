@@ -52,20 +52,24 @@ class Gate:
 @dataclass(frozen=True)
 class StepCost:
     """What a step with drafts costs, relative to a plain decode step of the same batch:
-    ``wait``, the device idling while the host checks it (a plain step is launched before the
-    previous one lands, a step with drafts only after: its inputs depend on what was
-    accepted), and ``position``, each extra position of the step's width. The inputs are a
-    rectangle, so every row pays for the longest row's drafts, drafting or not; a position
-    costs ``position`` at a batch of one and grows with the batch as its square root (the
-    batch's positions share the step's fixed costs). A CPU's forward pass dwarfs the host's
-    work but pays for every position; a GPU's is the reverse (shared/device.py)."""
+    ``wait`` (plus ``row_wait`` a row), the device idling while the host checks it and builds
+    the next step (a plain step is launched before the previous one lands, a step with drafts
+    only after: its inputs depend on what was accepted), and ``position``, each extra position
+    of the step's width. The inputs are a rectangle, so every row pays for the longest row's
+    drafts, drafting or not; a position costs ``position`` at a batch of one and grows with
+    the batch as its square root (the batch's positions share the step's fixed costs). A CPU's
+    forward pass dwarfs the host's work but pays for every position; a GPU's is the reverse
+    (shared/device.py)."""
 
     wait: float
     position: float
+    row_wait: float = 0.0  # the host's check per row (its tokens walked, counted, looked up)
 
     def of(self, rows: int, drafts: int) -> float:
         """A step of ``rows`` rows verifying up to ``drafts`` drafts each, in plain steps."""
-        return 1.0 + self.wait + self.position * math.sqrt(rows) * drafts if drafts else 1.0
+        if not drafts:
+            return 1.0
+        return 1.0 + self.wait + self.row_wait * rows + self.position * math.sqrt(rows) * drafts
 
 
 def expected(rate: float, n: int) -> float:

@@ -45,6 +45,9 @@ def test_the_plan_drafts_only_what_pays_for_itself() -> None:
     # eight streams, two with short drafts: not worth making all eight wait
     assert plan([3, 3, 0, 0, 0, 0, 0, 0], [0.8, 0.8, 1, 1, 1, 1, 1, 1], gpu) == [0] * 8
     assert plan([8] * 8, [0.75] * 8, gpu) == [8] * 8
+    hosted = StepCost(wait=0.5, position=0.01, row_wait=0.1)  # the host's check grows with the rows
+    assert hosted.of(1, 8) < hosted.of(8, 8) and hosted.of(8, 0) == 1.0
+    assert plan([8], [0.6], hosted) == [8] and plan([8] * 8, [0.6] * 8, hosted) == [0] * 8
     assert plan([], [], gpu) == [] and plan([0, 0], [1.0, 1.0], gpu) == [0, 0]
 
 

@@ -13,7 +13,7 @@ import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from worker.ragged_cache import RaggedKVCache
+from worker.ragged_cache import RaggedCache
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +29,23 @@ def plain(model: Any, tokens: list[int]) -> tuple[list[KVCache], mx.array]:
     return cache, logits
 
 
-def batch(model: Any, rows: list[list[int]]) -> list[RaggedKVCache]:
+def batch(model: Any, rows: list[list[int]]) -> RaggedCache:
     """A ragged batch of ``rows`` (each row's tokens prefilled alone, then joined)."""
-    layers: list[RaggedKVCache] = []
+    out: RaggedCache | None = None
     for tokens in rows:
-        cache = plain(model, tokens)[0] if tokens else make_prompt_cache(model)
-        single = [RaggedKVCache.single(c) for c in cache]
-        if not layers:
-            layers = single
+        single = RaggedCache.single(plain(model, tokens)[0] if tokens else make_prompt_cache(model))
+        if out is None:
+            out = single
         else:
-            for mine, theirs in zip(layers, single, strict=True):
-                mine.extend(theirs)
-    return layers
+            out.extend(single)
+    assert out is not None
+    return out
 
 
-def step(model: Any, cache: list[RaggedKVCache], inputs: list[list[int]]) -> mx.array:
+def step(model: Any, cache: RaggedCache, inputs: list[list[int]]) -> mx.array:
     """One forward over right-padded ``inputs``: (rows, width, vocab)."""
     width = max(len(x) for x in inputs)
-    out = model(mx.array([x + [0] * (width - len(x)) for x in inputs]), cache=cache)
+    out = model(mx.array([x + [0] * (width - len(x)) for x in inputs]), cache=cache.layers)
     mx.eval(out)
     return out
 
@@ -60,17 +59,16 @@ def test_rows_with_punched_gaps_decode_as_without_them(model: Any) -> None:
     cache = batch(model, rows)
     # a step with drafts: row 0 keeps 3 of its 4 positions, row 1 keeps 1
     step(model, cache, [[20, 21, 22, 23], [30, 31, 32, 33]])
-    for c in cache:
-        c.trim(1)
-        c.punch([0, 2])
+    cache.trim(1)
+    cache.punch([0, 2])
     held = [rows[0] + [20, 21, 22], rows[1] + [30]]
-    assert cache[0].offset.tolist() == [len(h) for h in held]
+    assert cache.offset.tolist() == [len(h) for h in held]
     out = step(model, cache, [[40, 41], [50, 51]])
     for i, (tokens, nxt) in enumerate(zip(held, [[40, 41], [50, 51]], strict=True)):
         want = plain(model, tokens + nxt)[1]
         assert close(out[i, -1], want)
     for i, tokens in enumerate([held[0] + [40, 41], held[1] + [50, 51]]):
-        got = cache[0].extract(i)
+        got = cache.extract(i)[0]
         ref = plain(model, tokens)[0][0]
         assert got.offset == len(tokens)
         assert close(got.keys, ref.keys[..., : len(tokens), :])
@@ -83,13 +81,11 @@ def test_compaction_keeps_every_row_and_its_next_logits(model: Any) -> None:
     for n in range(3):  # row 1 keeps 1 of 8 positions a step, row 0 all of them
         d0, d1 = [60 + n * 8 + j for j in range(8)], [90 + n * 8 + j for j in range(8)]
         step(model, cache, [d0, d1])
-        for c in cache:
-            c.punch([0, 7])
+        cache.punch([0, 7])
         held[0] += d0
         held[1] += d1[:1]
-    for c in cache:
-        c.compact()
-    assert cache[0].size() == max(len(h) for h in held)
+    cache.compact()
+    assert cache.size == max(len(h) for h in held)
     out = step(model, cache, [[70], [71]])
     for i, t in enumerate([70, 71]):
         assert close(out[i, -1], plain(model, held[i] + [t])[1])
@@ -102,11 +98,10 @@ def test_gaps_past_a_quarter_of_the_positions_are_compacted_away(model: Any) -> 
         inputs = [[7 + n] * 9, [8 + n] * 9]
         step(model, cache, inputs)
         gaps = [8, 0] if n % 2 else [0, 8]
-        for c in cache:
-            c.punch(gaps)
+        cache.punch(gaps)
         for h, x, g in zip(held, inputs, gaps, strict=True):
             h += x[: 9 - g]
-    size, real = cache[0].size(), cache[0].offset.tolist()
+    size, real = cache.size, cache.offset.tolist()
     assert real == [len(h) for h in held] == [122, 122]
     assert size < 2 + 24 * 9  # compacted at least once
     assert size - max(real) < max(64, size // 4)  # and the gaps left are fewer than what compacts
@@ -125,9 +120,8 @@ def test_joining_rows_of_other_lengths_and_an_empty_row(model: Any) -> None:
 
 def test_rows_leaving_take_their_positions_with_them(model: Any) -> None:
     cache = batch(model, [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10]])
-    for c in cache:
-        c.filter([1])
-    assert cache[0].size() == 2
+    cache.filter([1])
+    assert cache.size == 2
     out = step(model, cache, [[30]])
     assert close(out[0, -1], plain(model, [9, 10, 30])[1])
 
@@ -135,9 +129,15 @@ def test_rows_leaving_take_their_positions_with_them(model: Any) -> None:
 def test_trim_takes_back_a_step_for_every_row(model: Any) -> None:
     cache = batch(model, [[1, 2, 3], [4, 5]])
     step(model, cache, [[6, 7, 8], [9, 10, 11]])
-    for c in cache:
-        c.trim(3)
-        c.punch([0, 0])
+    cache.trim(3)
+    cache.punch([0, 0])
     out = step(model, cache, [[12], [13]])
     assert close(out[0, -1], plain(model, [1, 2, 3, 12])[1])
     assert close(out[1, -1], plain(model, [4, 5, 13])[1])
+
+
+def test_a_model_that_skips_a_layer_fails_loudly(model: Any) -> None:
+    cache = batch(model, [[1, 2, 3]])
+    keys = mx.zeros((1, 1, 1, 8))
+    with pytest.raises(RuntimeError, match="out of turn"):
+        cache.layers[1].update_and_fetch(keys, keys)
