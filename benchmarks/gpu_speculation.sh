@@ -15,7 +15,7 @@ smol=$MODELS/smollm2-bf16
 [ -f "$smol/config.json" ] || "$PY" -m gateway import-gguf "$GPU/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol" --dtype bfloat16
 {
   echo "## step costs (SmolLM2 bf16, context 256)"
-  "$PY" benchmarks/step_costs.py "$smol" --rows 1,8,32 --widths 1,2,3,5,9,16
+  "$PY" benchmarks/step_costs.py "$smol" --rows 1,8,32 --widths 1,2,5,9,16 --reps 6
   for s in prose edit; do
     echo "## closed loop: $s, 8 streams"
     "$PY" benchmarks/speculation_loop.py "$smol" --scenario "$s" --streams 8 --requests "${LOOP_REQUESTS:-2}" --rounds 2
