@@ -364,16 +364,21 @@ class EngineCore:
     def _prefilled(self, prompt_responses: list[Any]) -> None:
         """Sequences whose prompt the batch generator has processed, all but its last token:
         they move to the decode batch, which samples their first token."""
+        done: list[_Live] = []
         for r in prompt_responses:
             live = self._by_uid.get(r.uid)
             if live is None or not r.end_of_segment or r.uid not in self._in_gen:
                 continue
             live.prefill_left -= 1
             if live.prefill_left == 0:
-                caches = self._gen.remove([r.uid], return_prompt_caches=True)
-                self._in_gen.discard(r.uid)
-                cache, held = caches[r.uid]
-                self._to_decode(live, cache, [*held, live.last_token])
+                done.append(live)
+        if not done:
+            return
+        caches = self._gen.remove([live.uid for live in done], return_prompt_caches=True)  # one filter for all
+        for live in done:
+            self._in_gen.discard(live.uid)
+            cache, held = caches[live.uid]
+            self._to_decode(live, cache, [*held, live.last_token])
 
     def _replay(self, live: _Live, resume: Resume, left: int) -> list[Message]:
         """A resume's forced tokens through the per-token path (worker/resume.py), without

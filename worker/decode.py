@@ -178,16 +178,6 @@ class DecodeBatch:
             row.context = _Context(row.tokens)
         self._joining.append((row, cache))
 
-    def _join(self, row: Row, cache: list[Any]) -> None:
-        merged = RaggedCache.single(cache)
-        if not self.rows or self._cache is None:
-            self._cache = merged
-        else:
-            self._cache.extend(merged)
-        self.rows.append(row)
-        if self.drafter is not None:
-            self.drafter.add(row)
-
     def remove(self, uid: int) -> tuple[list[Any] | None, list[int]]:
         """Take a row out: its cache (when caches are kept) and the tokens it holds."""
         for j, (waiting, own) in enumerate(self._joining):
@@ -289,9 +279,19 @@ class DecodeBatch:
         return out
 
     def _join_arrivals(self) -> None:
-        for row, cache in self._joining:
-            self._join(row, cache)
-        self._joining = []
+        """Every row that arrived since the last step joins the batch, all in one copy."""
+        if not self._joining:
+            return
+        arrivals, self._joining = self._joining, []
+        merged = RaggedCache.merge([cache for _, cache in arrivals])
+        if not self.rows or self._cache is None:
+            self._cache = merged
+        else:
+            self._cache.extend(merged)
+        for row, _ in arrivals:
+            self.rows.append(row)
+            if self.drafter is not None:
+                self.drafter.add(row)
 
     def _launch(self, before: _Flight | None) -> None:
         """Start the next step on the device: on ``before``'s tokens still computing (a plain

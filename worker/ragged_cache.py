@@ -99,14 +99,32 @@ class RaggedCache:
     @classmethod
     def single(cls, caches: list[KVCache]) -> RaggedCache:
         """One row holding ``caches``' tokens (one plain cache per layer)."""
-        out = cls(len(caches), 1)
-        n = int(caches[0].offset) if caches and caches[0].keys is not None else 0
-        if n:
-            for layer, c in zip(out.layers, caches, strict=True):
-                layer.keys, layer.values = c.keys[..., :n, :], c.values[..., :n, :]
-            out.valid = mx.ones((1, n), dtype=mx.bool_)
-            out.size, out.real = n, [n]
-            out.offset = mx.array([n], dtype=mx.int32)
+        return cls.merge([caches])
+
+    @classmethod
+    def merge(cls, rows: list[list[KVCache]]) -> RaggedCache:
+        """A batch of ``rows``, each one plain cache per layer, right-aligned: one copy of
+        each, however many join at once (joining them one by one would copy the batch each
+        time)."""
+        lengths = [int(c[0].offset) if c and c[0].keys is not None else 0 for c in rows]
+        out = cls(len(rows[0]), len(rows))
+        size = max(lengths)
+        if not size:
+            return out
+        like = rows[lengths.index(size)]
+        for i, layer in enumerate(out.layers):
+            _, h, _, dk = like[i].keys.shape
+            dv = like[i].values.shape[3]
+            keys = mx.zeros((len(rows), h, size, dk), dtype=like[i].keys.dtype)
+            values = mx.zeros((len(rows), h, size, dv), dtype=like[i].values.dtype)
+            for j, (c, n) in enumerate(zip(rows, lengths, strict=True)):
+                if n:
+                    keys[j : j + 1, :, size - n :] = c[i].keys[..., :n, :]
+                    values[j : j + 1, :, size - n :] = c[i].values[..., :n, :]
+            layer.keys, layer.values = keys, values
+        out.valid = mx.arange(size)[None] >= mx.array([size - n for n in lengths], dtype=mx.int32)[:, None]
+        out.size, out.real = size, lengths
+        out.offset = mx.array(lengths, dtype=mx.int32)
         return out
 
     def extract(self, index: int) -> list[KVCache]:

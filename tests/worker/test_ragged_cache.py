@@ -141,3 +141,13 @@ def test_a_model_that_skips_a_layer_fails_loudly(model: Any) -> None:
     keys = mx.zeros((1, 1, 1, 8))
     with pytest.raises(RuntimeError, match="out of turn"):
         cache.layers[1].update_and_fetch(keys, keys)
+
+
+def test_rows_joining_together_are_one_batch_as_if_joined_one_by_one(model: Any) -> None:
+    rows: list[list[int]] = [[5, 6, 7], [], [8, 9, 10, 11, 12]]
+    merged = RaggedCache.merge([plain(model, r)[0] if r else make_prompt_cache(model) for r in rows])
+    merged.extend(batch(model, [[13, 14]]))
+    assert merged.offset.tolist() == [3, 0, 5, 2] and merged.size == 5
+    out = step(model, merged, [[20], [21], [22], [23]])
+    for i, (tokens, t) in enumerate(zip([*rows, [13, 14]], [20, 21, 22, 23], strict=True)):
+        assert close(out[i, -1], plain(model, tokens + [t])[1])
