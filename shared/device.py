@@ -126,10 +126,11 @@ def speculative_budget(backend: str, configured: int | None) -> int:
 # CPU (SmolLM2-135M float32, 2 cores): a step of width W at B rows costs about
 # 1 + 0.1·sqrt(B)·(W - 1) plain steps (B=1: 1.46x at W=5, B=8: 1.68x at W=5, 2.6x at W=9), and
 # the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA (H200, SmolLM2 bf16):
-# the forward pass barely notices the width (B=8: 1.04x at W=16), but a step with drafts took
-# about 1.6x a pipelined plain step at one row and 2.3x at 8 (closed loop, in-process): the
-# device waits while the host lands it and builds the next. Metal: not measured; taken as CUDA.
-_STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (0.5, 0.01, 0.1), "metal": (0.5, 0.01, 0.1)}
+# the forward pass barely notices the width (B=8: 0.93x at W=16, B=1: 1.44x), but a whole step
+# with drafts took 2.7x a pipelined plain one at one row (22 ms against 8) and 2-2.3x at 8 rows:
+# the device waits while the host lands the step and builds the next one's graph. So on a GPU
+# only sequences that copy most of what they draft speculate. Metal: not measured; as CUDA.
+_STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (1.5, 0.01, 0.1), "metal": (1.5, 0.01, 0.1)}
 
 
 def speculation_cost(backend: str) -> tuple[float, float, float]:
