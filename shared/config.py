@@ -122,7 +122,8 @@ class ModelConfig:
     distributed: DistributedConfig | None = None
     # speculative decoding (worker/decode.py): "lookup" drafts from the sequence's own prompt and
     # output, "draft" from ``draft_model``, "off" decodes one token per step. None: "draft" when a
-    # draft_model is set, else "lookup". A request may opt out with "speculative": false.
+    # draft_model is set, else the backend's default (shared/device.py: "lookup" on the CPU, "off"
+    # on a GPU). A request may opt out with "speculative": false.
     speculative: str | None = None
     draft_model: str | None = None  # an MLX folder or GGUF file of a small model with the same tokenizer
     speculative_tokens: int = 8  # drafts per sequence per step, at most
@@ -130,11 +131,15 @@ class ModelConfig:
     # None: the device's default (shared/device.py: a CPU pays for each, a GPU hardly)
     speculative_budget: int | None = None
 
-    def speculation(self) -> str:
-        """The speculative decoding mode this model runs: off, lookup or draft."""
+    def speculation(self, backend: str = "cpu") -> str:
+        """The speculative decoding mode this model runs on ``backend``: off, lookup or draft."""
         if self.speculative is not None:
             return self.speculative
-        return "draft" if self.draft_model else "lookup"
+        if self.draft_model:
+            return "draft"
+        from shared.device import default_speculation
+
+        return default_speculation(backend)
 
     def memory_ceiling_bytes(self) -> int:
         return parse_size(self.memory_ceiling)

@@ -20,6 +20,13 @@ differs between them is decided by the pure functions below, from the backend's 
   SmolLM2 in bfloat16: 63 s): one batch of two runs, which checks the batched prefill and decode
   path before the worker says ready, for ~0.3 s of load time.
 
+- ``default_speculation``: what a model without a ``speculative`` setting (and without a
+  ``draft_model``) decodes with: prompt lookup on ``cpu``, where a step that verifies drafts
+  costs little more than a plain one and the plan (``worker.speculation``) keeps prose from
+  losing; ``off`` on GPU backends, where a step with drafts costs 2-3 plain ones at small model
+  sizes (the device waits while the host builds the next step) and speculation measured slower
+  than plain decoding at 8 streams on the H200 (docs/benchmarks.md). ``speculative = "lookup"``
+  turns it on there.
 - ``worker_env``: MLX settings a worker starts with (a variable already set is left alone). On
   ``cuda``, ``MLX_CUDA_USE_CUDNN_SDPA=0``: MLX otherwise runs prefill attention through cuDNN,
   which builds (and compiles) a graph for every new prompt shape, and a server meets new shapes
@@ -107,6 +114,12 @@ def warmup_batches(backend: str, max_batch: int) -> list[int]:
     if backend == "cpu":
         return [min(max_batch, _CPU_WARMUP_BATCH)]
     return list(range(max_batch, 0, -1))
+
+
+def default_speculation(backend: str) -> str:
+    """The speculative decoding mode a model runs when its config names none (see above)."""
+    _check(backend)
+    return "lookup" if backend == "cpu" else "off"
 
 
 def speculative_budget(backend: str, configured: int | None) -> int:

@@ -137,7 +137,7 @@ class EngineCore:
         self.reasoning_syntax = ReasoningSyntax.of(loaded.tokenizer)  # None: no reasoning markers
         # a worker group's ranks draw rank 0's tokens (worker/group.py); one process: the sampler itself
         self.wrap_sampler: Callable[[Sampler], Sampler] = _same
-        self.speculation = cfg.speculation() if can_verify(make_prompt_cache(loaded.model)) else "off"
+        self.speculation = cfg.speculation(device.backend()) if can_verify(make_prompt_cache(loaded.model)) else "off"
         self._in_gen: set[int] = set()  # uids inside the batch generator (prefilling, or decoding)
         self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
         self._decode = self._new_decode()

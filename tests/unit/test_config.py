@@ -486,6 +486,10 @@ def test_speculation_defaults_to_lookup_and_to_draft_with_a_draft_model() -> Non
     assert ModelConfig(name="m", path="/x").speculation() == "lookup"
     assert ModelConfig(name="m", path="/x", draft_model="/d").speculation() == "draft"
     assert ModelConfig(name="m", path="/x", speculative="off").speculation() == "off"
+    # unset: the backend decides (a GPU waits on the host for every step with drafts)
+    assert ModelConfig(name="m", path="/x").speculation("cuda") == "off"
+    assert ModelConfig(name="m", path="/x", speculative="lookup").speculation("cuda") == "lookup"
+    assert ModelConfig(name="m", path="/x", draft_model="/d").speculation("metal") == "draft"
 
 
 @pytest.mark.parametrize(
