@@ -140,6 +140,32 @@ def close(a: float, b: float, rel: float = 0.03) -> bool:
     return abs(a - b) <= rel * b
 
 
+class Watch:
+    """The worker's RSS, sampled every 20 ms while the test reads reports: a report is a
+    heartbeat's sample, taken a moment before it is read, and an idle worker's RSS still moves
+    by a few MiB (the allocator), so a report is checked against what the RSS was meanwhile."""
+
+    def __init__(self, pid: int, first: int) -> None:
+        self.pid, self.samples = pid, [first]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(rss(self.pid))
+            time.sleep(0.02)
+
+    def near(self, value: float, rel: float = 0.03) -> bool:
+        """Whether ``value`` is within ``rel`` of the RSS seen since the watch began."""
+        lo, hi = min(self.samples), max(self.samples + [rss(self.pid)])
+        return lo * (1 - rel) <= value <= hi * (1 + rel)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def test_admin_metrics_and_hearth_ps_show_the_worker_rss(gw: Gateway) -> None:
     real, w = settled(gw)
     assert close(w["memory_bytes"], real), (w, real)
@@ -149,24 +175,29 @@ def test_admin_metrics_and_hearth_ps_show_the_worker_rss(gw: Gateway) -> None:
     (m,) = gw.http.get("/admin/models").json()["models"]
     assert close(m["memory_bytes"], real) and m["mlx_active_bytes"] == w["mlx_active_bytes"]
 
-    text = gw.http.get("/metrics").text
-    got = dict(re.findall(r'^hearth_worker_memory_bytes\{kind="(\w+)",model="tiny"\} (\S+)$', text, re.M))
-    assert set(got) == {"footprint", "mlx_active", "mlx_cache", "mlx_peak"}, text
-    assert close(float(got["footprint"]), rss(w["pid"]))
+    watch = Watch(w["pid"], real)
+    try:
+        text = gw.http.get("/metrics").text
+        got = dict(re.findall(r'^hearth_worker_memory_bytes\{kind="(\w+)",model="tiny"\} (\S+)$', text, re.M))
+        assert set(got) == {"footprint", "mlx_active", "mlx_cache", "mlx_peak"}, text
+        assert watch.near(float(got["footprint"])), (got, watch.samples[-1])
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ps = [sys.executable, "-m", "gateway", "ps", "--url", gw.url]
-    as_json = subprocess.run([*ps, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    assert as_json.returncode == 0, as_json.stderr
-    assert close(json.loads(as_json.stdout)["models"][0]["workers"][0]["memory_bytes"], rss(w["pid"]))
-    shown = subprocess.run(ps, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    header, row = shown.stdout.splitlines()[:2]
-    assert "MEMORY" in header and "MLX ACTIVE" in header and "MLX CACHE" in header
-    at = header.index("   MEMORY") + 3  # not EST. MEMORY
-    size = re.match(r"([\d.]+) (MiB|GiB)", row[at:])
-    assert size, shown.stdout
-    shown_bytes = float(size[1]) * (1 << (20 if size[2] == "MiB" else 30))
-    assert close(shown_bytes, rss(w["pid"]), rel=0.05), shown.stdout
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        ps = [sys.executable, "-m", "gateway", "ps", "--url", gw.url]
+        as_json = subprocess.run([*ps, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert as_json.returncode == 0, as_json.stderr
+        reported = json.loads(as_json.stdout)["models"][0]["workers"][0]["memory_bytes"]
+        assert watch.near(reported), (reported, min(watch.samples), max(watch.samples))
+        shown = subprocess.run(ps, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        header, row = shown.stdout.splitlines()[:2]
+        assert "MEMORY" in header and "MLX ACTIVE" in header and "MLX CACHE" in header
+        at = header.index("   MEMORY") + 3  # not EST. MEMORY
+        size = re.match(r"([\d.]+) (MiB|GiB)", row[at:])
+        assert size, shown.stdout
+        shown_bytes = float(size[1]) * (1 << (20 if size[2] == "MiB" else 30))
+        assert watch.near(shown_bytes, rel=0.05), shown.stdout
+    finally:
+        watch.stop()
 
 
 def test_a_worker_over_its_ceiling_after_a_trim_drains_and_restarts(tiny_model: Path, tmp_path: Path) -> None:
