@@ -131,7 +131,7 @@ class ModelConfig:
     # None: the device's default (shared/device.py: a CPU pays for each, a GPU hardly)
     speculative_budget: int | None = None
 
-    def speculation(self, backend: str = "cpu") -> str:
+    def speculation(self, backend: str) -> str:
         """The speculative decoding mode this model runs on ``backend``: off, lookup or draft."""
         if self.speculative is not None:
             return self.speculative
@@ -314,9 +314,9 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: rope_scaling must be one of {', '.join(ROPE_METHODS)} or a table")
     if m.speculative is not None and m.speculative not in SPECULATION_MODES:
         raise ConfigError(f"model {m.name}: speculative must be one of {', '.join(SPECULATION_MODES)}")
-    if m.speculation() == "draft" and not m.draft_model:
+    if m.speculative == "draft" and not m.draft_model:
         raise ConfigError(f'model {m.name}: speculative = "draft" needs a draft_model')
-    if m.draft_model and m.speculation() != "draft":
+    if m.draft_model and m.speculative not in (None, "draft"):
         raise ConfigError(f'model {m.name}: a draft_model is used only with speculative = "draft"')
     if m.speculative_tokens < 1 or (m.speculative_budget is not None and m.speculative_budget < 2):
         raise ConfigError(f"model {m.name}: speculative_tokens must be >= 1 and speculative_budget >= 2")

@@ -72,14 +72,6 @@ class RaggedLayer:
         self.batch.updated(self.index, n)
         return self.keys[..., :end, :], self.values[..., :end, :]
 
-    @property
-    def state(self) -> tuple[Any, ...]:
-        return self.keys, self.values
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None or self.values is None else int(self.keys.nbytes + self.values.nbytes)
-
 
 class RaggedCache:
     """A batch of rows over shared positions ``[0, size)``; ``valid[i, p]`` says whether row
@@ -261,14 +253,6 @@ class RaggedCache:
                 layer.values = mx.take_along_axis(layer.values[..., : self.size, :], at, axis=2)
         self.valid = mx.arange(size)[None] >= mx.array([size - r for r in self.real], dtype=mx.int32)[:, None]
         self.size = size
-
-    @property
-    def state(self) -> list[Any]:
-        return [self.valid, self.offset, *(a for layer in self.layers for a in layer.state if a is not None)]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(layer.nbytes for layer in self.layers)
 
 
 def _aligned(

@@ -78,6 +78,12 @@ def expected(rate: float, n: int) -> float:
     return float(n) if rate >= 1.0 else rate * (1 - rate**n) / (1 - rate)
 
 
+def _gain(lengths: list[int], rates: list[float], most: int) -> float:
+    """The log of the rows' speed-ups before the step's cost: Σ log(1 + expected), each row
+    verifying ``min(its drafts, most)``."""
+    return sum(math.log1p(expected(r, min(n, most))) for n, r in zip(lengths, rates, strict=True) if n)
+
+
 def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
     """How many drafts each row verifies this step, from the drafts it has (``lengths``) and
     its recent acceptance (``rates``): the step's width (1 + its most drafts) that makes the
@@ -91,8 +97,7 @@ def plan(lengths: list[int], rates: list[float], cost: StepCost) -> list[int]:
     most = max(lengths, default=0)
     best, width = 0.0, 0
     for d in range(1, most + 1):
-        gain = sum(math.log1p(expected(r, min(n, d))) for n, r in zip(lengths, rates, strict=True))
-        score = gain - len(lengths) * math.log(cost.of(len(lengths), d))
+        score = _gain(lengths, rates, d) - len(lengths) * math.log(cost.of(len(lengths), d))
         if score > best:
             best, width = score, d
     return [min(n, width) for n in lengths]
@@ -102,8 +107,7 @@ def may_pay(caps: list[int], rates: list[float], cost: StepCost) -> bool:
     """Whether any drafts could pass ``plan``: its score if every row had all ``caps`` drafts
     and paid only the narrowest step's cost. A bound from the rates alone, so a busy batch of
     prose skips looking drafts up for its rows at every step."""
-    gain = sum(math.log1p(expected(r, n)) for n, r in zip(caps, rates, strict=True) if n)
-    return gain > len(caps) * math.log(cost.of(len(caps), 1))
+    return _gain(caps, rates, max(caps, default=0)) > len(caps) * math.log(cost.of(len(caps), 1))
 
 
 def draft_cap(tokens: int, budget: int, rows: int) -> int:

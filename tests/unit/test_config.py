@@ -483,9 +483,9 @@ def test_bad_residency_limits_are_config_errors_naming_them(tmp_path: Path, line
 
 
 def test_speculation_defaults_to_lookup_and_to_draft_with_a_draft_model() -> None:
-    assert ModelConfig(name="m", path="/x").speculation() == "lookup"
-    assert ModelConfig(name="m", path="/x", draft_model="/d").speculation() == "draft"
-    assert ModelConfig(name="m", path="/x", speculative="off").speculation() == "off"
+    assert ModelConfig(name="m", path="/x").speculation("cpu") == "lookup"
+    assert ModelConfig(name="m", path="/x", draft_model="/d").speculation("cpu") == "draft"
+    assert ModelConfig(name="m", path="/x", speculative="off").speculation("cpu") == "off"
     # unset: the backend decides (a GPU waits on the host for every step with drafts)
     assert ModelConfig(name="m", path="/x").speculation("cuda") == "off"
     assert ModelConfig(name="m", path="/x", speculative="lookup").speculation("cuda") == "lookup"
