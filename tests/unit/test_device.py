@@ -16,6 +16,16 @@ def test_only_the_cpu_backend_preloads_openblas_and_swaps_attention() -> None:
         assert not device.preload_openblas(gpu) and not device.cpu_attention(gpu)
 
 
+def test_only_gpu_backends_warm_the_join_paths() -> None:
+    assert not device.warmup_joins("cpu")
+    assert device.warmup_joins("cuda") and device.warmup_joins("metal")
+
+
+def test_only_gpu_backends_stack_projections() -> None:
+    assert not device.fused_projections("cpu")
+    assert device.fused_projections("cuda") and device.fused_projections("metal")
+
+
 def test_auto_imports_float32_on_the_cpu_and_keeps_quantized_weights_on_gpus() -> None:
     assert device.import_dtype("auto", "cpu") == "float32"
     assert device.import_dtype("auto", "cuda") == "keep"

@@ -320,9 +320,32 @@ def test_warm_up_runs_each_batch_size_and_leaves_nothing_behind(core) -> None:  
     assert run(core, gen("after-warmup", max_tokens=2))[-1].finish_reason == "length"
 
 
+def test_warm_up_joins_run_the_staggered_paths_and_leave_nothing_behind(core, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The GPU warm-up's join rounds, run here on the CPU core: sequences join a decoding batch,
+    leave it one by one, and the second round starts from the scratch prompt cache (its first
+    request directly); nothing of it stays in the model's own prompt cache."""
+    from worker import warmup
+
+    directs: list[str] = []
+    start_direct = core._start_direct
+
+    def spy(live, *args, **kwargs):  # type: ignore[no-untyped-def]
+        directs.append(live.id)
+        return start_direct(live, *args, **kwargs)
+
+    monkeypatch.setattr(core, "_start_direct", spy)
+    entries = len(core.prompt_cache) if core.prompt_cache is not None else 0
+    passes = warmup.warm_up(core, [], joins=True)
+    assert [n for n, _ in passes] == ["joins"] and passes[0][1] > 0
+    assert directs == ["warmup-join-1-0"]  # the second round's first request hit the scratch cache
+    assert not core.has_work and core.running == 0 and not core.broken
+    assert (len(core.prompt_cache) if core.prompt_cache is not None else 0) == entries
+    assert run(core, gen("after-joins", max_tokens=2))[-1].finish_reason == "length"
+
+
 def test_warm_up_default_sizes_follow_the_backend_rule(core) -> None:  # type: ignore[no-untyped-def]
     from shared.device import warmup_batches
     from worker.device import backend
     from worker.warmup import warm_up
 
-    assert [n for n, _ in warm_up(core)] == warmup_batches(backend(), core.cfg.max_batch)
+    assert [n for n, _ in warm_up(core)] == warmup_batches(backend(), core.cfg.max_batch)  # no joins on the CPU
