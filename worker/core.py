@@ -357,6 +357,7 @@ class EngineCore:
             lookup=PromptLookup(history) if live.speculate and self.speculation == "lookup" else None,
             tally=live.tally,
             speculate=live.speculate,
+            logprobs=live.top_logprobs is not None,
         )
         self._decode.add(row, cache)
         self._by_uid[live.uid] = live

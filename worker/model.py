@@ -14,7 +14,7 @@ from mlx_lm.utils import load_config
 
 from shared import device as device_rules
 from shared.config import ModelConfig
-from worker import cpu_attention, device, fused_projections, rope
+from worker import cpu_attention, cpu_swiglu, device, fused_projections, rope
 
 log = logging.getLogger("hearth.worker")
 
@@ -63,6 +63,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             f"beyond its trained {plan.trained} tokens"
         )
     cpu_attention.install()  # the model's module is imported now; only on the CPU backend
+    cpu_swiglu.install()
     if cfg.distributed is None and device_rules.fused_projections(device.backend()):
         stacked = fused_projections.install(model)
         log.info("%s: %d projection groups stacked", cfg.name, stacked)

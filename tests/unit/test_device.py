@@ -11,9 +11,9 @@ from shared.blas import openblas_path
 
 
 def test_only_the_cpu_backend_preloads_openblas_and_swaps_attention() -> None:
-    assert device.preload_openblas("cpu") and device.cpu_attention("cpu")
+    assert device.preload_openblas("cpu") and device.cpu_attention("cpu") and device.cpu_swiglu("cpu")
     for gpu in ("cuda", "metal"):
-        assert not device.preload_openblas(gpu) and not device.cpu_attention(gpu)
+        assert not device.preload_openblas(gpu) and not device.cpu_attention(gpu) and not device.cpu_swiglu(gpu)
 
 
 def test_only_gpu_backends_warm_the_join_paths() -> None:

@@ -101,6 +101,25 @@ def test_speculation_gives_the_same_tokens_as_decoding_without_it(
     assert [v["ids"] for v in fast.values()] == [v["ids"] for v in plain.values()]
 
 
+def test_logprobs_in_a_batch_whose_other_rows_skip_them_are_the_plain_decodings(cores: dict[str, Any]) -> None:
+    """Greedy rows that don't ask for logprobs skip the normalisation (worker.decode._normalized);
+    the row that asks still gets true log-probabilities, those of decoding without speculation."""
+
+    def logprobs(core: Any) -> list[dict[str, Any]]:
+        reqs = [req("lp", CODE, logprobs=3), req("a", CODE + "1"), req("b", CODE + "2")]
+        events = [e for r in reqs for e in core.add(r)]
+        while core.has_work:
+            events += core.step()
+        return [x for e in events if isinstance(e, Delta) and e.id == "lp" for x in e.logprobs or []]
+
+    plain, fast = logprobs(cores["off"]), logprobs(cores["lookup"])
+    assert len(fast) == len(plain) > 10
+    for a, b in zip(fast, plain, strict=True):
+        assert a["token"] == b["token"] and a["logprob"] <= 0
+        assert math.isclose(a["logprob"], b["logprob"], abs_tol=1e-4)
+        assert [t["token"] for t in a["top_logprobs"]] == [t["token"] for t in b["top_logprobs"]]
+
+
 def test_drafts_are_accepted_and_counted(cores: dict[str, Any]) -> None:
     """The target drafting for itself agrees with every greedy draft; lookup on a repetitive
     answer accepts some: both turn them into fewer steps than tokens."""
