@@ -313,7 +313,7 @@ def test_warm_up_runs_each_batch_size_and_leaves_nothing_behind(core) -> None:  
     from worker.warmup import warm_up
 
     entries = len(core.prompt_cache) if core.prompt_cache is not None else 0
-    shapes = warm_up(core, [3, 1])
+    shapes = warm_up(core, [3, 1], joins=False)
     assert [n for n, _ in shapes] == [3, 1] and all(s > 0 for _, s in shapes)
     assert not core.has_work and core.running == 0 and not core.broken
     assert (len(core.prompt_cache) if core.prompt_cache is not None else 0) == entries
@@ -344,8 +344,9 @@ def test_warm_up_joins_run_the_staggered_paths_and_leave_nothing_behind(core, mo
 
 
 def test_warm_up_default_sizes_follow_the_backend_rule(core) -> None:  # type: ignore[no-untyped-def]
-    from shared.device import warmup_batches
+    from shared.device import warmup_batches, warmup_joins
     from worker.device import backend
     from worker.warmup import warm_up
 
-    assert [n for n, _ in warm_up(core)] == warmup_batches(backend(), core.cfg.max_batch)  # no joins on the CPU
+    joins = ["joins"] if warmup_joins(backend()) else []  # a GPU backend also runs the join rounds
+    assert [n for n, _ in warm_up(core)] == [*warmup_batches(backend(), core.cfg.max_batch), *joins]
