@@ -23,6 +23,7 @@ ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
 COMPARE=${COMPARE:-1}
 SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
+ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: its default, 0)
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
 MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
@@ -50,6 +51,8 @@ stop_all() {  # Hearth drains on SIGINT; mlx_lm.server needs SIGTERM
 trap stop_all EXIT
 
 spec_line=""; [ -z "$SPECULATIVE" ] || spec_line="speculative = \"$SPECULATIVE\""
+[ -z "$ADMISSION_HOLD" ] || spec_line="$spec_line
+admission_hold = $ADMISSION_HOLD"
 for name in ${ONLY//,/ }; do
   dir=$MODELS/$name
   cat > "$OUTDIR/$name.toml" <<TOML

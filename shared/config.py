@@ -81,6 +81,9 @@ class ModelConfig:
     embed_batch: int = 32  # embedding models: inputs encoded together in one forward pass
     embed_tokens: int = 4096  # embedding models: at most this many (padded) tokens in one forward pass
     prefill_step: int = 512  # prompt tokens per prefill step
+    # decode steps a request arriving while others decode may wait, so arrivals prefill together
+    # in one pass (worker/admission.py); 0: each step prefills what arrived since the last one
+    admission_hold: int = 0
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
     prompt_cache_entries: int = 16  # cached sequences per worker
@@ -304,6 +307,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
+    if not isinstance(m.admission_hold, int) or isinstance(m.admission_hold, bool) or m.admission_hold < 0:
+        raise ConfigError(f"model {m.name}: admission_hold must be a whole number of steps, 0 or more")
     try:
         m.keep_alive_seconds()
     except ValueError as e:

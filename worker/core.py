@@ -31,6 +31,7 @@ from shared.protocol import (
     Generate,
     Message,
 )
+from worker.admission import Admission, Arrival
 from worker.decode import DecodeBatch, Row, Token, can_verify
 from worker.detok import TextStream
 from worker.draft import DraftModel, load_draft
@@ -142,6 +143,7 @@ class EngineCore:
         self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
         self._decode = self._new_decode()
         self._own_uid = 1 << 40  # uids for sequences that never enter the batch generator
+        self._admission = Admission(cfg.admission_hold)  # worker/admission.py
 
     def _new_decode(self) -> DecodeBatch | None:
         """The decode batch when this model speculates (worker/decode.py); None: every
@@ -320,18 +322,30 @@ class EngineCore:
                 self._live[req.id] = live
                 self._to_decode(live, cache if cache is not None else make_prompt_cache(self.m.model), tokens)
                 return replayed
-        (live.uid,) = self._gen.insert_segments(
-            [segments],
-            max_tokens=[max_tokens],
-            caches=[cache],  # type: ignore[list-item]  # None: a fresh cache
-            all_tokens=[tokens[:cached]],
-            samplers=[sampler],
-            logits_processors=[processors],
-        )
-        self._live[req.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
-        self._by_uid[live.uid] = live
-        self._in_gen.add(live.uid)
+        arrival = Arrival(live, segments, max_tokens, cache, tokens[:cached], sampler, processors)
+        if self._admission.holds(self.running > 0):  # inserted with others a few steps later
+            self._live[req.id] = live
+            self._admission.hold(arrival)
+            return replayed
+        self._insert([arrival])
         return replayed
+
+    def _insert(self, arrivals: list[Arrival]) -> None:
+        """Put ``arrivals`` into the batch generator, in one call (their prefill is one pass)."""
+        uids = self._gen.insert_segments(
+            [a.segments for a in arrivals],
+            max_tokens=[a.max_tokens for a in arrivals],
+            caches=[a.cache for a in arrivals],  # type: ignore[misc]  # None: a fresh cache
+            all_tokens=[a.cached for a in arrivals],
+            samplers=[a.sampler for a in arrivals],
+            logits_processors=[a.processors for a in arrivals],
+        )
+        for a, uid in zip(arrivals, uids, strict=True):
+            live = a.live
+            live.uid = uid
+            self._live[live.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
+            self._by_uid[uid] = live
+            self._in_gen.add(uid)
 
     def _to_decode(
         self, live: _Live, cache: list[Any], tokens: list[int], pending: int | None = None, sent: int = 0
@@ -469,6 +483,9 @@ class EngineCore:
 
     def _drop(self, live: _Live) -> None:
         self._system_pending.discard(live.id)
+        if self._admission.drop(live):  # held: not in any batch yet
+            self._live.pop(live.id, None)
+            return
         self._remove(live.uid)
         self._live.pop(live.id, None)
         self._by_uid.pop(live.uid, None)
@@ -497,6 +514,7 @@ class EngineCore:
         self._by_uid.clear()
         self._system_pending.clear()
         self._in_gen.clear()
+        self._admission.clear()
         self._decode = self._new_decode()
         self.broken = message
         return out
@@ -508,6 +526,9 @@ class EngineCore:
         if not self._live:
             return []
         try:
+            due = self._admission.due(self.running > 0)
+            if due:
+                self._insert(due)
             responses: list[Any] = []
             if self._in_gen or self._decode is None:
                 prompt_responses, responses = self._gen.next()

@@ -350,3 +350,41 @@ def test_warm_up_default_sizes_follow_the_backend_rule(core) -> None:  # type: i
 
     joins = ["joins"] if warmup_joins(backend()) else []  # a GPU backend also runs the join rounds
     assert [n for n, _ in warm_up(core)] == [*warmup_batches(backend(), core.cfg.max_batch), *joins]
+
+
+def test_arrivals_held_while_others_decode_are_prefilled_together(core, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With ``admission_hold`` steps (the GPU rule, forced here), requests that arrive while a
+    sequence decodes wait and go into the batch generator in one insert; a held request that is
+    cancelled leaves nothing; every answer is the one it gets alone."""
+    from worker.admission import Admission
+
+    alone = {rid: _uncached(core, gen(rid, max_tokens=6)) for rid in ("held-b", "held-c")}
+    monkeypatch.setattr(core, "_admission", Admission(2))
+    calls: list[int] = []
+    insert = core._gen.insert_segments
+
+    def spy(segments, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(segments))
+        return insert(segments, **kwargs)
+
+    monkeypatch.setattr(core._gen, "insert_segments", spy)
+    saved, core.prompt_cache = core.prompt_cache, None  # no direct first token: every request inserts
+    try:
+        events = core.add(gen("held-a", max_tokens=30))
+        while core.running == 0:
+            events += core.step()
+        for rid in ("held-b", "held-c"):
+            events += core.add(gen(rid, max_tokens=6))
+            events += core.step()
+            assert calls == [1], "held while held-a decodes"
+        events += core.add(gen("held-d", max_tokens=6))
+        core.cancel("held-d")
+        events += core.step()  # held-b has now waited past its 2 steps
+        assert calls == [1, 2]
+        while core.has_work:
+            events += core.step()
+    finally:
+        core.prompt_cache = saved
+    assert not [e for e in events if getattr(e, "id", None) == "held-d"]
+    assert {rid: _text(events, rid) for rid in alone} == alone
+    assert all(isinstance(next(e for e in reversed(events) if getattr(e, "id", None) == r), Done) for r in alone)

@@ -1,0 +1,46 @@
+"""worker.admission: arrivals wait while others decode, for at most ``hold_steps`` steps, and
+leave together; nothing waits when nothing decodes or the rule is 0."""
+
+from __future__ import annotations
+
+from worker.admission import Admission, Arrival
+
+
+def arrival(name: str) -> Arrival:
+    return Arrival(name, [[1, 2]], 4, None, [], None, [])
+
+
+def test_nothing_waits_without_a_hold_or_without_decoding() -> None:
+    assert not Admission(0).holds(decoding=True)
+    assert not Admission(3).holds(decoding=False)
+    assert Admission(3).holds(decoding=True)
+
+
+def test_held_arrivals_leave_together_after_the_oldest_waited_its_steps() -> None:
+    a = Admission(2)
+    a.hold(arrival("x"))
+    assert a.due(decoding=True) == []  # 1 step
+    a.hold(arrival("y"))
+    assert a.due(decoding=True) == []  # 2 steps
+    assert [r.live for r in a.due(decoding=True)] == ["x", "y"]
+    assert a.held == [] and a.due(decoding=True) == []
+    a.hold(arrival("z"))  # a new group counts its own steps
+    assert a.due(decoding=True) == []
+
+
+def test_held_arrivals_leave_at_once_when_nothing_decodes_any_more() -> None:
+    a = Admission(5)
+    a.hold(arrival("x"))
+    assert [r.live for r in a.due(decoding=False)] == ["x"]
+
+
+def test_a_dropped_arrival_is_forgotten() -> None:
+    a = Admission(1)
+    a.hold(arrival("x"))
+    a.hold(arrival("y"))
+    assert a.drop("x") and not a.drop("x")
+    a.due(decoding=True)
+    assert [r.live for r in a.due(decoding=True)] == ["y"]
+    a.hold(arrival("z"))
+    a.clear()
+    assert a.held == []
