@@ -4,7 +4,8 @@ behind ``shared/device.py``'s speculation costs (``worker.speculation.StepCost``
 python benchmarks/step_costs.py MODEL_DIR [--context 256] [--rows 1,2,4,8,16] [--widths 1,2,3,5,9] [--reps 10]
 
 Builds a decode batch (``worker.ragged_cache``) of ``rows`` rows holding ``context`` tokens each,
-then times forward passes of each width over it (every pass taken back with ``trim``), and prints
+on the model as the worker changes it (``worker.model.prepare``), then times forward passes of
+each width over it (every pass taken back with ``trim``), and prints
 ms per pass and the ratio to the plain pass. Run it on a quiet machine, on each backend.
 """
 
@@ -17,6 +18,7 @@ import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
+from worker.model import prepare
 from worker.ragged_cache import RaggedCache
 
 
@@ -39,6 +41,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10)
     a = p.parse_args()
     model = load(a.model)[0]
+    prepare(model)  # what the worker runs: NumPy's exp on the CPU, stacked projections on a GPU
     for rows in (int(x) for x in a.rows.split(",")):
         cache = batch(model, rows, a.context)
         base = 0.0

@@ -47,6 +47,17 @@ def resolve_folder(cfg: ModelConfig) -> Path:
     return path
 
 
+def prepare(model: nn.Module, sharded: bool = False) -> int:
+    """What the worker changes in a loaded mlx-lm model, by backend (``shared.device``): NumPy's
+    softmax and SwiGLU on the CPU, stacked projections on a GPU (not for a worker group's sharded
+    layers). Benchmarks call it too, to time what the worker runs. Returns the groups stacked."""
+    cpu_attention.install()  # the model's module is imported now; only on the CPU backend
+    cpu_swiglu.install()
+    if sharded or not device_rules.fused_projections(device.backend()):
+        return 0
+    return fused_projections.install(model)
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     folder = resolve_folder(cfg)
     plan = rope.plan(load_config(folder), cfg.context_length, cfg.rope_scaling)
@@ -62,10 +73,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             f"rope_scaling: mlx-lm's {config.get('model_type')} model does not take rope_scaling, so it can't run "
             f"beyond its trained {plan.trained} tokens"
         )
-    cpu_attention.install()  # the model's module is imported now; only on the CPU backend
-    cpu_swiglu.install()
-    if cfg.distributed is None and device_rules.fused_projections(device.backend()):
-        stacked = fused_projections.install(model)
+    stacked = prepare(model, sharded=cfg.distributed is not None)
+    if stacked:
         log.info("%s: %d projection groups stacked", cfg.name, stacked)
     (log.warning if plan.extended else log.info)("%s: %s", cfg.name, plan.describe())
     vocab = int(config.get("vocab_size") or len(tokenizer))
