@@ -8,7 +8,7 @@ differs between them is decided by the pure functions below, from the backend's 
   Debian's OpenBLAS (LD_PRELOAD at spawn, see ``shared.blas``) is ~30x faster; a GPU backend
   does its matrix work on the device.
 - ``cpu_attention``: only on ``cpu``. MLX's CPU ``exp`` is scalar, so ``worker.cpu_attention``
-  computes large softmaxes with NumPy; a GPU keeps MLX's fused attention kernel.
+  computes every float32 softmax with NumPy; a GPU keeps MLX's fused attention kernel.
 - ``cpu_swiglu``: only on ``cpu``, for the same reason: ``worker.cpu_swiglu`` computes the MLP's
   SiLU gate with NumPy's ``exp`` (a decode step of 8 SmolLM2 rows: 88 -> 80.5 ms).
 - ``fused_projections``: only on GPU backends. ``worker.fused_projections`` runs a layer's q/k/v

@@ -526,9 +526,10 @@ class EngineCore:
         if not self._live:
             return []
         try:
-            due = self._admission.due(self.running > 0)
-            if due:
-                self._insert(due)
+            if self._admission.held:  # (``running`` walks every request: not on each step for nothing)
+                due = self._admission.due(self.running > 0)
+                if due:
+                    self._insert(due)
             responses: list[Any] = []
             if self._in_gen or self._decode is None:
                 prompt_responses, responses = self._gen.next()

@@ -20,7 +20,6 @@ handle (quantized caches, attention sinks, additive masks, non-float32) goes to 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from shared.device import cpu_attention
 from worker.device import backend
+from worker.model_swap import swap
 
 _original: Callable[..., mx.array] | None = None
 
@@ -95,9 +95,4 @@ def install() -> int:
 
     if _original is None:
         _original = base.scaled_dot_product_attention
-    count = 0
-    for name, module in list(sys.modules.items()):
-        if name.startswith("mlx_lm.models.") and getattr(module, "scaled_dot_product_attention", None) is _original:
-            module.scaled_dot_product_attention = scaled_dot_product_attention  # type: ignore[attr-defined]
-            count += 1
-    return count
+    return swap("scaled_dot_product_attention", _original, scaled_dot_product_attention)

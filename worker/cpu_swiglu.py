@@ -16,7 +16,6 @@ only (``shared.device.cpu_swiglu``); other dtypes go to the original.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -24,6 +23,7 @@ import numpy as np
 
 from shared.device import cpu_swiglu
 from worker.device import backend
+from worker.model_swap import swap
 
 _original: Callable[[mx.array, mx.array], mx.array] | None = None
 
@@ -48,11 +48,4 @@ def install() -> int:
 
     if _original is None:
         _original = activations.swiglu
-    count = 0
-    for name, module in list(sys.modules.items()):
-        if name.startswith("mlx_lm.models.") and getattr(module, "swiglu", None) is _original:
-            if module is activations:
-                continue  # its own definition stays (other activations call it by name there)
-            module.swiglu = swiglu  # type: ignore[attr-defined]
-            count += 1
-    return count
+    return swap("swiglu", _original, swiglu, keep=activations)  # its other activations call the original
