@@ -23,7 +23,7 @@ ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
 COMPARE=${COMPARE:-1}
 SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
-ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: its default, 0)
+ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: the backend's rule, shared/device.py)
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
 MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
@@ -75,6 +75,9 @@ TOML
     cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server)
   fi
   for _ in $(seq 600); do
+    # the gateway outlives a worker that fails to load: its traceback in the log ends the wait
+    { kill -0 "$HEARTH_PID" 2>/dev/null && ! grep -q Traceback "$OUTDIR/$name.hearth.log"; } \
+      || { echo "hearth failed"; tail -30 "$OUTDIR/$name.hearth.log"; exit 1; }
     curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null \
       && { [ "$COMPARE" != 1 ] || curl -sf "localhost:$MLX_PORT/health" >/dev/null; } && break
     sleep 0.5

@@ -38,6 +38,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.client import EngineClient
 from gateway.errors import HearthError, InvalidRequest, WorkerFailed, from_worker
+from gateway.feed import END, TICK, Feed
 from gateway.metrics import Metrics
 from gateway.models import Model, Models
 from gateway.record import Record
@@ -208,33 +209,37 @@ async def _body(
     fmt: StreamFormat,
     rid: str,
     events: AsyncGenerator[Event],
-    pending: asyncio.Future[Event | None],
+    first: asyncio.Future[Event | None],
     every: float | None,
 ) -> AsyncIterator[bytes]:
-    """The stream's bytes: the opening, each event, keep-alive ticks in the gaps, the closing;
-    an in-band failure if the generation fails. Closing it (the client left) cancels the rest."""
+    """The stream's bytes: the opening, the events (those that came together in one write),
+    keep-alive ticks in the gaps, the closing; an in-band failure if the generation fails.
+    Closing it (the client left) cancels the rest."""
+    feed = Feed(first, events, every)  # gateway/feed.py
     try:
-        for chunk in fmt.opening(rid):
-            yield chunk
+        opening = b"".join(fmt.opening(rid))
+        if opening:
+            yield opening
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=every)
-            if not done:
-                yield fmt.keepalive()
-                continue
-            try:
-                item = pending.result()
-            except HearthError as e:  # after the first byte an error can only be in-band
-                yield fmt.failure(e)
-                return
-            if item is None:
-                for chunk in fmt.closing():
-                    yield chunk
-                return
-            for chunk in fmt.event(*item):
-                yield chunk
-            pending = asyncio.ensure_future(_next(events))
+            out: list[bytes] = []
+            for item in await feed.take():
+                if item is TICK:
+                    out.append(fmt.keepalive())
+                elif item is END:
+                    out += fmt.closing()
+                    yield b"".join(out)
+                    return
+                elif isinstance(item, HearthError):  # after the first byte an error can only be in-band
+                    out.append(fmt.failure(item))
+                    yield b"".join(out)
+                    return
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    out += fmt.event(*item)
+            yield b"".join(out)
     finally:
-        await _cancel(pending)
+        await feed.close()
         await events.aclose()
 
 

@@ -82,8 +82,9 @@ class ModelConfig:
     embed_tokens: int = 4096  # embedding models: at most this many (padded) tokens in one forward pass
     prefill_step: int = 512  # prompt tokens per prefill step
     # decode steps a request arriving while others decode may wait, so arrivals prefill together
-    # in one pass (worker/admission.py); 0: each step prefills what arrived since the last one
-    admission_hold: int = 0
+    # in one pass (worker/admission.py); 0: each step prefills what arrived since the last one;
+    # None: the backend's rule (shared.device.admission_hold)
+    admission_hold: int | None = None
     max_tokens: int | None = None  # default cap when a request sets none (None: what context leaves)
     prompt_cache_bytes: int = 1 << 30  # KV prompt cache budget per worker; 0 turns it off
     prompt_cache_entries: int = 16  # cached sequences per worker
@@ -143,6 +144,14 @@ class ModelConfig:
         from shared.device import default_speculation
 
         return default_speculation(backend)
+
+    def admission(self, backend: str) -> int:
+        """Steps an arrival may be held on ``backend`` (worker/admission.py)."""
+        if self.admission_hold is not None:
+            return self.admission_hold
+        from shared.device import admission_hold
+
+        return admission_hold(backend)
 
     def memory_ceiling_bytes(self) -> int:
         return parse_size(self.memory_ceiling)
@@ -307,7 +316,8 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: aliases must be non-blank strings")
     if m.max_batch < 1 or m.max_queue < 0 or m.prefill_step < 1:
         raise ConfigError(f"model {m.name}: max_batch, max_queue and prefill_step must be positive")
-    if not isinstance(m.admission_hold, int) or isinstance(m.admission_hold, bool) or m.admission_hold < 0:
+    hold = m.admission_hold
+    if hold is not None and (not isinstance(hold, int) or isinstance(hold, bool) or hold < 0):
         raise ConfigError(f"model {m.name}: admission_hold must be a whole number of steps, 0 or more")
     try:
         m.keep_alive_seconds()

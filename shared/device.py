@@ -152,6 +152,19 @@ def default_speculation(backend: str) -> str:
     return "lookup" if backend == "cpu" else "off"
 
 
+# Steps an arrival may wait for others while the batch decodes (worker/admission.py), when the
+# model sets no ``admission_hold``. GPU: a prefill pass costs its kernel launches more than its
+# tokens, and a burst reaches a worker spread over ~100-200 ms (the gateway routes one request at
+# a time), so holding makes one pass of many. CPU: a pass costs its tokens; holding only delays.
+_ADMISSION_HOLD = {"cpu": 0, "cuda": 8, "metal": 8}
+
+
+def admission_hold(backend: str) -> int:
+    """Steps an arrival may be held on ``backend`` when its model sets none (see above)."""
+    _check(backend)
+    return _ADMISSION_HOLD[backend]
+
+
 def speculative_budget(backend: str, configured: int | None) -> int:
     """Forward positions a decode step may spend on drafts plus next tokens, shared by the
     batch (``worker.speculation.draft_cap``): what the model sets, else the backend's default.

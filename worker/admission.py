@@ -6,16 +6,17 @@ every step after an arrival carries a prefill pass, and every running stream wai
 Requests reach a worker one at a time (the gateway routes them one by one: a burst of 64 came
 ~3.5 ms apart on the H200 host), so under load nearly every step carried a small prefill, and
 on a GPU, where a pass costs its kernel launches more than its tokens, that measured ITL p99 at
-34 ms against 9 ms in-process at 64 clients (docs/benchmarks.md). Holding arrivals for up to
-``hold_steps`` decode steps, then inserting them in one call, makes one pass of several.
+34 ms against 9 ms in-process at 64 clients (docs/benchmarks.md). Holding arrivals while more
+keep coming, then inserting them in one call, makes one pass of several: held arrivals leave at
+the first step before which no new one came (the burst is over), and at the latest once the
+oldest has waited ``hold_steps`` steps. A lone arrival so waits one step.
 
 A request that arrives while nothing decodes is inserted at once (there is nobody to stall), and
-so is every request when ``hold_steps`` is 0: the model's ``admission_hold`` setting, 0 unless
-set. It is off by default because it has not been measured yet: the one H200 run with it (3
-steps) ran out of its time limit before reporting, and on the CPU a prefill pass costs its
-tokens, not its launches, so holding would only delay them. The count is in steps, not time, so
-a worker group's ranks, which replay rank 0's adds and steps, hold and release the same
-arrivals.
+so is every request when ``hold_steps`` is 0. The model's ``admission_hold`` setting gives
+``hold_steps``; unset, the backend decides (``shared.device.admission_hold``: on the CPU a prefill
+pass costs its tokens, not its launches, so holding would only delay them). The count is in
+steps, not time, so a worker group's ranks, which replay rank 0's adds and steps, hold and
+release the same arrivals.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Admission:
         self.hold_steps = hold_steps
         self.held: list[Arrival] = []
         self._waited = 0  # steps the oldest held arrival has waited
+        self._fresh = False  # an arrival came since the last step
 
     def holds(self, decoding: bool) -> bool:
         """Whether an arrival now waits (``decoding``: some sequence is generating)."""
@@ -51,13 +53,15 @@ class Admission:
         if not self.held:
             self._waited = 0
         self.held.append(arrival)
+        self._fresh = True
 
     def due(self, decoding: bool) -> list[Arrival]:
         """Once a step, before it runs: the held arrivals to insert now, all of them or none."""
         if not self.held:
             return []
         self._waited += 1
-        if decoding and self._waited <= self.hold_steps:
+        fresh, self._fresh = self._fresh, False
+        if decoding and fresh and self._waited <= self.hold_steps:
             return []
         out, self.held = self.held, []
         return out

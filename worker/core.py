@@ -143,7 +143,7 @@ class EngineCore:
         self._draft_model = load_draft(cfg, loaded) if self.speculation == "draft" else None
         self._decode = self._new_decode()
         self._own_uid = 1 << 40  # uids for sequences that never enter the batch generator
-        self._admission = Admission(cfg.admission_hold)  # worker/admission.py
+        self._admission = Admission(cfg.admission(device.backend()))  # worker/admission.py
 
     def _new_decode(self) -> DecodeBatch | None:
         """The decode batch when this model speculates (worker/decode.py); None: every

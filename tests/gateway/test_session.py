@@ -30,27 +30,28 @@ USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0}
 
 
 class Lines:
-    """A StreamFormat that writes readable lines, so a test sees what happened in which order."""
+    """A StreamFormat that writes readable lines, so a test sees what happened in which order
+    (the body joins what came together into one write: ``body`` splits them again)."""
 
     media_type = "text/plain"
     headers: dict[str, str] = {}
 
     def opening(self, rid: str) -> list[bytes]:
-        return [b"open"]
+        return [b"open\n"]
 
     def event(self, choice: Choice, ev: Delta | Done) -> list[bytes]:
         if isinstance(ev, Delta):
-            return [f"{choice.index}:{ev.text}".encode()]
-        return [f"{choice.index}:done:{ev.finish_reason}".encode()]
+            return [f"{choice.index}:{ev.text}\n".encode()]
+        return [f"{choice.index}:done:{ev.finish_reason}\n".encode()]
 
     def closing(self) -> list[bytes]:
-        return [b"close"]
+        return [b"close\n"]
 
     def keepalive(self) -> bytes:
-        return b"tick"
+        return b"tick\n"
 
     def failure(self, err: HearthError) -> bytes:
-        return f"failed:{err.code}".encode()
+        return f"failed:{err.code}\n".encode()
 
 
 def request(disconnected: list[bool] | None = None) -> Request:
@@ -96,7 +97,8 @@ async def expect(w: FakeWorker, cls: type[Any]) -> Any:
 
 async def body(resp: Any) -> list[str]:
     assert isinstance(resp, StreamingResponse)
-    return [(c if isinstance(c, bytes) else str(c).encode()).decode() async for c in resp.body_iterator]
+    text = "".join([(c if isinstance(c, bytes) else str(c).encode()).decode() async for c in resp.body_iterator])
+    return text.splitlines()
 
 
 def choices(n: int = 1) -> list[Choice]:

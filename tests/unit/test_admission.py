@@ -1,5 +1,5 @@
-"""worker.admission: arrivals wait while others decode, for at most ``hold_steps`` steps, and
-leave together; nothing waits when nothing decodes or the rule is 0."""
+"""worker.admission: arrivals wait while others decode and more keep coming, for at most
+``hold_steps`` steps, and leave together; nothing waits when nothing decodes or the rule is 0."""
 
 from __future__ import annotations
 
@@ -22,10 +22,23 @@ def test_held_arrivals_leave_together_after_the_oldest_waited_its_steps() -> Non
     assert a.due(decoding=True) == []  # 1 step
     a.hold(arrival("y"))
     assert a.due(decoding=True) == []  # 2 steps
-    assert [r.live for r in a.due(decoding=True)] == ["x", "y"]
+    a.hold(arrival("w"))  # still coming, but the oldest has waited its 2 steps
+    assert [r.live for r in a.due(decoding=True)] == ["x", "y", "w"]
     assert a.held == [] and a.due(decoding=True) == []
     a.hold(arrival("z"))  # a new group counts its own steps
     assert a.due(decoding=True) == []
+
+
+def test_held_arrivals_leave_at_the_first_step_without_a_new_one() -> None:
+    a = Admission(8)
+    a.hold(arrival("x"))
+    assert a.due(decoding=True) == []  # it just came: more may follow
+    a.hold(arrival("y"))
+    assert a.due(decoding=True) == []
+    assert [r.live for r in a.due(decoding=True)] == ["x", "y"]  # none came: the burst is over
+    a.hold(arrival("z"))  # a lone arrival waits one step
+    assert a.due(decoding=True) == []
+    assert [r.live for r in a.due(decoding=True)] == ["z"]
 
 
 def test_held_arrivals_leave_at_once_when_nothing_decodes_any_more() -> None:

@@ -26,6 +26,16 @@ def test_only_gpu_backends_stack_projections() -> None:
     assert device.fused_projections("cuda") and device.fused_projections("metal")
 
 
+def test_only_gpu_backends_hold_arrivals_unless_the_model_says() -> None:
+    from shared.config import ModelConfig
+
+    assert device.admission_hold("cpu") == 0
+    assert device.admission_hold("cuda") > 0 and device.admission_hold("metal") > 0
+    assert ModelConfig(name="m", path="p").admission("cuda") == device.admission_hold("cuda")
+    assert ModelConfig(name="m", path="p", admission_hold=0).admission("cuda") == 0
+    assert ModelConfig(name="m", path="p", admission_hold=3).admission("cpu") == 3
+
+
 def test_auto_imports_float32_on_the_cpu_and_keeps_quantized_weights_on_gpus() -> None:
     assert device.import_dtype("auto", "cpu") == "float32"
     assert device.import_dtype("auto", "cuda") == "keep"
