@@ -2,12 +2,14 @@
 
     method=POST path=/v1/chat/completions status=200 model=m worker=m-r0-g1
     request_id=chatcmpl-… prompt_tokens=12 completion_tokens=5 cached_tokens=0 ttft=0.031
-    duration=0.094 finish_reason=stop
+    worker_ttft=0.024 admit=0.000 duration=0.094 finish_reason=stop
 
 (all on one line). logfmt, because it greps and sorts with the usual tools and is still
 readable; values with spaces or quotes are quoted. Times are seconds. ``ttft`` is from the
 request reaching the gateway's queue to the first token of its first choice reaching the
-gateway; tokens are the request's totals (a prompt counts once whatever ``n``). Fields a
+gateway; ``worker_ttft`` is the part of it from the worker taking the request (its template
+and prompt-cache lookup included), ``admit`` the part of that before its prefill was put in a
+batch (``admission_hold``); tokens are the request's totals (a prompt counts once whatever ``n``). Fields a
 request never got to (a 400 has no worker, a failure no tokens) are left out. The generation
 session records the model and generations in the request's ``Record``; the request-wrap layer
 (gateway/wrap.py) writes the line after the last byte.
@@ -53,6 +55,9 @@ def request_fields(generations: list[tuple[Choice, RequestStream]]) -> dict[str,
         "completion_tokens": use.get("completion_tokens"),
         "cached_tokens": use.get("cached_tokens"),
         "ttft": first.t_first - first.t_submit if first.t_first else None,
+        # the worker's share of it (from taking the request), and of that its wait to be admitted
+        "worker_ttft": first.done.timings.get("ttft_s") if first.done else None,
+        "admit": first.done.timings.get("admit_s") if first.done else None,
         "finish_reason": ",".join(finishes),
         "resumed": sum(rs.progress.resumes for rs in streams) or None,
     }

@@ -84,6 +84,7 @@ class _Live:
     top_logprobs: int | None
     t_start: float
     cached_tokens: int = 0
+    t_admitted: float = 0.0  # when its prefill was put in a batch (held arrivals wait for it)
     t_first: float = 0.0
     completion_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
@@ -227,6 +228,7 @@ class EngineCore:
 
     def add(self, req: Generate) -> list[Message]:
         """Insert ``req`` into the batch; an input the model can't take is answered at once."""
+        t_received = time.perf_counter()  # its timings count the template and the cache lookup too
         params = req.params
         try:
             prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params, self.cfg.tools)
@@ -285,7 +287,7 @@ class EngineCore:
             text=TextStream(split or detok, [stop] if isinstance(stop, str) else stop),
             prompt_tokens=len(prompt.tokens),
             top_logprobs=params.get("logprobs"),
-            t_start=time.perf_counter(),
+            t_start=t_received,
             cached_tokens=min(cached, len(prompt.tokens)),
             guard=LoopGuard.from_param(params.get("loop_guard")),
             constraint=constraint,
@@ -340,9 +342,11 @@ class EngineCore:
             samplers=[a.sampler for a in arrivals],
             logits_processors=[a.processors for a in arrivals],
         )
+        now = time.perf_counter()
         for a, uid in zip(arrivals, uids, strict=True):
             live = a.live
             live.uid = uid
+            live.t_admitted = now
             self._live[live.id] = live  # only once it is in the batch: a failed insert leaves nothing behind
             self._by_uid[uid] = live
             self._in_gen.add(uid)
@@ -358,6 +362,7 @@ class EngineCore:
             tokens, pending = tokens[:-1], tokens[-1]
         if live.uid < 0:
             live.uid, self._own_uid = self._own_uid, self._own_uid + 1
+        live.t_admitted = live.t_admitted or time.perf_counter()
         history = [*tokens, pending]
         row = Row(
             uid=live.uid,
@@ -451,6 +456,7 @@ class EngineCore:
     ) -> list[Message]:
         """A warm prompt: its first token at once (``worker.first_token``), then the batch."""
         self._live[live.id] = live
+        live.t_admitted = time.perf_counter()
         try:
             token, logprobs = first_token(self.m.model, tokens, cached, cache, sampler, processors)
         except Exception as e:  # as a failed batch step: MLX state can't be trusted any more
@@ -671,6 +677,7 @@ class EngineCore:
             },
             timings={
                 "ttft_s": round(live.t_first - live.t_start, 6),
+                "admit_s": round(max(live.t_admitted - live.t_start, 0.0), 6),
                 "total_s": round(now - live.t_start, 6),
                 "decode_tps": round((live.completion_tokens - 1) / decode_s, 3),
             },

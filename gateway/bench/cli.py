@@ -11,12 +11,15 @@ import asyncio
 import os
 import secrets
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from gateway.bench import report
 from gateway.bench.progress import Progress
 from gateway.bench.scenarios import EXTRA_SCENARIOS, SCENARIOS, Plan, run_target
 from gateway.bench.streaming import Target
+
+T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -92,6 +95,17 @@ async def _run_http(args: argparse.Namespace, plan: Plan, progress: Progress) ->
     return out
 
 
+def _loop_run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop where it is installed (as the gateway's uvicorn runs): the
+    client's own loop should cost less than the server's (gateway/bench/wire.py)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     progress = Progress(quiet=args.quiet)
     try:
-        targets = asyncio.run(_run_http(args, plan, progress))
+        targets = _loop_run(_run_http(args, plan, progress))
         if args.raw:
             from gateway.bench.raw import run_raw
 

@@ -7,11 +7,11 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway.bench.prompts import Messages
 from gateway.bench.stats import RequestResult
+from gateway.bench.wire import Pool, WireError
 
 
 class Target:
@@ -21,10 +21,9 @@ class Target:
         self.url = url.rstrip("/")
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, limits=limits)
-        # /health on its own connection pool, so probes never queue behind streaming requests
-        self.probe = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = Pool(self.url, headers, timeout)  # gateway/bench/wire.py: a client lighter than the server
+        # /health on connections of its own, so probes never queue behind streaming requests
+        self.probe = Pool(self.url, headers, timeout)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -47,16 +46,19 @@ class Target:
         res = RequestResult(start=time.perf_counter())
         body = self.body(messages, max_tokens, extra)
         try:
-            async with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
-                if r.status_code != 200:
-                    res.error = f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}"
+            r = await self.http.request("POST", "/v1/chat/completions", orjson.dumps(body))
+            try:
+                if r.status != 200:
+                    res.error = f"HTTP {r.status}: {(await r.read()).decode(errors='replace')[:300]}"
                     return res
-                async for line in r.aiter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
+                async for line in r.lines():
+                    if line.startswith(b"data: ") and line != b"data: [DONE]":
                         _take_event(res, orjson.loads(line[6:]), time.perf_counter())
                         if res.error:
                             return res
-        except (httpx.HTTPError, orjson.JSONDecodeError) as e:
+            finally:
+                r.close()
+        except (WireError, OSError, asyncio.IncompleteReadError, ValueError) as e:  # orjson's error is a ValueError
             res.error = f"{type(e).__name__}: {e}"
         finally:
             res.end = time.perf_counter()
@@ -67,8 +69,13 @@ class Target:
     async def health(self) -> float:
         """One /health round trip in seconds (raises on a non-200 answer)."""
         t = time.perf_counter()
-        r = await self.probe.get("/health")
-        r.raise_for_status()
+        r = await self.probe.request("GET", "/health")
+        try:
+            await r.read()
+        finally:
+            r.close()
+        if r.status != 200:
+            raise WireError(f"/health answered HTTP {r.status}")
         return time.perf_counter() - t
 
 
@@ -97,7 +104,7 @@ async def probe_health(target: Target, stop: asyncio.Event, out: list[float], er
     while not stop.is_set():
         try:
             out.append(await target.health())
-        except httpx.HTTPError as e:
+        except (WireError, OSError, asyncio.IncompleteReadError) as e:
             errors.append(f"/health: {type(e).__name__}: {e}")
         try:
             await asyncio.wait_for(stop.wait(), 0.05)

@@ -444,4 +444,6 @@ def test_keep_alive_and_the_access_log(gw: Gateway) -> None:
     line = next(x for x in reversed(gw.log().splitlines()) if "hearth.access" in x and "/v1/messages" in x)
     assert "model=tiny" in line and "status=200" in line, line
     assert f"completion_tokens={usage['output_tokens']}" in line, line
+    times = dict(f.split("=", 1) for f in line.split() if f.startswith(("ttft=", "worker_ttft=", "admit=")))
+    assert 0.0 <= float(times["admit"]) <= float(times["worker_ttft"]) <= float(times["ttft"]), line
     gw.http.post("/v1/messages", json=body(keep_alive=-1), headers=H)  # back to forever for the others

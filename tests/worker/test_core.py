@@ -388,3 +388,7 @@ def test_arrivals_held_while_others_decode_are_prefilled_together(core, monkeypa
     assert not [e for e in events if getattr(e, "id", None) == "held-d"]
     assert {rid: _text(events, rid) for rid in alone} == alone
     assert all(isinstance(next(e for e in reversed(events) if getattr(e, "id", None) == r), Done) for r in alone)
+    # the wait shows in the timings: held-b waited steps to be admitted, held-a went in at once
+    admit = {e.id: e.timings["admit_s"] for e in events if isinstance(e, Done)}
+    assert admit["held-b"] > admit["held-a"] >= 0.0, admit
+    assert all(0.0 <= admit[e.id] <= e.timings["ttft_s"] for e in events if isinstance(e, Done)), events
