@@ -13,12 +13,17 @@ rounded to a few sizes pay it less. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-from mlx_lm import load
-from mlx_lm.generate import BatchGenerator
+from shared.device import apply_worker_env, installed_backend
 
-from worker.model import prepare
+apply_worker_env(os.environ, installed_backend())  # MLX as the worker runs it (no cuDNN attention on CUDA)
+
+from mlx_lm import load  # noqa: E402  (after the environment: MLX reads it once)
+from mlx_lm.generate import BatchGenerator  # noqa: E402
+
+from worker.model import prepare  # noqa: E402
 
 
 def prompt(n: int, salt: int) -> list[int]:

@@ -85,14 +85,17 @@ class Inventory:
 
 
 def edit_messages(i: int) -> prompts.Messages:
-    """Chat ``i`` of the scenario: the same file, a request numbered so no two are identical
-    (each prefills its own prompt; a prompt cache would otherwise hand later ones the answer's
-    start)."""
+    """Chat ``i`` of the scenario: the same file, numbered in a comment on its first line so no
+    two prompts are identical (each prefills its own prompt; a prompt cache would otherwise hand
+    later ones the answer's start). The number sits inside the file, not before it: SmolLM2-135M
+    copies a comment like any other line, while a "Request N." in front of the file sent it
+    into a short explanation for most N (71 tokens, 8 of them drafts accepted, against 256 tokens
+    and 143-161 accepted with the comment; CPU, greedy, 2026-12-03)."""
     return [
         {"role": "system", "content": "You are a careful coding assistant. Answer with the complete file only."},
         {
             "role": "user",
-            "content": f"Request {i}. Here is inventory.py:\n```python\n{SOURCE}```\n"
+            "content": f"Here is inventory.py:\n```python\n# request {i}\n{SOURCE}```\n"
             "Rename the method total_value to total_worth everywhere and give back the whole file.",
         },
     ]
