@@ -9,8 +9,8 @@ readable; values with spaces or quotes are quoted. Times are seconds. ``ttft`` i
 request reaching the gateway's queue to the first token of its first choice reaching the
 gateway; ``worker_ttft`` is the part of it from the worker taking the request (its template
 and prompt-cache lookup included), ``admit`` the part of that before its prefill was put in a
-batch (``admission_hold``); tokens are the request's totals (a prompt counts once whatever ``n``). Fields a
-request never got to (a 400 has no worker, a failure no tokens) are left out. The generation
+batch (``admission_hold``); tokens are the request's totals (a prompt counts once whatever
+``n``). Fields a request never got to (a 400 has no worker, a failure no tokens) are left out. The generation
 session records the model and generations in the request's ``Record``; the request-wrap layer
 (gateway/wrap.py) writes the line after the last byte.
 """

@@ -11,7 +11,6 @@ The API formats the ``Embeddings`` it gets back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from gateway.errors import from_worker
 from gateway.record import Record
 from gateway.session import DISCONNECT_POLL, ClientGone, Generations
 from gateway.streams import Lost, RequestStream
+from gateway.tasks import cancel_and_wait
 from shared.protocol import Embed, Embeddings
 
 log = logging.getLogger("hearth.embeddings")
@@ -80,7 +80,4 @@ async def _watch(request: Request, work: Any) -> Embeddings:
             if await request.is_disconnected():
                 raise ClientGone("the client closed the connection")
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(task)

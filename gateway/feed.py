@@ -13,9 +13,10 @@ along to ``every`` seconds after the latest event only when it fires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+
+from gateway.tasks import cancel_and_wait
 
 TICK = object()  # nothing came for the keep-alive interval
 END = object()  # the events are over
@@ -76,7 +77,4 @@ class Feed:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait(self._task)

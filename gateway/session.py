@@ -24,7 +24,6 @@ So an API surface writes its schemas, its translation into choices, and its form
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -45,6 +44,7 @@ from gateway.record import Record
 from gateway.resume import Fate, fate
 from gateway.router import affinity_key
 from gateway.streams import Lost, RequestStream
+from gateway.tasks import cancel_and_wait
 from shared.config import Config, ModelConfig
 from shared.protocol import (
     ERROR_NOT_READY,
@@ -184,7 +184,7 @@ class Generations:
             if await _watch(request, first, patience=every, handover=True):
                 first.result()  # raises the error, if that is what came
         except BaseException:
-            await _cancel(first)
+            await cancel_and_wait(first)
             await events.aclose()
             raise
         body = _body(fmt, run.pairs[0][1].id, events, first, every)
@@ -433,13 +433,6 @@ async def _next(events: AsyncGenerator[Event]) -> Event | None:
         return None
 
 
-async def _cancel(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.cancel()
-        with contextlib.suppress(BaseException):
-            await fut
-
-
 async def _watch(request: Request, work: Awaitable[T], patience: float | None = None, handover: bool = False) -> Any:
     """Await ``work`` while watching the client: if it hangs up first, cancel the work and raise
     ``ClientGone``. With ``handover``: after ``patience`` seconds return False with the work
@@ -458,5 +451,5 @@ async def _watch(request: Request, work: Awaitable[T], patience: float | None = 
             if deadline is not None and loop.time() >= deadline:
                 return False
     except BaseException:
-        await _cancel(task)
+        await cancel_and_wait(task)
         raise

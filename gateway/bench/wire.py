@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 
 class WireError(Exception):
-    """The connection failed or the server broke HTTP/1.1."""
+    """The connection failed or the server broke HTTP/1.1 (the only error this module raises)."""
 
 
 class Response:
@@ -37,6 +37,13 @@ class Response:
         self._done = False
 
     async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self._framed():
+                yield data
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:  # a bad chunk size: ValueError
+            raise WireError(f"{type(e).__name__}: {e}") from e
+
+    async def _framed(self) -> AsyncIterator[bytes]:
         r = self._conn.reader
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
