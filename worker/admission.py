@@ -49,10 +49,16 @@ class Admission:
         """Whether an arrival now waits (``decoding``: some sequence is generating)."""
         return self.hold_steps > 0 and decoding
 
-    def hold(self, arrival: Arrival) -> None:
+    def hold(self, arrival: Arrival, fresh: bool = True) -> None:
+        """Hold ``arrival``; ``fresh``: it came since the last step (one rendered aside came a
+        step earlier, and ``coming`` said so then)."""
         if not self.held:
             self._waited = 0
         self.held.append(arrival)
+        self._fresh = self._fresh or fresh
+
+    def coming(self) -> None:
+        """Arrivals came that will be held once rendered (worker/prep.py): the burst goes on."""
         self._fresh = True
 
     def due(self, decoding: bool) -> list[Arrival]:
@@ -65,6 +71,10 @@ class Admission:
             return []
         out, self.held = self.held, []
         return out
+
+    def quiet(self) -> None:
+        """A step with nothing held: what ``coming`` said before it is not news after it."""
+        self._fresh = False
 
     def drop(self, live: Any) -> bool:
         """Forget ``live``'s arrival (a cancel); False when it is not held."""

@@ -118,6 +118,15 @@ def _prefill_segments(segments: list[list[int]]) -> int:
     return len(parts) if parts and len(parts[-1]) != 1 else len(parts) - 1
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """A request's prompt, rendered (``EngineCore.render``)."""
+
+    prompt: Prompt
+    system_len: int  # its system part's length (0: none, or no prompt cache to keep it in)
+    started: float  # when rendering began (perf_counter): an arrival's timings count it
+
+
 class EngineCore:
     """Continuous batching over one loaded model."""
 
@@ -226,14 +235,34 @@ class EngineCore:
     def count_tokens(self, inp: dict[str, Any]) -> int:
         return len(render(self.m.tokenizer, inp, self.tool_syntax, mode=self.cfg.tools).tokens)
 
-    def add(self, req: Generate) -> list[Message]:
-        """Insert ``req`` into the batch; an input the model can't take is answered at once."""
-        t_received = time.perf_counter()  # its timings count the template and the cache lookup too
+    @property
+    def renders_aside(self) -> bool:
+        """Whether arrivals are rendered on a side thread (worker/prep.py): where the engine
+        holds arrivals for admission, so they wait a step anyway."""
+        return self._admission.hold_steps > 0
+
+    def arrivals_coming(self) -> None:
+        """Arrivals were read that ``add`` will take once rendered aside: the burst goes on."""
+        self._admission.coming()
+
+    def render(self, req: Generate) -> Rendered:
+        """``req``'s prompt and the length of its system part: the tokenizer's work of ``add``,
+        which may run on another thread (it builds no MLX arrays). Raises TemplateError."""
+        started = time.perf_counter()
+        prompt = render(self.m.tokenizer, req.input, self.tool_syntax, req.params, self.cfg.tools)
+        system_len = system_prefix(self.m.tokenizer, req.input, prompt) if self.prompt_cache is not None else 0
+        return Rendered(prompt, system_len, started)
+
+    def add(self, req: Generate, rendered: Callable[[], Rendered] | None = None) -> list[Message]:
+        """Insert ``req`` into the batch; an input the model can't take is answered at once.
+        ``rendered``: its rendering, done aside (``render``; it raises what rendering raised)."""
         params = req.params
         try:
-            prompt = render(self.m.tokenizer, req.input, self.tool_syntax, params, self.cfg.tools)
+            r = self.render(req) if rendered is None else rendered()
         except TemplateError as e:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
+        prompt, system_len = r.prompt, r.system_len
+        t_received = r.started  # its timings count the template and the cache lookup too
         tokens = prompt.tokens
         ctx = self.m.context_length
         if not tokens:
@@ -266,7 +295,6 @@ class EngineCore:
             return [Error(req.id, ERROR_BAD_REQUEST, str(e), e.param)]
         except Exception as e:  # the gateway validates; this only guards against an mlx-lm change
             return [Error(req.id, ERROR_GENERATION, f"sampling setup failed: {e}")]
-        system_len = system_prefix(self.m.tokenizer, req.input, prompt) if self.prompt_cache is not None else 0
         cache, cached = self.prompt_cache.lookup(tokens, system_len) if self.prompt_cache is not None else (None, 0)
         if cached < system_len:  # prefill the system prompt as a segment of its own, to cache it
             segments = [tokens[cached:system_len], tokens[system_len:]]
@@ -327,7 +355,7 @@ class EngineCore:
         arrival = Arrival(live, segments, max_tokens, cache, tokens[:cached], sampler, processors)
         if self._admission.holds(self.running > 0):  # inserted with others a few steps later
             self._live[req.id] = live
-            self._admission.hold(arrival)
+            self._admission.hold(arrival, fresh=rendered is None)  # one rendered aside: ``arrivals_coming``
             return replayed
         self._insert([arrival])
         return replayed
@@ -536,6 +564,8 @@ class EngineCore:
                 due = self._admission.due(self.running > 0)
                 if due:
                     self._insert(due)
+            else:
+                self._admission.quiet()
             responses: list[Any] = []
             if self._in_gen or self._decode is None:
                 prompt_responses, responses = self._gen.next()

@@ -37,7 +37,7 @@ import mlx.nn as nn
 from shared.config import DistributedConfig, ModelConfig
 from shared.protocol import Generate, Heartbeat, Message
 from worker import group_channel as ch
-from worker.core import EngineCore
+from worker.core import EngineCore, Rendered
 from worker.model import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.sampling import Sampler, is_greedy
@@ -140,9 +140,13 @@ class GroupCore(EngineCore):
 
     # -- what rank 0 tells its followers before doing it ------------------------------------------
 
-    def add(self, req: Generate) -> list[Message]:
+    @property
+    def renders_aside(self) -> bool:
+        return False  # the ranks replay rank 0's adds in step order: each is added as it is read
+
+    def add(self, req: Generate, rendered: Callable[[], Rendered] | None = None) -> list[Message]:
         self._tell(ch.ADD, ch.encode_generate(req))
-        return super().add(req)
+        return super().add(req, rendered)
 
     def cancel(self, rid: str) -> None:
         self._tell(ch.CANCEL, orjson.dumps({"id": rid}))

@@ -2,8 +2,10 @@
 
 One thread owns the DEALER socket and the engine core: it reads every waiting message, runs
 one batch step, sends what the step produced, and repeats; with no work it blocks on the
-socket. Loading runs in a side thread so heartbeats go on while weights load. Signals only
-set flags. The worker exits when its parent (the gateway) is gone.
+socket. Where the engine holds arrivals for admission (GPU backends), their chat templates are
+rendered on a side thread during the next step (worker/prep.py). Loading runs in a side
+thread so heartbeats go on while weights load. Signals only set flags. The worker exits when
+its parent (the gateway) is gone.
 
 Heartbeats are sent from that same loop, between batch steps, never from a side thread: a
 heartbeat proves the loop makes progress, so a step that hangs stops them and the gateway's
@@ -21,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import zmq
@@ -50,9 +52,10 @@ from shared.protocol import (
 )
 from shared.units import format_size
 from worker import memory
+from worker.prep import Renderer
 
 if TYPE_CHECKING:
-    from worker.core import EngineCore
+    from worker.core import EngineCore, Rendered
     from worker.embedding.core import EmbeddingCore
 
     Core = EngineCore | EmbeddingCore
@@ -77,6 +80,7 @@ class _Loader(threading.Thread):
         self.cfg = cfg
         self.group_channel = group_channel  # rank 0 of a worker group: where its followers join
         self.core: Core | None = None
+        self.renderer: Renderer | None = None  # arrivals rendered aside (worker/prep.py), where the core does
         self.error: str | None = None
 
     def run(self) -> None:
@@ -187,6 +191,7 @@ class WorkerProcess:
         self.endpoint = endpoint
         self.loader = _Loader(cfg, group_channel)
         self.core: Core | None = None
+        self.renderer: Renderer | None = None  # arrivals rendered aside (worker/prep.py), where the core does
         self.draining = False
         self.stop_signal = False
         self.phase = memory.Phase.SERVING  # against the model's memory_ceiling
@@ -205,8 +210,10 @@ class WorkerProcess:
         self.loader.start()
         next_beat = 0.0
         while True:
-            busy = self.core is not None and self.core.has_work
+            busy = self.core is not None and (self.core.has_work or bool(self.renderer))
             ready = dict(self.poller.poll(0 if busy else IDLE_POLL_MS))
+            if self.renderer:
+                self._add_rendered()  # what was read before the last step, rendered during it
             if self.sock in ready:
                 self._read_all()
             if self.monitor is not None and self.monitor in ready and self._connection_events():
@@ -218,6 +225,8 @@ class WorkerProcess:
                 core = self.loader.core
                 assert core is not None
                 self.core = core
+                if getattr(core, "renders_aside", False):
+                    self.renderer = Renderer(core.render)  # type: ignore[union-attr]
                 self.send(_ready(core))
                 self.idle_since = time.monotonic()  # what loading, the self-check and warm-up left goes too
             if self.core is not None and self.core.has_work:
@@ -241,7 +250,7 @@ class WorkerProcess:
                     return 0
             if self.stop_signal and not self.draining:
                 self._start_drain()
-            if self.draining and (self.core is None or not self.core.has_work):
+            if self.draining and (self.core is None or not (self.core.has_work or self.renderer)):
                 if self.core is not None:
                     _warm(self.core, save=True)
                 return self.exit_code
@@ -281,6 +290,8 @@ class WorkerProcess:
                         self.endpoint,
                         running,
                     )
+                    if self.renderer is not None:
+                        self.renderer.clear()
                     if self.core is not None:
                         self.core.cancel_all()
                     self.hello()
@@ -296,10 +307,14 @@ class WorkerProcess:
         return State(WorkerState.LOADING)
 
     def _read_all(self) -> None:
+        aside = len(self.renderer) if self.renderer is not None else 0
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                if self.renderer is not None and len(self.renderer) > aside:
+                    assert self.core is not None
+                    self.core.arrivals_coming()  # type: ignore[union-attr]
                 return
             if len(frames) != 2:
                 log.warning("dropping a message of %d frames", len(frames))
@@ -316,18 +331,15 @@ class WorkerProcess:
             if self.core is None or self.draining or self.phase is not memory.Phase.SERVING:
                 self.send(Error(msg.id, ERROR_NOT_READY, f"worker {self.worker_id} is not ready"))
                 return
-            try:
-                events = self.core.add(msg)
-            except Exception as e:  # never let one request's input take the worker down
-                log.exception("refusing request %s", msg.id)
-                events = [
-                    Error(msg.id, ERROR_BAD_REQUEST, f"the worker could not take this request: {type(e).__name__}: {e}")
-                ]
-            for out in events:
-                self.send(out)
+            if self.renderer is not None and (self.core.has_work or self.renderer):
+                self.renderer.submit(msg)  # added after the next step (worker/prep.py)
+            else:
+                self._add(msg)
         elif isinstance(msg, Embed):
             self._embed(msg)
         elif isinstance(msg, Cancel):
+            if self.renderer is not None and self.renderer.cancel(msg.id):
+                return
             if self.core is not None:
                 self.core.cancel(msg.id)
         elif isinstance(msg, Tokenize):
@@ -342,6 +354,24 @@ class WorkerProcess:
             self._start_drain()
         else:
             log.warning("ignoring a %s message from the gateway", msg.KIND)
+
+    def _add(self, msg: Generate, rendered: Callable[[], Rendered] | None = None) -> None:
+        assert self.core is not None
+        try:
+            events = self.core.add(msg, rendered) if rendered is not None else self.core.add(msg)  # type: ignore[call-arg]
+        except Exception as e:  # never let one request's input take the worker down
+            log.exception("refusing request %s", msg.id)
+            events = [
+                Error(msg.id, ERROR_BAD_REQUEST, f"the worker could not take this request: {type(e).__name__}: {e}")
+            ]
+        for out in events:
+            self.send(out)
+
+    def _add_rendered(self) -> None:
+        """Add what the renderer holds, in arrival order (waiting for what it has not rendered yet)."""
+        assert self.renderer is not None
+        for msg, rendered in self.renderer.take():
+            self._add(msg, rendered)
 
     def _embed(self, msg: Embed) -> None:
         from worker.embedding.core import EmbeddingCore  # the core is loaded: so is MLX
@@ -376,7 +406,7 @@ class WorkerProcess:
         m = self._watch_memory() if core is not None else memory.read()
         hb = Heartbeat(
             running=core.running if core else 0,
-            waiting=core.waiting if core else 0,
+            waiting=(core.waiting if core else 0) + (len(self.renderer) if self.renderer is not None else 0),
             cache_tokens=core.prompt_cache.ntokens if core and core.prompt_cache is not None else 0,
             cache_bytes=core.prompt_cache.nbytes if core and core.prompt_cache is not None else 0,
             memory_bytes=m.footprint,
@@ -433,6 +463,8 @@ class WorkerProcess:
         return reading
 
     def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
         if self.cfg.distributed is not None and self.core is not None:
             from worker.group import release_followers
 

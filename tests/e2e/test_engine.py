@@ -25,6 +25,8 @@ def models(tiny_model: Path) -> list[dict[str, Any]]:
     return [
         # no prompt cache: what a request produces must depend on nothing but itself
         {"name": "iso", "path": str(tiny_model), "max_batch": 16, "prompt_cache_bytes": 0},
+        # the GPU backends' admission rule on this CPU: arrivals held, rendered aside (worker/prep.py)
+        {"name": "held", "path": str(tiny_model), "max_batch": 16, "prompt_cache_bytes": 0, "admission_hold": 3},
         {"name": "warm", "path": str(tiny_model)},
     ]
 
@@ -47,11 +49,14 @@ def sys_chat(model: str, user: str) -> dict[str, Any]:
     return {"model": model, "messages": msgs, "temperature": 0, "max_tokens": 8}
 
 
-def test_sixteen_concurrent_seeded_requests_each_produce_what_they_produce_alone(gw: Gateway, tiny_model: Path) -> None:
+@pytest.mark.parametrize("model", ["iso", "held"])
+def test_sixteen_concurrent_seeded_requests_each_produce_what_they_produce_alone(
+    gw: Gateway, tiny_model: Path, model: str
+) -> None:
     ban_eos = no_eos(tiny_model)  # every request runs all its tokens, so they overlap in the batch
     bodies = [
         {
-            "model": "iso",
+            "model": model,
             "messages": [{"role": "user", "content": f"Request {i}: " + "Grüße aus Köln. " * (1 + i % 5)}],
             "temperature": 1.0,  # the random model's greedy text is the same for every prompt
             "seed": 1000 + i,

@@ -57,3 +57,26 @@ def test_a_dropped_arrival_is_forgotten() -> None:
     a.hold(arrival("z"))
     a.clear()
     assert a.held == []
+
+
+def test_an_arrival_rendered_aside_leaves_when_it_would_have_inline() -> None:
+    """worker/prep.py: an arrival read before step N is rendered during it and held after it,
+    not fresh (``coming`` said so before step N); it leaves before step N+1 as an arrival
+    held inline before step N does, and a burst read meanwhile still keeps it."""
+    inline, aside = Admission(8), Admission(8)
+    inline.hold(arrival("x"))
+    assert inline.due(decoding=True) == []  # step N: it just came
+    assert [r.live for r in inline.due(decoding=True)] == ["x"]  # step N+1
+
+    aside.coming()  # read before step N, rendering
+    aside.quiet()  # step N, with nothing held yet
+    aside.hold(arrival("x"), fresh=False)  # rendered: held after step N
+    assert [r.live for r in aside.due(decoding=True)] == ["x"]  # step N+1, as inline
+
+    aside.coming()
+    aside.quiet()
+    aside.hold(arrival("y"), fresh=False)
+    aside.coming()  # more read before step N+1: the burst goes on
+    assert aside.due(decoding=True) == []
+    aside.hold(arrival("z"), fresh=False)
+    assert [r.live for r in aside.due(decoding=True)] == ["y", "z"]

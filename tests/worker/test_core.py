@@ -392,3 +392,67 @@ def test_arrivals_held_while_others_decode_are_prefilled_together(core, monkeypa
     admit = {e.id: e.timings["admit_s"] for e in events if isinstance(e, Done)}
     assert admit["held-b"] > admit["held-a"] >= 0.0, admit
     assert all(0.0 <= admit[e.id] <= e.timings["ttft_s"] for e in events if isinstance(e, Done)), events
+
+
+def test_arrivals_rendered_aside_are_admitted_when_inline_ones_are(core, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """worker/prep.py as the worker's loop drives it (hold on, the GPU rule): chats read
+    while a sequence decodes are rendered on the side thread during the next step, added
+    after it, and go into the batch generator at the same step, in one insert, as chats added
+    inline; each answer is the one it gets alone, and a chat cancelled while rendering never
+    starts."""
+    from worker.admission import Admission
+    from worker.prep import Renderer
+
+    chats = {f"aside-{i}": [{"role": "user", "content": f"Tell me about Köln, {i}. " * (1 + i)}] for i in range(3)}
+    alone = {rid: _uncached(core, chat_req(rid, m, max_tokens=6)) for rid, m in chats.items()}
+    saved, insert = core.prompt_cache, core._gen.insert_segments
+    core.prompt_cache = None  # no direct first token: every request inserts
+
+    def admitted(aside: bool) -> tuple[list[tuple[int, int]], list]:  # type: ignore[type-arg]
+        monkeypatch.setattr(core, "_admission", Admission(4))
+        inserts: list[tuple[int, int]] = []  # (step, arrivals inserted)
+        steps = [0]
+
+        def spy(segments, **kwargs):  # type: ignore[no-untyped-def]
+            inserts.append((steps[0], len(segments)))
+            return insert(segments, **kwargs)
+
+        monkeypatch.setattr(core._gen, "insert_segments", spy)
+        renderer = Renderer(core.render)
+        events = core.add(gen("lead", max_tokens=20))
+        while core.running == 0:
+            events += core.step()
+        try:
+            for rid, m in [*chats.items(), ("cancelled", [{"role": "user", "content": "gone"}])]:
+                if aside:
+                    renderer.submit(chat_req(rid, m, max_tokens=6))
+                else:
+                    events += core.add(chat_req(rid, m, max_tokens=6))
+            if aside:
+                assert renderer.cancel("cancelled")
+                core.arrivals_coming()
+            else:
+                core.cancel("cancelled")
+            while core.has_work or renderer:
+                steps[0] += 1
+                events += core.step()
+                for req, rendered in renderer.take():  # the loop's next turn
+                    events += core.add(req, rendered)
+        finally:
+            renderer.close()
+        return inserts, events
+
+    try:
+        assert core.renders_aside is False  # the CPU's rule: no hold, so inline
+        monkeypatch.setattr(core, "_admission", Admission(4))
+        assert core.renders_aside is True
+        inline, events_inline = admitted(aside=False)
+        aside, events_aside = admitted(aside=True)
+    finally:
+        core.prompt_cache = saved
+    assert aside == inline and inline[-1][1] == 3, (inline, aside)
+    for events in (events_inline, events_aside):
+        assert {rid: _text(events, rid) for rid in alone} == alone
+        assert not [e for e in events if getattr(e, "id", None) == "cancelled"]
+        done = {e.id: e for e in events if isinstance(e, Done)}
+        assert all(0.0 <= done[r].timings["admit_s"] <= done[r].timings["ttft_s"] for r in alone), done
