@@ -24,6 +24,7 @@ PROFILE=${PROFILE:-0}
 COMPARE=${COMPARE:-1}
 SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
 ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: the backend's rule, shared/device.py)
+EXTRA_TOML=${EXTRA_TOML:-}  # more lines for Hearth's model section, e.g. "cache_limit_bytes = 8589934592"
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
 MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
@@ -64,6 +65,7 @@ path = "$dir"
 max_batch = $MAX_BATCH
 max_queue = 256
 $spec_line
+$EXTRA_TOML
 TOML
   "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.toml" > "$OUTDIR/$name.hearth.log" 2>&1 &
   HEARTH_PID=$!

@@ -75,14 +75,17 @@ class PromptCache:
         return cache, held
 
     def store(self, tokens: Sequence[int], cache: list[Any] | None, kind: str = CONVERSATION) -> None:
-        """Keep ``cache`` (the KV of ``tokens``). It is evaluated first: a sequence's cache taken
-        out of the batch is a lazy copy of a slice of the whole batch's KV buffers (mlx-lm's
-        ``BatchKVCache.extract``), and kept unevaluated it would hold those buffers alive, every
-        sequence's and every step's preallocation, while counting only its own bytes
-        (measured: MLX active memory 4x the prompt cache's bytes on the tiny model, 800 MB
-        beyond weights and cache on SmolLM2; docs/operations.md, Worker memory)."""
+        """Keep ``cache`` (the KV of ``tokens``). Its evaluation is started here: a sequence's
+        cache taken out of the batch is a lazy copy of a slice of the whole batch's KV buffers
+        (mlx-lm's ``BatchKVCache.extract``), and kept unevaluated it would hold those buffers
+        alive, every sequence's and every step's preallocation, while counting only its own
+        bytes (measured: MLX active memory 4x the prompt cache's bytes on the tiny model, 800 MB
+        beyond weights and cache on SmolLM2; docs/operations.md, Worker memory). Started, not
+        waited for (``async_eval``): the copy runs on the device after the step in flight, and
+        the step thread, which stores every finished sequence's cache, goes on building the next
+        step instead of waiting for a few dozen small copies per finish."""
         if cache and tokens:
-            mx.eval([c.state for c in cache])
+            mx.async_eval([c.state for c in cache])
             target = self._system if kind == SYSTEM else self._conv
             target.insert_cache(_KEY, list(tokens), cache, cache_type=kind)
             self._held[cache[0]] = len(tokens)
