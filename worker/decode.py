@@ -399,6 +399,10 @@ class DecodeBatch:
             row.tally.steps += 1
             row.gate.tick(bool(d))
             row.gate.record(len(d), matched)
+            if not d and row.lookup is not None and self._may_draft(row):
+                guess = row.lookup.propose(1)  # its history ends with this step's input
+                if guess:
+                    row.gate.observe(guess[0] == toks[0])
             kept = [row.pending, *d[:accepted]]
             row.tokens.extend(kept)
             if row.context is not None:

@@ -8,7 +8,10 @@ drafts only when the rows' expected accepted tokens, from their recent acceptanc
 wait and the step's width, for the rows together (``plan``: the product of their speed-ups).
 A sequence that stops drafting gets a fresh try later, waiting longer after each try that did
 not pay, so prose (which rarely repeats its context) decodes as it would without speculation
-while a file being rewritten drafts on every step.
+while a file being rewritten drafts on every step. While it does not draft, its rate still
+follows what its prompt lookup would have guessed (``Gate.observe``, free: the guess is a few
+dictionary reads), so a copy that resumes after an edit drafts again within a few steps instead
+of after the pause.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ _FIRST_PAUSE, _LONGEST_PAUSE = 8, 64  # steps without drafts before a fresh try,
 # a fresh try's rate: enough for one sequence alone to draft on any backend (plan), not enough
 # for one sequence's try to hold up a batch of several on a GPU
 _RETRY_RATE = 0.6
+# weight of a step without drafts whose lookup guessed (or missed) the token that came: a
+# guess costs nothing, so the rate follows the sequence while it does not draft (a file
+# copied again after an edit drafts again within a few steps) but moves slower than a verified step
+_SHADOW = 0.25
 
 
 @dataclass
@@ -39,6 +46,11 @@ class Gate:
         self.idle = 0 if drafted else self.idle + 1
         if self.idle >= self.pause:
             self.rate, self.idle, self.pause = max(self.rate, _RETRY_RATE), 0, min(self.pause * 2, _LONGEST_PAUSE)
+
+    def observe(self, guessed: bool) -> None:
+        """A step without drafts: whether the draft this sequence could have made (its lookup's
+        first token) was the token that came."""
+        self.rate = (1 - _SHADOW) * self.rate + _SHADOW * float(guessed)
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""
