@@ -38,6 +38,27 @@ def test_a_sequence_without_drafts_gets_a_fresh_try_later_and_waits_longer_each_
     assert g.pause == first
 
 
+def test_guesses_while_not_drafting_bring_a_sequence_back_before_its_pause() -> None:
+    """A copy interrupted by an edit: its drafts were rejected and the plan stopped drafting;
+    once its lookup guesses the coming tokens again, its rate recovers within a few steps,
+    long before the pause's fresh try, while misses keep it where it was."""
+    cpu = StepCost(wait=0.15, position=0.1)
+    copying, prose = Gate(), Gate()
+    for g in (copying, prose):
+        g.record(3, 0)
+        g.record(3, 0)
+        assert plan([3] * 8, [g.rate] * 8, cpu) == [0] * 8
+    steps = 0
+    while plan([3] * 8, [copying.rate] * 8, cpu) == [0] * 8:
+        copying.tick(False)
+        copying.observe(True)
+        prose.tick(False)
+        prose.observe(False)
+        steps += 1
+    assert steps <= 4 < copying.pause, (steps, copying)
+    assert prose.rate < 0.25 and plan([3] * 8, [prose.rate] * 8, cpu) == [0] * 8
+
+
 def test_the_plan_drafts_only_what_pays_for_itself() -> None:
     gpu = StepCost(wait=1.0, position=0.01)
     assert plan([8], [0.75], gpu) == [8]  # one stream: 2.7 expected accepted tokens pay for the wait
