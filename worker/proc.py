@@ -80,7 +80,6 @@ class _Loader(threading.Thread):
         self.cfg = cfg
         self.group_channel = group_channel  # rank 0 of a worker group: where its followers join
         self.core: Core | None = None
-        self.renderer: Renderer | None = None  # arrivals rendered aside (worker/prep.py), where the core does
         self.error: str | None = None
 
     def run(self) -> None:
