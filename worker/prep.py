@@ -13,9 +13,10 @@ belong to that thread's stream, so whatever makes arrays (the prompt-cache looku
 grammars, the insert) stays on the step thread. Arrivals keep their order: one render thread,
 taken first in, first out.
 
-A rendered arrival is added a step after it was read, so this is only on where arrivals wait
-that step anyway: where the engine holds arrivals for admission (``admission_hold`` above 0, the
-GPU backends' rule; worker/admission.py), and not in a worker group, whose ranks replay rank 0's
+A rendered arrival is added a step after it was read, so rendering aside is used only where
+arrivals wait that step anyway: where the engine holds arrivals for admission
+(``admission_hold`` above 0, the GPU backends' rule; worker/admission.py), and not in a worker
+group, whose ranks replay rank 0's
 adds step by step (the core is told at read time that an arrival came, so the hold's "no new
 arrival since the last step" rule sees the burst as it did). On the CPU a step costs its tokens,
 an arrival is inserted at once, and a step's delay would be the CPU's ITL, so it renders inline.

@@ -50,15 +50,19 @@ class Gate:
     def observe(self, guessed: bool) -> None:
         """A step without drafts: whether the draft this sequence could have made (its lookup's
         first token) was the token that came."""
-        self.rate = (1 - _SHADOW) * self.rate + _SHADOW * float(guessed)
+        self._blend(float(guessed), _SHADOW)
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verified step: ``accepted`` of its ``drafted`` tokens were right."""
         if drafted <= 0:
             return
-        self.rate = (1 - _EMA) * self.rate + _EMA * (accepted / drafted)
+        self._blend(accepted / drafted, _EMA)
         if accepted == drafted:
             self.pause = _FIRST_PAUSE
+
+    def _blend(self, seen: float, weight: float) -> None:
+        """Move the rate toward ``seen`` by ``weight`` (an exponential moving average)."""
+        self.rate = (1 - weight) * self.rate + weight * seen
 
 
 @dataclass(frozen=True)
