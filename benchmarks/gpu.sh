@@ -3,7 +3,7 @@
 # Usage (on the NVIDIA machine, after /work/shared/gpu/prepare.sh's bundle is unpacked there):
 #   . /root/gpu/env.sh && benchmarks/gpu.sh [OUTDIR]
 # Models: SmolLM2-135M-Instruct's real weights imported from the GGUF in bfloat16, and a random-weight
-# Llama-3.2-1B shape (make_model.py). For each: Hearth (max_batch 64) and mlx_lm.server (decode and prompt
+# Llama-3.2-1B shape (make_model.py); ONLY=smollm2-f32 adds SmolLM2 in float32. For each: Hearth (max_batch 64) and mlx_lm.server (decode and prompt
 # concurrency 64) on the same folder, then `hearth bench --compare --raw` at CLIENTS concurrent streaming
 # clients, REQUESTS requests each, 128 new tokens, greedy. Prints the table last; JSON and logs in OUTDIR.
 # PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
@@ -35,6 +35,9 @@ export HEARTH_CACHE_DIR=${HEARTH_CACHE_DIR:-$MODELS/cache}
 
 smol=$MODELS/smollm2-bf16
 [ -f "$smol/config.json" ] || "$PY" -m gateway import-gguf "$GPU/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol" --dtype bfloat16
+case ",$ONLY," in *,smollm2-f32,*)  # the same weights in float32: the edit scenario's copy holds there
+  [ -f "$MODELS/smollm2-f32/config.json" ] || "$PY" -m gateway import-gguf "$GPU/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODELS/smollm2-f32" --dtype float32 ;;
+esac
 big=$MODELS/llama-1b-random
 case ",$ONLY," in *,llama-1b-random,*)
   [ -f "$big/model.safetensors" ] || "$PY" "$GPU/make_model.py" "$smol" "$big" 1b ;;

@@ -1,7 +1,8 @@
 """Greedy identity of speculative decoding on this machine's backend, in-process (no sockets):
 the edit and prose prompts of `hearth bench --scenario edit`, decoded with speculation off,
-with prompt lookup, and with prompt lookup at exact (unbucketed) widths; prints whether the texts
-match and the usage. python benchmarks/spec_identity.py MODEL_FOLDER [MAX_TOKENS]"""
+with prompt lookup, with prompt lookup at exact (unbucketed) widths, and with chained steps
+(``speculative_chain``: launched on the device's verdict on the step before); prints whether the
+texts match and the usage. python benchmarks/spec_identity.py MODEL_FOLDER [MAX_TOKENS]"""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def main() -> None:
     off = EngineCore(load_model(base), base)
     spec_cfg = ModelConfig(name="m", path=folder, prompt_cache_bytes=0, speculative="lookup")
     spec = EngineCore(load_model(spec_cfg), spec_cfg)
+    chain_cfg = ModelConfig(name="m", path=folder, prompt_cache_bytes=0, speculative="lookup", speculative_chain=True)
+    chain = EngineCore(load_model(chain_cfg), chain_cfg)
     for name, msgs in (("edit", edit_messages(0)), ("prose", prompts.chat(0, "single", 1, 0, 0))):
         a, _, ta = run(off, msgs, n)
         b, ub, tb = run(spec, msgs, n)
@@ -40,9 +43,14 @@ def main() -> None:
         spec._decode.width = lambda w: w
         c, uc, tc = run(spec, msgs, n)
         spec._decode.width = exact
-        print(f"{name}: lookup same={a == b} exact-width same={a == c}  off {ta:.2f}s lookup {tb:.2f}s exact {tc:.2f}s")
-        print("  lookup", {k: ub.get(k) for k in ("draft_tokens", "accepted_draft_tokens", "decode_steps")})
-        print("  exact ", {k: uc.get(k) for k in ("draft_tokens", "accepted_draft_tokens", "decode_steps")})
+        d, ud, td = run(chain, msgs, n)
+        print(
+            f"{name}: lookup same={a == b} exact-width same={a == c} chained same={a == d}  "
+            f"off {ta:.2f}s lookup {tb:.2f}s exact {tc:.2f}s chained {td:.2f}s"
+        )
+        keys = ("draft_tokens", "accepted_draft_tokens", "decode_steps")
+        for label, u in (("lookup ", ub), ("exact  ", uc), ("chained", ud)):
+            print(" ", label, {k: u.get(k) for k in keys})
         if a != b:
             i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             print("  off   :", repr(a[max(0, i - 40) : i + 80]))

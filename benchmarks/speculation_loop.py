@@ -3,11 +3,14 @@ Hearth's EngineCore (each sends its next request when one finishes), with and wi
 speculation, alternately.
 
 python benchmarks/speculation_loop.py MODEL_DIR [--scenario prose|edit] [--streams 8] [--requests 3] [--rounds 2]
+    [--chain auto|on|off]
 
 The requests are ``hearth bench``'s (``gateway/bench/edit.py``: the edit file, or the prose
 chats), greedy; with and without send the same prompts in a round, so both do the same work
 (the prompt cache is off). Prints per side: wall time, aggregate tok/s, forward passes and the
-drafts accepted (from the ``done`` usage), then the ratio with ÷ without over all rounds.
+drafts accepted (from the ``done`` usage) and the steps with drafts that were chained (launched
+before the step before landed: ``speculative_chain``, by default the backend's rule), then the
+ratio with ÷ without over all rounds.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--requests", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--chain", choices=("auto", "on", "off"), default="auto")
     a = p.parse_args()
     from worker.core import EngineCore
     from worker.model import load_model
 
-    cfg = ModelConfig(name="m", path=a.model, max_batch=max(a.streams, 1), prompt_cache_bytes=0)
+    chain = None if a.chain == "auto" else a.chain == "on"
+    cfg = ModelConfig(
+        name="m",
+        path=a.model,
+        max_batch=max(a.streams, 1),
+        prompt_cache_bytes=0,
+        speculative="lookup",
+        speculative_chain=chain,
+    )
     core = EngineCore(load_model(cfg), cfg)
     max_tokens = edit.EDIT_MAX_TOKENS if a.scenario == "edit" else edit.PROSE_MAX_TOKENS
 
@@ -54,6 +66,7 @@ def main() -> None:
         for _ in range(min(a.streams, len(queue))):
             start()
         steps0 = core._decode.steps if core._decode is not None else 0  # noqa: SLF001  (a benchmark's look inside)
+        chained0 = core._decode.chained if core._decode is not None else 0  # noqa: SLF001
         t0 = time.perf_counter()
         while live:
             for e in core.step():
@@ -65,11 +78,12 @@ def main() -> None:
                         start()
         wall = time.perf_counter() - t0
         steps = (core._decode.steps if core._decode is not None else 0) - steps0  # noqa: SLF001
+        chained = (core._decode.chained if core._decode is not None else 0) - chained0  # noqa: SLF001
         tokens = usage["completion_tokens"]
         print(
             f"round {round_} {'with   ' if spec else 'without'} {wall:7.2f} s {tokens:6d} tokens "
             f"{tokens / wall:8.1f} tok/s {steps:5d} forward passes "
-            f"accepted {usage['accepted_draft_tokens']}/{usage['draft_tokens']}",
+            f"accepted {usage['accepted_draft_tokens']}/{usage['draft_tokens']} chained {chained}",
             flush=True,
         )
         return wall, tokens

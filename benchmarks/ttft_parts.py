@@ -33,7 +33,7 @@ def _pct(values: list[float], q: float) -> float:
 def main(argv: list[str]) -> int:
     path, counts = argv[0], [int(n) for n in argv[1:]]
     rows = [_fields(x) for x in open(path, encoding="utf-8") if "hearth.access" in x and "/v1/" in x]
-    rows = [r for r in rows if len(r) == 3][-sum(counts):]
+    rows = [r for r in rows if len(r) == 3][-sum(counts) :]
     heads = ("ttft", "worker_ttft", "admit", "gw+socket", "in batch")
     print(f"{'requests':>8}  " + "  ".join(f"{h:>11}" for h in heads) + "  (ms p50/p90)")
     start = 0

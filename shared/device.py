@@ -35,10 +35,9 @@ differs between them is decided by the pure functions below, from the backend's 
 - ``default_speculation``: what a model without a ``speculative`` setting (and without a
   ``draft_model``) decodes with: prompt lookup on ``cpu``, where a step that verifies drafts
   costs little more than a plain one and the plan (``worker.speculation``) keeps prose from
-  losing; ``off`` on GPU backends, where a step with drafts costs 2-3 plain ones at small model
-  sizes (the device waits while the host builds the next step) and speculation measured slower
-  than plain decoding at 8 streams on the H200 (docs/benchmarks.md). ``speculative = "lookup"``
-  turns it on there.
+  losing; ``off`` on GPU backends: SmolLM2 in bfloat16 (the GPU import) copies little of what
+  the edit scenario asks for, so drafts cost it 7% (session 8). ``speculative = "lookup"`` turns
+  it on there, and pays for models that copy (SmolLM2 float32 on the H200: edit x1 2.49x).
 - ``worker_env``: MLX settings a worker starts with (a variable already set is left alone). On
   ``cuda``, ``MLX_CUDA_USE_CUDNN_SDPA=0``: MLX otherwise runs prefill attention through cuDNN,
   which builds (and compiles) a graph for every new prompt shape, and a server meets new shapes
@@ -182,12 +181,36 @@ def speculative_budget(backend: str, configured: int | None) -> int:
 # benchmarks/step_costs.py (the forward pass) and benchmarks/speculation_loop.py (the whole step).
 # CPU (SmolLM2-135M float32, 2 cores): a step of width W at B rows costs about
 # 1 + 0.1·sqrt(B)·(W - 1) plain steps (B=1: 1.46x at W=5, B=8: 1.68x at W=5, 2.6x at W=9), and
-# the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA (H200, SmolLM2 bf16):
-# the forward pass barely notices the width (B=8: 0.93x at W=16, B=1: 1.44x), but a whole step
-# with drafts took 2.7x a pipelined plain one at one row (22 ms against 8) and 2-2.3x at 8 rows:
-# the device waits while the host lands the step and builds the next one's graph. So on a GPU
-# only sequences that copy most of what they draft speculate. Metal: not measured; as CUDA.
-_STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (1.5, 0.01, 0.1), "metal": (1.5, 0.01, 0.1)}
+# the host's check about 0.15 of a plain step more (W=2 at B=1: 1.3x). CUDA (H200, session 9,
+# SmolLM2 float32, in-process): a step with drafts took 1.2-1.25x a plain one at one row and
+# 1.14-1.3x at 8 rows, once 2.7x; the per-row wait is what keeps 8 prose streams from drafting
+# where it doesn't pay. Chosen over (1.5, 0.01, 0.1), (0.2, 0.01, 0.02) and (0.2, 0.01, 0.15) by
+# `hearth bench --scenario edit` over HTTP (docs/benchmarks.md). Metal: not measured; as CUDA.
+_STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (0.2, 0.01, 0.3), "metal": (0.2, 0.01, 0.3)}
+
+
+# What a chained step with drafts costs (worker.decode: greedy rows, the device deciding what
+# each accepted, the next step launched before the host lands this one): the wait is gone, what
+# is left is the host's guessing and landing per row and the step's extra positions. CUDA: a
+# first estimate, measured in docs/benchmarks.md ("Chained verification"). The CPU chains only
+# when a model asks (its wait was small to begin with).
+_CHAINED_STEP_COST = {"cpu": (0.05, 0.1, 0.0), "cuda": (0.1, 0.02, 0.02), "metal": (0.1, 0.02, 0.02)}
+
+
+def chained_verification(backend: str) -> bool:
+    """Whether steps with drafts of greedy sequences chain on ``backend`` when the model doesn't
+    say (``speculative_chain``): on no backend. On the H200 (session 9, SmolLM2 float32,
+    in-process) a step with drafts that lands first now costs only 1.15-1.3x a plain one, and
+    chaining gave edit x1 1.56-1.91x against 1.95-1.98x without it, prose x8 0.74-0.84x against
+    0.97-1.01x (docs/benchmarks.md); on the CPU the wait was 0.15 of a step to begin with."""
+    _check(backend)
+    return False
+
+
+def chained_speculation_cost(backend: str) -> tuple[float, float, float]:
+    """``speculation_cost`` for chained steps (see ``_CHAINED_STEP_COST``)."""
+    _check(backend)
+    return _CHAINED_STEP_COST[backend]
 
 
 def speculation_cost(backend: str) -> tuple[float, float, float]:

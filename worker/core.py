@@ -169,6 +169,11 @@ class EngineCore:
             cost=StepCost(*device_rules.speculation_cost(device.backend())),
             width=functools.partial(device_rules.verify_width, device.backend()),
             drafter=DraftModel(self._draft_model) if self._draft_model is not None else None,
+            chain_cost=(
+                StepCost(*device_rules.chained_speculation_cost(device.backend()))
+                if self.cfg.chains(device.backend())
+                else None
+            ),
         )
 
     def warm_speculation(self) -> list[int]:

@@ -100,6 +100,9 @@ class Row:
     draft_len: int = 0  # tokens of its history in the draft model's cache (worker.draft)
     speculate: bool = True  # False: the request opted out; it decodes a token a step
     logprobs: bool = False  # the request asked for log-probabilities
+    # its last landed step gave what the step after it had assumed when launched early (all its
+    # valid drafts accepted): that step's drafts, guessed on that assumption, are valid
+    full: bool = True
 
 
 class Drafter(Protocol):
@@ -122,6 +125,14 @@ class _Flight:
     argmax: mx.array | None  # greedy rows' picks, computed with the forward pass
     sampled: mx.array | None = None  # a plain step (no drafts): every row's token, sampled on the device
     logprobs: mx.array | None = None  # and their distributions (a plain step's)
+    # decided on the device (a plain step, or greedy rows only: ``_accept_on_device``), so the
+    # next step can launch before this one lands: each row's next input, whether it gave what
+    # the host assumed, and (with drafts) the positions of this step it keeps
+    nexts: mx.array | None = None
+    full: mx.array | None = None
+    keep: mx.array | None = None
+    guesses: list[int] | None = None  # per row: the token its drafts assumed its input to be (-1: known)
+    punched: bool = False  # its rejected positions are masked on the device (the next step is in flight)
 
 
 class DecodeBatch:
@@ -134,7 +145,15 @@ class DecodeBatch:
     drafts) samples on the device, so while no row would draft the next step is launched on its
     tokens before it lands, as mlx-lm's ``GenerationBatch`` does, and the device never waits for
     the host. Rows that leave meanwhile are dropped from what lands; rows that arrive join
-    before the next launch."""
+    before the next launch.
+
+    With ``chain_cost`` (``speculative_chain = true``: for a device where the wait for the host
+    is what a step with drafts costs; measured no faster on the H200, so off by default), a
+    batch of greedy rows without processors chains its steps with drafts too: the
+    device decides each row's accepted drafts and next token (``_accept_on_device``), and the
+    next step launches on them before this one lands, with drafts the host guessed by assuming
+    this step accepts all of its own (``_launch_after``). A guess that fails costs that row its
+    drafts for one step (the device masks them), never a token."""
 
     def __init__(
         self,
@@ -146,9 +165,11 @@ class DecodeBatch:
         cost: StepCost,
         width: Callable[[int], int],
         drafter: Drafter | None = None,
+        chain_cost: StepCost | None = None,
     ) -> None:
         self.model = model
         self.cost = cost  # what a step with drafts costs (worker.speculation.plan)
+        self.chain_cost = chain_cost  # what a chained one costs; None: steps with drafts don't chain
         self.width = width  # the forward width a step with drafts runs at (shared.device.verify_width)
         self.eos = eos
         self.draft_tokens = draft_tokens
@@ -164,6 +185,7 @@ class DecodeBatch:
         # the launch right after uses it instead of looking the drafts up again
         self._planned: tuple[list[int], tuple[list[int], list[list[int]] | None]] | None = None
         self.steps = 0
+        self.chained = 0  # steps with drafts launched before the previous step landed
 
     def __len__(self) -> int:
         return len(self.rows) + len(self._joining)
@@ -268,6 +290,9 @@ class DecodeBatch:
         at least), in order; the last of a finished row carries its finish reason (and its
         cache, when caches are kept)."""
         flight, self._flight = self._flight, None
+        if flight is not None and flight.nexts is not None and not self._joining and self._chains():
+            self._launch_after(flight)  # greedy rows: the device knows their next inputs
+            return self._land(flight)
         if flight is not None and flight.sampled is not None and not self._drafting:
             self._join_arrivals()  # a plain step stays plain: launch on its tokens, then land it
             if self.rows:
@@ -278,6 +303,100 @@ class DecodeBatch:
         if self.rows:
             self._launch(None)
         return out
+
+    def _chains(self) -> bool:
+        """Whether the batch's steps with drafts chain: chaining is on and every row is greedy,
+        without processors or log-probabilities (the device can then decide what it accepts)."""
+        return (
+            self.chain_cost is not None
+            and self.drafter is None
+            and all(r.greedy and not r.processors and not r.sequential and not r.logprobs for r in self.rows)
+        )
+
+    def _launch_after(self, before: _Flight) -> None:
+        """Launch the next step before ``before`` lands: each row's drafts are what its prompt
+        lookup proposes after the tokens ``before`` gives if it accepts all its valid drafts, the
+        first proposed token being the guess of ``before``'s next token. No drafts worth their
+        cost (``chain_cost``): a plain step, launched the same way."""
+        index = self._index_in(before)
+        # a row's lookup holds its tokens up to its pending one (``before``'s input): ahead of it,
+        # the drafts ``before`` verifies for it, if they stand
+        aheads = [before.drafts[i] if _valid(r, before, i) else [] for r, i in zip(self.rows, index)]
+        guesses, drafts = self._guess(aheads)
+        if not any(drafts):
+            self._launch(before)
+            return
+        self._punch_early(before, index)
+        pick = _picker(index, len(before.rows))
+        assert before.nexts is not None and self._cache is not None
+        x0 = pick(before.nexts).astype(mx.int32)
+        width = self.width(1 + max(len(d) for d in drafts))
+        rest = mx.array([d + [0] * (width - 1 - len(d)) for d in drafts], dtype=mx.int32)
+        logits = self.model(mx.concatenate([x0[:, None], rest], axis=1), cache=self._cache.layers)
+        self.steps += 1
+        self.chained += 1
+        g = mx.array(guesses, dtype=mx.int32)
+        valid = (g < 0) | (x0 == g)
+        if before.full is not None:
+            valid = valid & pick(before.full)
+        self._flight = self._accept_on_device(logits, drafts, width, valid, guesses)
+
+    def _guess(self, aheads: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+        """Per row, assuming the step in flight accepts ``aheads[i]`` (its drafts that stand):
+        the guess of the token after them (-1: none) and the drafts that would follow it, as
+        many as ``chain_cost`` pays for (``speculation.plan``) and its ``max_tokens`` leaves
+        room for after the step in flight's tokens."""
+        rows, cost = self.rows, self.chain_cost
+        assert cost is not None
+        cap = draft_cap(self.draft_tokens, self.budget, len(rows))
+        caps = [
+            max(0, min(cap, r.left - (1 + len(a)) - 1)) if r.lookup is not None and r.speculate else 0
+            for r, a in zip(rows, aheads, strict=True)
+        ]
+        rates = [r.gate.rate for r in rows]
+        if not any(caps) or not may_pay(caps, rates, cost):
+            return [-1] * len(rows), [[] for _ in rows]
+        props = [
+            r.lookup.propose(c + 1, a) if r.lookup is not None and c > 0 else []
+            for r, a, c in zip(rows, aheads, caps, strict=True)
+        ]
+        ks = plan([max(len(p) - 1, 0) for p in props], rates, cost)
+        guesses = [p[0] if k else -1 for p, k in zip(props, ks, strict=True)]
+        return guesses, [p[1 : 1 + k] for p, k in zip(props, ks, strict=True)]
+
+    def _index_in(self, before: _Flight) -> list[int]:
+        """Where each row of the batch sits in ``before`` (every row was in it: none joined since)."""
+        at = {id(r): i for i, r in enumerate(before.rows)}
+        return [at[id(r)] for r in self.rows]
+
+    def _punch_early(self, before: _Flight, index: list[int]) -> None:
+        """Mask on the device the positions ``before`` rejects, as the device decided them:
+        the next step launches before the host has seen them (``forget`` follows at landing)."""
+        if before.keep is None or before.punched or before.width <= 1:
+            return
+        assert self._cache is not None
+        self._cache.mask_last(before.width, _picker(index, len(before.rows))(before.keep))
+        before.punched = True
+
+    def _accept_on_device(
+        self, logits: mx.array, drafts: list[list[int]], width: int, valid: mx.array | None, guesses: list[int] | None
+    ) -> _Flight:
+        """A step with drafts for greedy rows, its outcome decided on the device: per row, the
+        leading drafts its argmax agrees with (none where ``valid`` says its drafts rest on a
+        guess that failed), the token after them (its next input) and whether it gave all it
+        was expected to; what the host's landing works out again from the picks (``_land``)."""
+        argmax = mx.argmax(logits, axis=-1).astype(mx.int32)  # (rows, width)
+        want = mx.array([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=mx.int32)
+        run = mx.cumprod((argmax[:, :-1] == want).astype(mx.int32), axis=1).sum(axis=1)
+        lengths = mx.array([len(d) for d in drafts], dtype=mx.int32)
+        if valid is not None:
+            run, lengths = mx.where(valid, run, 0), mx.where(valid, lengths, 0)
+        nexts = mx.take_along_axis(argmax, run[:, None], axis=1)[:, 0]
+        full, keep = run == lengths, run + 1
+        mx.async_eval(argmax, nexts, full, keep)
+        return _Flight(
+            list(self.rows), drafts, width, logits, argmax, nexts=nexts, full=full, keep=keep, guesses=guesses
+        )
 
     def _join_arrivals(self) -> None:
         """Every row that arrived since the last step joins the batch, all in one copy."""
@@ -300,6 +419,8 @@ class DecodeBatch:
         aheads: list[mx.array] | None = None
         if before is not None:
             drafts: list[list[int]] = [[] for _ in self.rows]
+            if before.keep is not None:
+                self._punch_early(before, self._index_in(before))
             inputs, aheads = self._early_inputs(before)
         else:
             drafts = self._drafts()
@@ -315,7 +436,10 @@ class DecodeBatch:
                 aheads = [inputs[i, :1] for i in range(len(self.rows))]
             sampled, logprobs = self._sample_plain(logits[:, 0, :], aheads)
             mx.async_eval(sampled, logprobs)
-            self._flight = _Flight(list(self.rows), drafts, 1, logits, None, sampled, logprobs)
+            self._flight = _Flight(list(self.rows), drafts, 1, logits, None, sampled, logprobs, nexts=sampled)
+            return
+        if self._chains():
+            self._flight = self._accept_on_device(logits, drafts, width, None, None)
             return
         greedy = any(r.greedy and not r.processors and not r.sequential for r in self.rows)
         argmax = mx.argmax(logits, axis=-1) if greedy else None
@@ -328,7 +452,7 @@ class DecodeBatch:
         and what each row's processors see after its committed tokens (``before``'s input,
         not committed until it lands, then this step's)."""
         at = {id(r): i for i, r in enumerate(before.rows)}
-        sampled = before.sampled
+        sampled = before.nexts
         assert sampled is not None
         kept = [at[id(r)] for r in self.rows if id(r) in at]
         parts = [sampled[mx.array(kept)] if kept else mx.array([], dtype=sampled.dtype)]
@@ -369,17 +493,23 @@ class DecodeBatch:
     def _land(self, flight: _Flight) -> list[tuple[int, list[Token]]]:
         present = {id(r) for r in self.rows}
         landed = [i for i, r in enumerate(flight.rows) if id(r) in present]  # in the batch's order
+        effective = flight.drafts  # the drafts each row verified (a failed guess's are void)
         if flight.sampled is not None:
             picks: list[int] = flight.sampled.tolist()  # type: ignore[assignment]
             assert flight.logprobs is not None
             sampled = [([picks[i]], [flight.logprobs[i]]) for i in landed]
+        elif flight.keep is not None:  # decided on the device: the same walk over its picks
+            effective = [d if _valid(r, flight, i) else [] for i, (r, d) in enumerate(zip(flight.rows, flight.drafts))]
+            rows_picks: list[list[int]] = flight.argmax.tolist()  # type: ignore[union-attr,assignment]
+            sampled = [_walk(rows_picks[i], effective[i], flight.logits[i]) for i in landed]
         else:
             sampled = self._sample(flight, landed)
         out: list[tuple[int, list[Token]]] = []
         keeps: list[int] = []
+        held: list[int] = []  # positions of this step each row holds as the device masked them
         finished: list[int] = []
         for n, (i, (toks, lps)) in enumerate(zip(landed, sampled, strict=True)):
-            row, d = flight.rows[i], flight.drafts[i]
+            row, d, drafted = flight.rows[i], effective[i], flight.drafts[i]
             tokens: list[Token] = []
             finish = None
             for j, t in enumerate(toks):
@@ -394,12 +524,14 @@ class DecodeBatch:
             matched = len(toks) - 1  # sampling went along the drafts while they matched
             accepted = min(matched, len(tokens))  # drafts that stay in the cache (sent as tokens)
             keeps.append(1 + accepted)
-            row.tally.drafted += len(d)
+            held.append(1 + matched)
+            row.full = matched == len(d)
+            row.tally.drafted += len(drafted)
             row.tally.accepted += matched
             row.tally.steps += 1
-            row.gate.tick(bool(d))
-            row.gate.record(len(d), matched)
-            if not d and row.lookup is not None and self._may_draft(row):
+            row.gate.tick(bool(drafted))
+            row.gate.record(len(drafted), matched)
+            if not drafted and row.lookup is not None and self._may_draft(row):
                 guess = row.lookup.propose(1)  # its history ends with this step's input
                 if guess:
                     row.gate.observe(guess[0] == toks[0])
@@ -416,7 +548,10 @@ class DecodeBatch:
             out.append((row.uid, tokens))
         if not self.rows:
             return out
-        if flight.width > 1:
+        if flight.punched:
+            assert self._cache is not None
+            self._cache.forget([flight.width - k for k in held])
+        elif flight.width > 1:
             self._align(flight.width, keeps)
         if self.drafter is not None:
             self.drafter.accepted(self.rows)
@@ -426,7 +561,11 @@ class DecodeBatch:
                 last.all_tokens = self.rows[n].tokens
                 last.prompt_cache = self._extract(n) if self.keep_caches else []
             self._drop(finished)
-        self._drafting = self._would_draft()
+        # a batch that chains plans its next step when launching it, from the assumed tokens
+        if self._chains() and not self._joining:
+            self._drafting, self._planned = True, None
+        else:
+            self._drafting = self._would_draft()
         return out
 
     def _align(self, width: int, keeps: list[int]) -> None:
@@ -500,6 +639,22 @@ def _walk(picks: list[int], draft: list[int], logprobs: mx.array) -> tuple[list[
     while n < len(draft) and picks[n] == draft[n]:
         n += 1
     return picks[: n + 1], [logprobs[j] for j in range(n + 1)]
+
+
+def _valid(row: Row, flight: _Flight, i: int) -> bool:
+    """Whether row ``i``'s drafts in ``flight`` stand: they were drafted from known tokens, or
+    from a guess of its input that came true after a step that gave all it was expected to
+    (``row.full`` and ``row.pending`` are that step's, landed just before)."""
+    g = -1 if flight.guesses is None else flight.guesses[i]
+    return g < 0 or (row.full and row.pending == g)
+
+
+def _picker(index: list[int], n: int) -> Callable[[mx.array], mx.array]:
+    """Take rows ``index`` of a flight's per-row arrays (all of them, in order: as they are)."""
+    if index == list(range(n)):
+        return lambda a: a
+    at = mx.array(index, dtype=mx.int32)
+    return lambda a: a[at]
 
 
 def tokens_of(tokens: list[Token]) -> list[int]:

@@ -9,7 +9,7 @@ forward pass (``worker.decode``); a wrong guess costs a little compute, never a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class PromptLookup:
@@ -32,14 +32,34 @@ class PromptLookup:
             for n in range(self.n_min, min(self.n_max, end) + 1):
                 index[n][tuple(seq[end - n : end])] = end
 
-    def propose(self, k: int) -> list[int]:
+    def propose(self, k: int, ahead: Sequence[int] = ()) -> list[int]:
         """Up to ``k`` tokens that followed the most recent earlier occurrence of the longest
-        suffix of the history that occurred before; none when no suffix of ``n_min`` tokens did."""
+        suffix of the history that occurred before; none when no suffix of ``n_min`` tokens did.
+
+        ``ahead``: tokens assumed to follow the history without being in it yet (a step still
+        computing, which the decode batch expects to accept its drafts): the suffix is taken
+        after them, and a match's continuation may run on into them. Their own n-grams are not
+        indexed, so a match inside them is missed; a guess, so never a wrong token."""
         seq = self.tokens
         if k <= 0:
             return []
-        for n in range(min(self.n_max, len(seq)), self.n_min - 1, -1):
-            at = self._next[n].get(tuple(seq[len(seq) - n :]))
+        tail = seq[max(0, len(seq) - self.n_max) :] + list(ahead) if ahead else seq
+        for n in range(min(self.n_max, len(tail)), self.n_min - 1, -1):
+            at = self._next[n].get(tuple(tail[len(tail) - n :]))
             if at is not None:
-                return seq[at : at + k]
+                return _continued(seq, ahead, at, k)
         return []
+
+
+def _continued(seq: list[int], ahead: Sequence[int], at: int, k: int) -> list[int]:
+    """``k`` tokens from position ``at`` of the history followed by ``ahead``; past their end
+    the proposal runs on into itself. A recent match close to the end means the text repeats
+    with a short period (a loop, a row of a table): the period goes on, instead of the
+    proposal stopping at the last token it has seen."""
+    out = seq[at : at + k]
+    if len(out) == k:
+        return out
+    whole = seq[at:] + list(ahead)
+    while len(whole) < k:
+        whole.append(whole[len(whole) - (len(seq) + len(ahead) - at)])
+    return whole[:k]

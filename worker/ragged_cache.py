@@ -230,23 +230,35 @@ class RaggedCache:
         most = max(gaps, default=0)
         if most <= 0:
             return
-        first = self.size - most
-        keep = mx.arange(most)[None] < mx.array([most - g for g in gaps], dtype=mx.int32)[:, None]
-        self.valid[:, first : self.size] = self.valid[:, first : self.size] & keep
+        self.mask_last(most, mx.array([most - g for g in gaps], dtype=mx.int32))
+        self.forget(gaps)
+
+    def mask_last(self, width: int, keep: mx.array) -> None:
+        """The device's half of ``punch``: of the last ``width`` positions, row ``i`` keeps its
+        first ``keep[i]`` (an array that may still be computing: a step whose acceptance the
+        device decides is punched before the host has seen it). ``forget`` follows, with the
+        same gaps, once the host knows them."""
+        first = self.size - width
+        kept = mx.arange(width)[None] < keep[:, None]
+        self.valid[:, first : self.size] = self.valid[:, first : self.size] & kept
+        self.offset = self.offset - (width - keep)
+
+    def forget(self, gaps: list[int]) -> None:
+        """The host's half of ``punch``: row ``i`` holds ``gaps[i]`` tokens fewer; compact once
+        the gaps are many."""
         self.real = [r - g for r, g in zip(self.real, gaps, strict=True)]
-        self.offset = self.offset - mx.array(gaps, dtype=mx.int32)
-        if self.size - max(self.real) >= max(_COMPACT_AT, self.size // 4):
+        if self.size - max(self.real, default=0) >= max(_COMPACT_AT, self.size // 4):
             self.compact()
 
     def compact(self) -> None:
         """Gather each row's valid positions to the right end of ``max(real)`` positions, the
-        rest invalid left padding: one copy of the cache, after which there are no gaps."""
+        rest invalid left padding: one copy of the cache, after which there are no gaps. The
+        gather's indices are worked out on the device (sorting each row's valid positions
+        after its invalid ones), so compacting never waits for a step in flight."""
         size = max(self.real, default=0)
-        held = np.array(self.valid[:, : self.size])
-        index = np.zeros((len(self.real), size), dtype=np.int32)
-        for i, r in enumerate(self.real):
-            index[i, size - r :] = np.flatnonzero(held[i])
-        at = mx.array(index)[:, None, :, None]
+        where = mx.where(self.valid[:, : self.size], mx.arange(self.size, dtype=mx.int32)[None], -1)
+        index = mx.maximum(mx.sort(where, axis=1)[:, self.size - size :], 0)
+        at = index[:, None, :, None]
         for layer in self.layers:
             if layer.keys is not None and layer.values is not None:
                 layer.keys = mx.take_along_axis(layer.keys[..., : self.size, :], at, axis=2)

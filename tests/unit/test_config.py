@@ -383,6 +383,7 @@ CHANGES: dict[str, Any] = {
     "draft_model": "/draft",
     "speculative_tokens": 4,
     "speculative_budget": 16,
+    "speculative_chain": True,
     "distributed": DistributedConfig(hosts=["127.0.0.1", "127.0.0.1", "127.0.0.1"]),
 }
 
@@ -503,6 +504,7 @@ def test_speculation_defaults_to_lookup_and_to_draft_with_a_draft_model() -> Non
         ({"speculative": "lookup", "draft_model": "/d"}, "a draft_model is used only with"),
         ({"speculative_tokens": 0}, "speculative_tokens must be >= 1"),
         ({"speculative_budget": 1}, "speculative_budget >= 2"),
+        ({"speculative_chain": "yes"}, "speculative_chain must be true or false"),
     ],
 )
 def test_speculation_settings_are_checked(fields: dict[str, Any], message: str) -> None:

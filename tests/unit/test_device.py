@@ -36,6 +36,17 @@ def test_only_gpu_backends_hold_arrivals_unless_the_model_says() -> None:
     assert ModelConfig(name="m", path="p", admission_hold=3).admission("cpu") == 3
 
 
+def test_steps_with_drafts_chain_only_when_the_model_says() -> None:
+    from shared.config import ModelConfig
+
+    assert not any(device.chained_verification(b) for b in ("cpu", "cuda", "metal"))
+    assert not ModelConfig(name="m", path="p").chains("cuda")
+    assert ModelConfig(name="m", path="p", speculative_chain=True).chains("cpu")
+    assert not ModelConfig(name="m", path="p", speculative_chain=False).chains("cuda")
+    # without the wait for the host, a chained step costs less than one that lands first
+    assert device.chained_speculation_cost("cuda")[0] < device.speculation_cost("cuda")[0]
+
+
 def test_auto_imports_float32_on_the_cpu_and_keeps_quantized_weights_on_gpus() -> None:
     assert device.import_dtype("auto", "cpu") == "float32"
     assert device.import_dtype("auto", "cuda") == "keep"

@@ -21,6 +21,21 @@ def test_lookup_proposes_what_followed_the_longest_recent_match() -> None:
     assert single.propose(2) == []
 
 
+def test_lookup_proposes_after_tokens_assumed_ahead_of_its_history() -> None:
+    """A chained step's drafts: the suffix is taken after tokens the step in flight is assumed
+    to accept, and the continuation may run on into them."""
+    p = PromptLookup([1, 2, 3, 4, 5, 6, 1, 2])
+    assert p.propose(3, ahead=[3]) == [4, 5, 6]  # the suffix (2, 3) includes the assumed token
+    assert p.propose(3) == [3, 4, 5]  # the same history without it
+    q = PromptLookup([7, 8, 9, 7])
+    # runs on past the history into what is assumed, then into itself (the text repeats)
+    assert q.propose(4, ahead=[8]) == [9, 7, 8, 9]
+    assert PromptLookup([5, 3, 3, 3]).propose(4) == [3, 3, 3, 3]  # a loop of one token goes on
+    assert PromptLookup([1, 2, 3, 1, 2]).propose(5) == [3, 1, 2, 3, 1]
+    assert PromptLookup([1, 2]).propose(2, ahead=[3]) == []
+    assert p.propose(0, ahead=[3]) == []
+
+
 def test_a_sequence_without_drafts_gets_a_fresh_try_later_and_waits_longer_each_time() -> None:
     g = Gate()
     g.record(4, 4)

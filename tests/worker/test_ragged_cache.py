@@ -74,6 +74,25 @@ def test_rows_with_punched_gaps_decode_as_without_them(model: Any) -> None:
         assert close(got.keys, ref.keys[..., : len(tokens), :])
 
 
+def test_a_step_masked_on_the_device_after_the_next_one_launched_decodes_as_without_gaps(model: Any) -> None:
+    """A chained step (worker.decode): the positions a step rejects are masked from an array
+    still computing (``mask_last``) once the next step is already written, and the host counts
+    follow later (``forget``): the rows compute what the same tokens give without gaps."""
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    cache = batch(model, rows)
+    step(model, cache, [[20, 21, 22, 23], [30, 31, 32, 33]])
+    cache.mask_last(4, mx.array([3, 1]))  # row 0 keeps 3 of the 4 positions, row 1 keeps 1
+    out = step(model, cache, [[40, 41], [50, 51]])  # launched before the host knew the keeps
+    cache.forget([1, 3])
+    held = [rows[0] + [20, 21, 22, 40, 41], rows[1] + [30, 50, 51]]
+    assert cache.real == [len(h) for h in held] and cache.offset.tolist() == cache.real
+    for i, tokens in enumerate(held):
+        assert close(out[i, -1], plain(model, tokens)[1])
+        got = cache.extract(i)[0]
+        assert got.offset == len(tokens)
+        assert close(got.keys, plain(model, tokens)[0][0].keys[..., : len(tokens), :])
+
+
 def test_compaction_keeps_every_row_and_its_next_logits(model: Any) -> None:
     rows = [[3, 4, 5], [6, 7, 8, 9]]
     cache = batch(model, rows)

@@ -43,6 +43,8 @@ def cores(tiny_model: Path, draft_model: Path) -> dict[str, Any]:
     return {
         "off": make_core(tiny_model, speculative="off"),
         "lookup": make_core(tiny_model, speculative="lookup"),
+        # greedy rows' steps with drafts launched before the last one lands (the GPU default)
+        "chained": make_core(tiny_model, speculative="lookup", speculative_chain=True),
         "draft": make_core(tiny_model, draft_model=str(draft_model)),
         "self-draft": make_core(tiny_model, draft_model=str(tiny_model)),  # drafts the target's own argmax
     }
@@ -78,7 +80,7 @@ def texts(result: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
     return {k: (v["text"], getattr(v["end"], "finish_reason", None)) for k, v in result.items()}
 
 
-@pytest.mark.parametrize("mode", ["lookup", "draft", "self-draft"])
+@pytest.mark.parametrize("mode", ["lookup", "chained", "draft", "self-draft"])
 @pytest.mark.parametrize(
     "params",
     [
@@ -132,10 +134,29 @@ def test_drafts_are_accepted_and_counted(cores: dict[str, Any]) -> None:
     assert "decode_steps" not in plain
 
 
+def test_chained_steps_launch_before_the_last_lands_and_accept_drafts(cores: dict[str, Any]) -> None:
+    """With chaining, greedy rows' steps with drafts are launched on the device's own verdict
+    on the step before: they happen, they accept drafts, and a batch of them gives what
+    decoding one at a time without speculation gives (token for token, also when some rows
+    run out of ``max_tokens`` or stop on a string mid-run)."""
+    core = cores["chained"]
+    assert core._decode is not None
+    before = core._decode.chained
+    reqs = [req(f"c{i}", CODE + str(i), max_tokens=30 + 9 * i, stop=["xyz"] if i == 2 else None) for i in range(4)]
+    fast = run(core, *reqs)
+    assert core._decode.chained > before
+    usage = [fast[f"c{i}"]["end"].usage for i in range(4)]
+    assert sum(u["accepted_draft_tokens"] for u in usage) > 0
+    assert sum(u["decode_steps"] for u in usage) < sum(u["completion_tokens"] for u in usage)
+    for r in reqs:
+        assert texts(fast)[r.id] == texts(run(cores["off"], r))[r.id]
+        assert fast[r.id]["ids"] == run(cores["off"], r)[r.id]["ids"]
+
+
 def test_a_ragged_batch_mixes_speculating_and_opted_out_rows(cores: dict[str, Any]) -> None:
     reqs = [req(f"m{i}", CODE + str(i), max_tokens=24 + 7 * i, speculative=i % 2 == 0) for i in range(5)]
     plain = run(cores["off"], *reqs)
-    for mode in ("lookup", "self-draft"):
+    for mode in ("lookup", "chained", "self-draft"):
         mixed = run(cores[mode], *reqs)
         assert texts(mixed) == texts(plain)
         for i in range(5):
@@ -144,8 +165,9 @@ def test_a_ragged_batch_mixes_speculating_and_opted_out_rows(cores: dict[str, An
         assert mixed["m4"]["end"].usage["completion_tokens"] == 52  # max_tokens cut at the right token
 
 
-def test_cancel_mid_draft_frees_the_row_and_leaves_the_others_alone(cores: dict[str, Any]) -> None:
-    core = cores["self-draft"]
+@pytest.mark.parametrize("mode", ["self-draft", "chained"])
+def test_cancel_mid_draft_frees_the_row_and_leaves_the_others_alone(cores: dict[str, Any], mode: str) -> None:
+    core = cores[mode]
     alone = run(cores["off"], req("keep", max_tokens=60))
     events = core.add(req("keep", max_tokens=60)) + core.add(req("drop", CODE + "x", max_tokens=60))
     for _ in range(3):
@@ -161,8 +183,9 @@ def test_cancel_mid_draft_frees_the_row_and_leaves_the_others_alone(cores: dict[
     assert len(core._decode) == 0
 
 
-def test_a_prompt_cache_hit_then_speculates(cores: dict[str, Any]) -> None:
-    core = cores["lookup"]
+@pytest.mark.parametrize("mode", ["lookup", "chained"])
+def test_a_prompt_cache_hit_then_speculates(cores: dict[str, Any], mode: str) -> None:
+    core = cores[mode]
     turn = [{"role": "user", "content": CODE}]
     first = run(
         core, Generate(id="t1", model="tiny", input={"messages": turn}, params={"temperature": 0, "max_tokens": 40})
