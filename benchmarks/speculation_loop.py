@@ -3,13 +3,13 @@ Hearth's EngineCore (each sends its next request when one finishes), with and wi
 speculation, alternately.
 
 python benchmarks/speculation_loop.py MODEL_DIR [--scenario prose|edit] [--streams 8] [--requests 3] [--rounds 2]
-    [--chain auto|on|off]
+    [--chain on|off]
 
 The requests are ``hearth bench``'s (``gateway/bench/edit.py``: the edit file, or the prose
 chats), greedy; with and without send the same prompts in a round, so both do the same work
 (the prompt cache is off). Prints per side: wall time, aggregate tok/s, forward passes and the
 drafts accepted (from the ``done`` usage) and the steps with drafts that were chained (launched
-before the step before landed: ``speculative_chain``, by default the backend's rule), then the
+before the step before landed: ``speculative_chain``, off by default), then the
 ratio with ÷ without over all rounds.
 """
 
@@ -31,19 +31,18 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--requests", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--chain", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--chain", choices=("on", "off"), default="off")
     a = p.parse_args()
     from worker.core import EngineCore
     from worker.model import load_model
 
-    chain = None if a.chain == "auto" else a.chain == "on"
     cfg = ModelConfig(
         name="m",
         path=a.model,
         max_batch=max(a.streams, 1),
         prompt_cache_bytes=0,
         speculative="lookup",
-        speculative_chain=chain,
+        speculative_chain=a.chain == "on",
     )
     core = EngineCore(load_model(cfg), cfg)
     max_tokens = edit.EDIT_MAX_TOKENS if a.scenario == "edit" else edit.PROSE_MAX_TOKENS

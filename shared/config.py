@@ -135,17 +135,9 @@ class ModelConfig:
     # None: the device's default (shared/device.py: a CPU pays for each, a GPU hardly)
     speculative_budget: int | None = None
     # steps with drafts of greedy sequences launch before the previous step lands, the device
-    # deciding what each accepted (worker/decode.py); None: the backend's rule (shared.device:
-    # off everywhere, measured no faster on the H200)
-    speculative_chain: bool | None = None
-
-    def chains(self, backend: str) -> bool:
-        """Whether this model's steps with drafts chain on ``backend``."""
-        if self.speculative_chain is not None:
-            return self.speculative_chain
-        from shared.device import chained_verification
-
-        return chained_verification(backend)
+    # deciding what each accepted (worker/decode.py); off by default on every backend: measured
+    # no faster than landing first on the H200 (docs/benchmarks.md)
+    speculative_chain: bool = False
 
     def speculation(self, backend: str) -> str:
         """The speculative decoding mode this model runs on ``backend``: off, lookup or draft."""
@@ -345,7 +337,7 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f'model {m.name}: speculative = "draft" needs a draft_model')
     if m.draft_model and m.speculative not in (None, "draft"):
         raise ConfigError(f'model {m.name}: a draft_model is used only with speculative = "draft"')
-    if m.speculative_chain is not None and not isinstance(m.speculative_chain, bool):
+    if not isinstance(m.speculative_chain, bool):
         raise ConfigError(f"model {m.name}: speculative_chain must be true or false")
     if m.speculative_tokens < 1 or (m.speculative_budget is not None and m.speculative_budget < 2):
         raise ConfigError(f"model {m.name}: speculative_tokens must be >= 1 and speculative_budget >= 2")

@@ -189,22 +189,13 @@ def speculative_budget(backend: str, configured: int | None) -> int:
 _STEP_COST = {"cpu": (0.15, 0.1, 0.0), "cuda": (0.2, 0.01, 0.3), "metal": (0.2, 0.01, 0.3)}
 
 
-# What a chained step with drafts costs (worker.decode: greedy rows, the device deciding what
-# each accepted, the next step launched before the host lands this one): the wait is gone, what
-# is left is the host's guessing and landing per row and the step's extra positions. CUDA: a
-# first estimate, measured in docs/benchmarks.md ("Chained verification"). The CPU chains only
-# when a model asks (its wait was small to begin with).
+# What a chained step with drafts costs, for a model that sets ``speculative_chain = true``
+# (worker.decode: greedy rows, the device deciding what each accepted, the next step launched
+# before the host lands this one): the wait is gone, what is left is the host's guessing and
+# landing per row and the step's extra positions. Estimates, not fitted: chaining measured no
+# faster than landing first on the H200 (docs/benchmarks.md, "Speculation on the H200 with
+# SmolLM2 in float32, and chained steps"), so no backend chains by default.
 _CHAINED_STEP_COST = {"cpu": (0.05, 0.1, 0.0), "cuda": (0.1, 0.02, 0.02), "metal": (0.1, 0.02, 0.02)}
-
-
-def chained_verification(backend: str) -> bool:
-    """Whether steps with drafts of greedy sequences chain on ``backend`` when the model doesn't
-    say (``speculative_chain``): on no backend. On the H200 (session 9, SmolLM2 float32,
-    in-process) a step with drafts that lands first now costs only 1.15-1.3x a plain one, and
-    chaining gave edit x1 1.56-1.91x against 1.95-1.98x without it, prose x8 0.74-0.84x against
-    0.97-1.01x (docs/benchmarks.md); on the CPU the wait was 0.15 of a step to begin with."""
-    _check(backend)
-    return False
 
 
 def chained_speculation_cost(backend: str) -> tuple[float, float, float]:

@@ -171,7 +171,7 @@ class EngineCore:
             drafter=DraftModel(self._draft_model) if self._draft_model is not None else None,
             chain_cost=(
                 StepCost(*device_rules.chained_speculation_cost(device.backend()))
-                if self.cfg.chains(device.backend())
+                if self.cfg.speculative_chain
                 else None
             ),
         )

@@ -366,7 +366,7 @@ class DecodeBatch:
 
     def _index_in(self, before: _Flight) -> list[int]:
         """Where each row of the batch sits in ``before`` (every row was in it: none joined since)."""
-        at = {id(r): i for i, r in enumerate(before.rows)}
+        at = _positions(before)
         return [at[id(r)] for r in self.rows]
 
     def _punch_early(self, before: _Flight, index: list[int]) -> None:
@@ -451,7 +451,7 @@ class DecodeBatch:
         the rows it had (those still here), the known next token of rows that joined since;
         and what each row's processors see after its committed tokens (``before``'s input,
         not committed until it lands, then this step's)."""
-        at = {id(r): i for i, r in enumerate(before.rows)}
+        at = _positions(before)
         sampled = before.nexts
         assert sampled is not None
         kept = [at[id(r)] for r in self.rows if id(r) in at]
@@ -647,6 +647,11 @@ def _valid(row: Row, flight: _Flight, i: int) -> bool:
     (``row.full`` and ``row.pending`` are that step's, landed just before)."""
     g = -1 if flight.guesses is None else flight.guesses[i]
     return g < 0 or (row.full and row.pending == g)
+
+
+def _positions(flight: _Flight) -> dict[int, int]:
+    """Each of ``flight``'s rows (by identity) and its index in the flight."""
+    return {id(r): i for i, r in enumerate(flight.rows)}
 
 
 def _picker(index: list[int], n: int) -> Callable[[mx.array], mx.array]:

@@ -505,6 +505,7 @@ def test_speculation_defaults_to_lookup_and_to_draft_with_a_draft_model() -> Non
         ({"speculative_tokens": 0}, "speculative_tokens must be >= 1"),
         ({"speculative_budget": 1}, "speculative_budget >= 2"),
         ({"speculative_chain": "yes"}, "speculative_chain must be true or false"),
+        ({"speculative_chain": None}, "speculative_chain must be true or false"),
     ],
 )
 def test_speculation_settings_are_checked(fields: dict[str, Any], message: str) -> None:
