@@ -44,7 +44,13 @@ differs between them is decided by the pure functions below, from the backend's 
   all the time. Measured on the H200 (docs/benchmarks.md): in-process BatchGenerator steps of
   SmolLM2-135M at 32 sequences went from 13.6-17.7 ms to 10.2-10.9 ms, and Hearth's aggregate at
   8/32/64 clients rose 5-28%. Prefill attention then runs as plain matmul + softmax, one
-  ``prefill_step`` of queries at a time, so its scores stay bounded.
+  ``prefill_step`` of queries at a time, so its scores stay bounded. And ``MLX_ENABLE_TF32=0``:
+  MLX's CUDA backend otherwise runs float32 matmuls in TF32 (a 10-bit mantissa), and the kernel
+  it picks depends on the GEMM's shape, so a float32 model's logits for a row changed with the
+  batch around it: on the H200 a seeded request sampled other tokens in a batch of 16 than
+  alone, and a step verifying drafts other logprobs than a plain one (session 10; with the
+  variable set those tests pass there). A float32 model is one a user chose for its precision;
+  bfloat16 and quantized models do not use TF32 at all.
 
 Two callers need the backend without the same means: the worker asks MLX itself
 (``worker.device.backend``), while the gateway never imports MLX (it must stay up while a worker
@@ -226,7 +232,7 @@ def verify_widths(backend: str, cap: int) -> list[int]:
     return sorted({verify_width(backend, w) for w in range(2, cap + 2)})
 
 
-_WORKER_ENV = {"cuda": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}}
+_WORKER_ENV = {"cuda": {"MLX_CUDA_USE_CUDNN_SDPA": "0", "MLX_ENABLE_TF32": "0"}}
 
 
 def worker_env(backend: str) -> dict[str, str]:

@@ -94,12 +94,12 @@ def test_hearth_backend_overrides_the_guess_and_turns_openblas_off(monkeypatch: 
         device.installed_backend()
 
 
-def test_cuda_workers_start_with_cudnn_attention_off_unless_told_otherwise() -> None:
-    assert device.worker_env("cuda") == {"MLX_CUDA_USE_CUDNN_SDPA": "0"}
+def test_cuda_workers_start_with_cudnn_attention_and_tf32_off_unless_told_otherwise() -> None:
+    assert device.worker_env("cuda") == {"MLX_CUDA_USE_CUDNN_SDPA": "0", "MLX_ENABLE_TF32": "0"}
     assert device.worker_env("cpu") == {} and device.worker_env("metal") == {}
     env = {"MLX_CUDA_USE_CUDNN_SDPA": "1"}
     device.apply_worker_env(env, "cuda")
-    assert env == {"MLX_CUDA_USE_CUDNN_SDPA": "1"}  # the operator's choice stands
+    assert env == {"MLX_CUDA_USE_CUDNN_SDPA": "1", "MLX_ENABLE_TF32": "0"}  # the operator's choice stands
     fresh: dict[str, str] = {}
     device.apply_worker_env(fresh, "cuda")
-    assert fresh == {"MLX_CUDA_USE_CUDNN_SDPA": "0"}
+    assert fresh == {"MLX_CUDA_USE_CUDNN_SDPA": "0", "MLX_ENABLE_TF32": "0"}
