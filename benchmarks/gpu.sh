@@ -5,7 +5,8 @@
 # Models: SmolLM2-135M-Instruct's real weights imported from the GGUF in bfloat16, and a random-weight
 # Llama-3.2-1B shape (make_model.py); ONLY=smollm2-f32 adds SmolLM2 in float32. For each: Hearth (max_batch 64) and mlx_lm.server (decode and prompt
 # concurrency 64) on the same folder, then `hearth bench --compare --raw` at CLIENTS concurrent streaming
-# clients, REQUESTS requests each, 128 new tokens, greedy. Prints the table last; JSON and logs in OUTDIR.
+# clients, REQUESTS requests each, 128 new tokens, greedy, in ROUNDS timed rounds (default 3) after an untimed
+# one, the targets taking turns. Prints the table last; JSON and logs in OUTDIR.
 # PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
 # COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only); SCENARIO=edit RAW=0 measures speculative
 # decoding (gateway/bench/edit.py) instead of the concurrent scenario. MLX_* settings in the environment
@@ -18,6 +19,8 @@ GPU=${GPU:-/root/gpu}
 MODELS=${MODELS:-/tmp/hearth-models}
 CLIENTS=${CLIENTS:-8,32,64}
 REQUESTS=${REQUESTS:-4}
+ROUNDS=${ROUNDS:-3}  # timed rounds of each step, the targets taking turns (gateway/bench/turns.py)
+WARM_ROUND=${WARM_ROUND:-1}  # one untimed round of each step on every target first (first-use compiles)
 MAX_TOKENS=${MAX_TOKENS:-128}
 ONLY=${ONLY:-smollm2-bf16,llama-1b-random}
 PROFILE=${PROFILE:-0}
@@ -100,7 +103,8 @@ TOML
   fi
   "$PY" -m gateway bench --url "http://127.0.0.1:$HEARTH_PORT" --model bench --name hearth \
     "${cmp[@]}" $([ "$RAW" = 1 ] && echo --raw --model-path "$dir") --scenario "$SCENARIO" --clients "$CLIENTS" \
-    --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" --quiet --json > "$OUTDIR/$name.json"
+    --requests-per-client "$REQUESTS" --max-tokens "$MAX_TOKENS" --rounds "$ROUNDS" \
+    $([ "$WARM_ROUND" = 1 ] && echo --warm-round) --quiet --json > "$OUTDIR/$name.json"
   "$PY" -c "import json,sys; from gateway.bench import report; print(report.text(json.load(open(sys.argv[1]))))" \
     "$OUTDIR/$name.json" > "$OUTDIR/$name.txt"
   for p in "${SPY[@]}"; do kill -INT "$p" 2>/dev/null || true; done

@@ -1,5 +1,7 @@
 """The table benchmarks/gpu.sh prints: per model and client count, aggregate tok/s and TTFT p50 of
-Hearth, mlx_lm.server and in-process BatchGenerator, with Hearth's ratios to the other two.
+Hearth, mlx_lm.server and in-process BatchGenerator, with Hearth's ratios to the other two. When the
+run took turns in rounds (`hearth bench --rounds`), the in-process ratio is followed by each round's
+own (Hearth's round i ÷ the reference's round i, seconds apart) and their median.
 
 python benchmarks/gpu_table.py RESULT.json ...   (each one `hearth bench --json` document)
 """
@@ -23,10 +25,20 @@ def rows(doc: dict[str, Any]) -> dict[int, dict[str, dict[str, Any]]]:
     return out
 
 
+def by_round(doc: dict[str, Any], n: int, metric: str) -> str:
+    """Hearth ÷ in-process round by round at ``n`` clients, with the median: '' for one round."""
+    for c in doc["comparisons"]:
+        if (c["of"], c["to"], c["scenario"], c["clients"]) == ("hearth", "raw", "concurrent", n):
+            rounds = c.get(f"{metric}_ratio_rounds")
+            if rounds:
+                return f" [{' '.join(f'{r:.2f}' for r in rounds)}; median {c[f'{metric}_ratio_median']:.2f}]"
+    return ""
+
+
 def main(paths: list[str]) -> int:
     head = (
-        "| model | clients | Hearth tok/s | mlx_lm.server | in-process | Hearth/in-process | Hearth/mlx_lm.server "
-        "| TTFT p50 ms Hearth / in-process | errors H/M |"
+        "| model | clients | Hearth tok/s | mlx_lm.server | in-process | Hearth/in-process [by round] "
+        "| Hearth/mlx_lm.server | TTFT p50 ms Hearth / in-process [ratio by round] | errors H/M |"
     )
     print(head)
     print("|" + "---|" * 9)
@@ -45,8 +57,9 @@ def main(paths: list[str]) -> int:
             vs = agg(h) / agg(m) if agg(m) else 0.0
             errs = f"{h['errors']['count'] if h else '-'}/{m['errors']['count'] if m else '-'}"
             print(
-                f"| {Path(path).stem} | {n} | {agg(h):.0f} | {agg(m):.0f} | {agg(r):.0f} | {ratio:.2f}x | {vs:.2f}x "
-                f"| {ttft(h):.0f} / {ttft(r):.0f} | {errs} |"
+                f"| {Path(path).stem} | {n} | {agg(h):.0f} | {agg(m):.0f} | {agg(r):.0f} "
+                f"| {ratio:.2f}x{by_round(doc, n, 'aggregate_tps')} | {vs:.2f}x "
+                f"| {ttft(h):.0f} / {ttft(r):.0f}{by_round(doc, n, 'ttft_p50_ms')} | {errs} |"
             )
     return 0
 

@@ -1,7 +1,8 @@
 """``hearth bench``'s command line: build the plan, run it against each target, report.
 
 Targets, in order: the server at ``--url``, the one at ``--compare``, and the in-process
-mlx-lm reference with ``--raw``. With ``--raw`` and no ``--url``, only the reference runs.
+mlx-lm reference with ``--raw``. With ``--raw`` and no ``--url``, only the reference runs. They
+take turns, step by step (``gateway.bench.turns``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from gateway.bench import report
+from gateway.bench import report, turns
 from gateway.bench.progress import Progress
-from gateway.bench.scenarios import EXTRA_SCENARIOS, SCENARIOS, Plan, run_target
-from gateway.bench.streaming import Target
+from gateway.bench.scenarios import EXTRA_SCENARIOS, SCENARIOS, Plan
+from gateway.bench.turns import HttpRunner
 
 T = TypeVar("T")
 
@@ -68,6 +69,15 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--max-tokens", type=_positive, default=128)
     w.add_argument("--requests-per-client", type=_positive, default=1)
     w.add_argument("--duration", type=float, help="seconds per step instead of --requests-per-client")
+    w.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="timed rounds of each single/concurrent step, the targets taking turns (reversed every other round)",
+    )
+    w.add_argument(
+        "--warm-round", action="store_true", help="one untimed round of each of those steps on every target first"
+    )
     w.add_argument("--seed", type=int, default=0, help="prompt seed: same seed, same prompts")
     w.add_argument("--prompt-tokens", type=_positive, default=64, help="user-turn length (approximate)")
     w.add_argument("--prefix-tokens", type=_positive, default=1500, help="shared system prompt length (approximate)")
@@ -78,21 +88,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run_http(args: argparse.Namespace, plan: Plan, progress: Progress) -> list[dict[str, Any]]:
-    servers = []
+async def _run(args: argparse.Namespace, plan: Plan, progress: Progress) -> list[dict[str, Any]]:
+    runners: list[turns.Runner] = []
     if args.url or not args.raw:
-        servers.append((args.name, args.url or DEFAULT_URL, args.model))
+        runners.append(HttpRunner(args.name, args.url or DEFAULT_URL, args.model, args.api_key))
     if args.compare:
-        servers.append((args.compare_name, args.compare, args.compare_model or args.model))
-    out = []
-    for name, url, model in servers:
-        target = Target(url, model, args.api_key)
-        try:
-            steps = await run_target(target, plan, name, progress)
-        finally:
-            await target.aclose()
-        out.append({"name": name, "kind": "http", "url": target.url, "model": model, "scenarios": steps})
-    return out
+        runners.append(HttpRunner(args.compare_name, args.compare, args.compare_model or args.model, args.api_key))
+    if args.raw:
+        from gateway.bench.raw import RawRunner
+
+        runners.append(RawRunner(args.model_path))
+    try:
+        for runner in runners:
+            await runner.start(plan, progress)
+        return await turns.run(runners, plan, progress)
+    finally:
+        for runner in runners:
+            await runner.aclose()
 
 
 def _loop_run(coro: Coroutine[Any, Any, T]) -> T:
@@ -122,15 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         prefix_tokens=args.prefix_tokens,
         warm_turns=args.warm_turns,
         salt=secrets.token_hex(6),
+        rounds=args.rounds,
+        warm_round=args.warm_round,
     )
     progress = Progress(quiet=args.quiet)
     try:
-        targets = _loop_run(_run_http(args, plan, progress))
-        if args.raw:
-            from gateway.bench.raw import run_raw
-
-            folder, steps = run_raw(plan, args.model_path, args.quiet)
-            targets.append({"name": "raw", "kind": "mlx-lm in-process", "model": folder, "scenarios": steps})
+        targets = _loop_run(_run(args, plan, progress))
     except (RuntimeError, OSError) as e:
         print(f"hearth bench: {e}", file=sys.stderr)
         return 1

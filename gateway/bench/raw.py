@@ -6,13 +6,15 @@ it) runs on mlx-lm directly: ``single`` through ``stream_generate``, ``concurren
 previous one finishes). The gap between these numbers and a server's is what serving costs.
 
 MLX is only ever imported in a child process (``python -m gateway.bench.raw``, OpenBLAS
-preloaded on Linux): the parent half below spawns it and reads one JSON line per step, each
-with every request's token arrival times, which the same statistics as a server's summarize.
+preloaded on Linux): the parent half below spawns it once, sends it each load step when its turn
+comes (``gateway.bench.turns``) and reads back one JSON line, every request's token arrival
+times, which the same statistics as a server's summarize.
 The prefix scenario has no in-process counterpart here (it measures a server's prompt cache).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -22,34 +24,72 @@ from typing import Any
 import orjson
 
 from gateway.bench.progress import Progress
-from gateway.bench.scenarios import Plan
-from gateway.bench.stats import RequestResult, summarize
+from gateway.bench.scenarios import Plan, Round
+from gateway.bench.stats import RequestResult
 
 
-def run_raw(plan: Plan, model_path: str | None, quiet: bool = False) -> tuple[str, list[dict[str, Any]]]:
-    """Run ``plan``'s single and concurrent steps in a child process: the model folder it
-    loaded, and the steps' summaries."""
-    from gateway.spawn import child_env
+class RawRunner:
+    """The in-process reference as one of the run's targets (``gateway.bench.turns``): a child
+    process that loads the model once and then runs each load step it is sent, one JSON line in
+    (scenario, clients, round) and one out (every request's token arrival times)."""
 
-    env = child_env()
-    job = orjson.dumps({"plan": plan.to_dict(), "model_path": model_path, "quiet": quiet})
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.bench.raw"], input=job, stdout=subprocess.PIPE, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the --raw child process failed with exit status {done.returncode} (see above)")
-    lines = [orjson.loads(line) for line in done.stdout.splitlines()]
-    out = []
-    for step in lines[1:]:
+    name = "raw"
+
+    def __init__(self, model_path: str | None) -> None:
+        self.model_path = model_path
+        self.folder = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, plan: Plan, progress: Progress) -> None:
+        """Spawn the child and wait until it has loaded the model and run its warm-up."""
+        from gateway.spawn import child_env
+
+        progress.note("raw: loading the model in-process")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.bench.raw"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env()
+        )
+        ready = await asyncio.to_thread(self._ask, {"plan": plan.to_dict(), "model_path": self.model_path})
+        self.folder = ready["model"]
+
+    def _ask(self, job: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(orjson.dumps(job) + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone: its exit status is reported below
+        line = self.proc.stdout.readline()
+        if not line:
+            status = self.proc.wait()
+            raise RuntimeError(f"the --raw child process failed with exit status {status} (see above)")
+        out: dict[str, Any] = orjson.loads(line)
+        return out
+
+    async def load(self, plan: Plan, scenario: str, n: int, rnd: int, progress: Progress) -> Round:
+        step = await asyncio.to_thread(self._ask, {"scenario": scenario, "clients": n, "round": rnd})
         results = [RequestResult(**{**r, "chunks": [tuple(c) for c in r["chunks"]]}) for r in step["results"]]
-        out.append(summarize(step["scenario"], step["clients"], results, step["wall"], None))
-    return lines[0]["model"], out
+        for res in results:
+            progress.add(res)
+        return Round(results, step["wall"])
+
+    async def server_steps(self, plan: Plan, scenario: str, progress: Progress) -> list[dict[str, Any]]:
+        return []  # the prefix cache, grammars and speculation are a server's
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "mlx-lm in-process", "model": self.folder}
+
+    async def aclose(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the child's end of input: it exits
+        await asyncio.to_thread(self.proc.wait)
 
 
 # -- the child process: everything below imports MLX ---------------------------------------------
 
 
-def _single(model: Any, tokenizer: Any, plan: Plan, progress: Progress) -> list[RequestResult]:
+def _single(model: Any, tokenizer: Any, plan: Plan, rnd: int) -> list[RequestResult]:
     from mlx_lm import stream_generate
 
     from worker.templating import prompt_tokens
@@ -57,19 +97,18 @@ def _single(model: Any, tokenizer: Any, plan: Plan, progress: Progress) -> list[
     out: list[RequestResult] = []
     started = time.perf_counter()
     while plan.more(len(out), started, time.perf_counter()):
-        tokens = prompt_tokens(tokenizer, {"messages": plan.messages("single", 1, 0, len(out))})
+        tokens = prompt_tokens(tokenizer, {"messages": plan.messages("single", 1, 0, len(out), rnd)})
         res = RequestResult(start=time.perf_counter(), prompt_tokens=len(tokens))
         for r in stream_generate(model, tokenizer, tokens, max_tokens=plan.max_tokens):
             if r.finish_reason != "stop":  # the end-of-sequence token is counted, not shown
                 res.chunks.append((time.perf_counter(), 1))
             res.completion_tokens = r.generation_tokens
         res.end = time.perf_counter()
-        progress.add(res)
         out.append(res)
     return out
 
 
-def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, progress: Progress) -> list[RequestResult]:
+def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, rnd: int) -> list[RequestResult]:
     from mlx_lm.generate import BatchGenerator
 
     from worker.templating import prompt_tokens
@@ -87,7 +126,7 @@ def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, progress: Progress) -
     started = time.perf_counter()
 
     def send(client: int) -> None:
-        tokens = prompt_tokens(tokenizer, {"messages": plan.messages("concurrent", n, client, sent[client])})
+        tokens = prompt_tokens(tokenizer, {"messages": plan.messages("concurrent", n, client, sent[client], rnd)})
         sent[client] += 1
         (uid,) = gen.insert([tokens])
         live[uid] = (client, RequestResult(start=time.perf_counter(), prompt_tokens=len(tokens), completion_tokens=0))
@@ -107,7 +146,6 @@ def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, progress: Progress) -
                 if r.finish_reason is not None:
                     res.end = now
                     del live[r.uid]
-                    progress.add(res)
                     out.append(res)
                     if plan.more(sent[client], started, now):
                         send(client)
@@ -117,34 +155,30 @@ def _batch(model: Any, tokenizer: Any, plan: Plan, n: int, progress: Progress) -
 
 
 def main() -> int:
-    """Read the job (plan, model path) on stdin; write the model folder, then one JSON line per
-    step, on stdout."""
+    """Read the job (plan, model path) as the first line on stdin and load the model; answer
+    with the model folder, then each step line read after it with that step's results, until
+    stdin ends."""
     from mlx_lm import load
 
     from shared.config import ModelConfig, default_model_path
     from worker.model import resolve_folder
 
-    job = orjson.loads(sys.stdin.buffer.read())
+    job = orjson.loads(sys.stdin.buffer.readline())
     plan = Plan.from_dict(job["plan"])
-    progress = Progress(quiet=job["quiet"])
     folder = resolve_folder(ModelConfig(name="raw", path=job["model_path"] or default_model_path()))
-    progress.note(f"raw: loading {folder}")
-    sys.stdout.buffer.write(orjson.dumps({"model": str(folder)}) + b"\n")
     model, tokenizer = load(str(folder))[:2]
     warmup = dataclasses.replace(plan, max_tokens=8, requests_per_client=1, duration=None)
-    _single(model, tokenizer, warmup, Progress(quiet=True))
-    for scenario, n in plan.steps():
-        if scenario in ("prefix", "structured", "edit"):  # a server's prompt cache, grammars, speculation
-            continue
-        progress.start(f"raw {scenario}" + (f" x{n}" if scenario == "concurrent" else ""), plan.expected(n))
+    _single(model, tokenizer, warmup, 0)
+    sys.stdout.buffer.write(orjson.dumps({"model": str(folder)}) + b"\n")
+    sys.stdout.flush()
+    for line in sys.stdin.buffer:
+        ask = orjson.loads(line)
         t0 = time.perf_counter()
-        if scenario == "single":
-            results = _single(model, tokenizer, plan, progress)
+        if ask["scenario"] == "single":
+            results = _single(model, tokenizer, plan, ask["round"])
         else:
-            results = _batch(model, tokenizer, plan, n, progress)
-        wall = max((r.end for r in results), default=t0) - min((r.start for r in results), default=t0)
-        progress.finish()
-        step = {"scenario": scenario, "clients": n, "wall": wall, "results": [dataclasses.asdict(r) for r in results]}
+            results = _batch(model, tokenizer, plan, ask["clients"], ask["round"])
+        step = {"wall": Round.of(results, t0).wall, "results": [dataclasses.asdict(r) for r in results]}
         sys.stdout.buffer.write(orjson.dumps(step) + b"\n")
         sys.stdout.flush()
     return 0

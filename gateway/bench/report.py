@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import sys
 from importlib import metadata
 from typing import Any
@@ -63,6 +64,7 @@ def comparisons(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if len(targets) < 2:
         return []
     first = {(s["scenario"], s["clients"]): _flat(s) for s in targets[0]["scenarios"]}
+    first_rounds = {(s["scenario"], s["clients"]): s.get("rounds") for s in targets[0]["scenarios"]}
     out = []
     for other in targets[1:]:
         for step in other["scenarios"]:
@@ -76,7 +78,22 @@ def comparisons(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 mk = mine[k]
                 if v and mk is not None:
                     row[f"{k}_ratio"] = mk / v
+            row |= _round_ratios(first_rounds.get((step["scenario"], step["clients"])), step.get("rounds"))
             out.append(row)
+    return out
+
+
+def _round_ratios(mine: list[dict[str, Any]] | None, theirs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Round i of the first target ÷ round i of the other (run seconds apart: gateway.bench.turns),
+    for each ratio metric, and the median of those."""
+    if not mine or not theirs or len(mine) != len(theirs):
+        return {}
+    out: dict[str, Any] = {}
+    for k in RATIO_METRICS:
+        ratios = [a[k] / b[k] for a, b in zip(mine, theirs) if a[k] is not None and b[k]]
+        if len(ratios) == len(mine):
+            out[f"{k}_ratio_rounds"] = ratios
+            out[f"{k}_ratio_median"] = statistics.median(ratios)
     return out
 
 
@@ -128,6 +145,16 @@ def text(doc: dict[str, Any]) -> str:
         headers = ["first", "÷ other", "scenario", "clients", "decode", "agg", "TTFT", "ITL", "cold/warm"]
         note = "tok/s above 1 and times below 1: the first target is faster"
         parts.append(f"Ratios (first target ÷ other; {note})\n" + _table(headers, rows))
+        paired = [c for c in doc["comparisons"] if "aggregate_tps_ratio_rounds" in c]
+        if paired:
+            rows = [
+                [c["of"], c["to"], c["scenario"], str(c["clients"])]
+                + [" ".join(_f(r, 2) for r in c[f"{k}_ratio_rounds"]) + f" ({_f(c[f'{k}_ratio_median'], 2)})"
+                   for k in ("aggregate_tps", "ttft_p50_ms")]
+                for c in paired
+            ]  # fmt: skip
+            headers = ["first", "÷ other", "scenario", "clients", "agg by round (median)", "TTFT p50 by round (median)"]
+            parts.append("Ratios round by round (the targets took turns)\n" + _table(headers, rows))
     for t in doc["targets"]:
         ratios = next((s["structured"] for s in t["scenarios"] if "structured" in s), None)
         if ratios:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.bench import prompts
 from gateway.bench.progress import Progress
@@ -33,7 +34,10 @@ from gateway.bench.structured import run_structured
 
 SCENARIOS = ("single", "concurrent", "prefix")  # "all"
 EXTRA_SCENARIOS = ("structured", "edit")  # run only when named
+T = TypeVar("T")
 PREFIX_MAX_TOKENS = 16  # the prefix scenario measures time to first token: a few tokens suffice
+LOAD_SCENARIOS = ("single", "concurrent")  # the steps every target runs, in rounds when asked
+WARM = -1  # the untimed round's number
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class Plan:
     prefix_tokens: int = 1500  # the shared system prompt of the prefix scenario (approximate)
     warm_turns: int = 4  # warm requests after the cold one
     salt: str = ""  # leads the prefix scenario's system prompt: new every run
+    rounds: int = 1  # timed rounds of each single/concurrent step, the targets taking turns (gateway.bench.turns)
+    warm_round: bool = False  # one untimed round of each of those steps on every target first
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,8 +71,14 @@ class Plan:
             out += [(s, n) for n in self.clients] if s == "concurrent" else [(s, 1)]
         return out
 
-    def messages(self, scenario: str, clients: int, client: int, index: int) -> prompts.Messages:
-        return prompts.chat(self.seed, scenario, clients, client, index, tokens=self.prompt_tokens)
+    def messages(self, scenario: str, clients: int, client: int, index: int, rnd: int = 0) -> prompts.Messages:
+        """Round 0 (and a plan of one round) keeps the prompts it always had; every later round,
+        and the untimed warm round (``WARM``), gets new ones, so no target's prompt cache sees a
+        prompt twice."""
+        where: tuple[object, ...] = (scenario, clients, client, index)
+        if rnd:
+            where += ("warm" if rnd == WARM else f"round{rnd}",)
+        return prompts.chat(self.seed, *where, tokens=self.prompt_tokens)
 
     def more(self, index: int, started: float, now: float) -> bool:
         """Whether a client that has sent ``index`` requests sends another."""
@@ -79,19 +91,75 @@ class Plan:
         return 0 if self.duration is not None else clients * self.requests_per_client
 
 
-async def _load(target: Target, plan: Plan, scenario: str, n: int, progress: Progress) -> list[RequestResult]:
+@dataclass
+class Round:
+    """One round of a load step on one target: its requests, from the first start to the last
+    end, and the /health round trips measured meanwhile (None: not probed, as in-process)."""
+
+    results: list[RequestResult]
+    wall: float
+    health: list[float] | None = None
+    health_errors: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def of(cls, results: list[RequestResult], t0: float, **health: Any) -> Round:
+        wall = max((r.end for r in results), default=t0) - min((r.start for r in results), default=t0)
+        return cls(results, wall, **health)
+
+
+def pooled(scenario: str, clients: int, rounds: list[Round]) -> dict[str, Any]:
+    """One step's summary over all its timed rounds (requests pooled, walls added up); with more
+    than one round, each round's own figures too, so ratios can be paired round by round."""
+    health = None if rounds[0].health is None else [h for r in rounds for h in r.health or []]
+    summary = summarize(scenario, clients, [x for r in rounds for x in r.results], sum(r.wall for r in rounds), health)
+    if health is not None:
+        errors = [e for r in rounds for e in r.health_errors]
+        summary["health_ms"] |= {"errors": len(errors), "first_error": errors[0] if errors else None}
+    if len(rounds) > 1:
+        summary["rounds"] = [_round_figures(summarize(scenario, clients, r.results, r.wall, None)) for r in rounds]
+    return summary
+
+
+def _round_figures(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "wall_s": s["wall_s"],
+        "aggregate_tps": s["aggregate_tps"],
+        "decode_tps_median": s["decode_tps_median"],
+        "ttft_p50_ms": s["ttft_ms"]["p50"],
+        "itl_p50_ms": s["itl_ms"]["p50"],
+    }
+
+
+async def _probed(target: Target, work: Coroutine[Any, Any, T]) -> tuple[T, list[float], list[str]]:
+    """Run ``work`` with /health probed every 50 ms alongside."""
+    stop, health, errors = asyncio.Event(), list[float](), list[str]()
+    probe = asyncio.create_task(probe_health(target, stop, health, errors))
+    try:
+        out = await work
+    finally:
+        stop.set()
+        await probe
+    return out, health, errors
+
+
+async def load_round(target: Target, plan: Plan, scenario: str, n: int, rnd: int, progress: Progress) -> Round:
+    """One round of ``single`` or ``concurrent`` at ``n`` clients, each a closed loop."""
     started = time.perf_counter()
 
     async def client(c: int) -> list[RequestResult]:
         out: list[RequestResult] = []
         while plan.more(len(out), started, time.perf_counter()):
-            res = await target.chat(plan.messages(scenario, n, c, len(out)), plan.max_tokens)
+            res = await target.chat(plan.messages(scenario, n, c, len(out), rnd), plan.max_tokens)
             progress.add(res)
             out.append(res)
         return out
 
-    per_client = await asyncio.gather(*(client(c) for c in range(n)))
-    return [r for rs in per_client for r in rs]
+    async def clients() -> list[RequestResult]:
+        per_client = await asyncio.gather(*(client(c) for c in range(n)))
+        return [r for rs in per_client for r in rs]
+
+    results, health, errors = await _probed(target, clients())
+    return Round.of(results, started, health=health, health_errors=errors)
 
 
 async def _prefix(target: Target, plan: Plan, progress: Progress) -> tuple[RequestResult, list[RequestResult]]:
@@ -104,45 +172,27 @@ async def _prefix(target: Target, plan: Plan, progress: Progress) -> tuple[Reque
     return results[0], results[1:]
 
 
-async def run_step(target: Target, plan: Plan, scenario: str, n: int, progress: Progress) -> dict[str, Any]:
-    """Run one step with /health probed alongside; return its summary."""
-    stop, health, health_errors = asyncio.Event(), list[float](), list[str]()
-    probe = asyncio.create_task(probe_health(target, stop, health, health_errors))
-    try:
-        if scenario == "prefix":
-            cold, warm = await _prefix(target, plan, progress)
-            summary = summarize_prefix(cold, warm, health)
-        else:
-            t0 = time.perf_counter()
-            results = await _load(target, plan, scenario, n, progress)
-            wall = max((r.end for r in results), default=t0) - min((r.start for r in results), default=t0)
-            summary = summarize(scenario, n, results, wall, health)
-    finally:
-        stop.set()
-        await probe
-    summary["health_ms"]["errors"] = len(health_errors)
-    summary["health_ms"]["first_error"] = health_errors[0] if health_errors else None
-    return summary
+async def server_steps(
+    target: Target, plan: Plan, scenario: str, name: str, progress: Progress
+) -> list[dict[str, Any]]:
+    """The scenarios only a server runs (prefix, structured, edit), once each: their summaries."""
+    if scenario == "structured":
+        return await run_structured(target, plan.max_tokens, max(plan.requests_per_client, 1), progress)
+    if scenario == "edit":
+        return await run_edit(target, plan.seed, max(plan.requests_per_client, 1), progress)
+    progress.start(f"{name} prefix", 1 + plan.warm_turns)
+    (cold, warm), health, errors = await _probed(target, _prefix(target, plan, progress))
+    progress.finish()
+    summary = summarize_prefix(cold, warm, health)
+    summary["health_ms"] |= {"errors": len(errors), "first_error": errors[0] if errors else None}
+    return [summary]
 
 
-async def run_target(target: Target, plan: Plan, name: str, progress: Progress) -> list[dict[str, Any]]:
-    """Every step of ``plan`` against ``target``, after one short warm-up request."""
+async def warm_up(target: Target, plan: Plan, name: str, progress: Progress) -> None:
+    """One short request before anything is timed: a server that can't answer fails here."""
     progress.start(f"{name} warm-up", 1)
     warm = await target.chat(prompts.chat(plan.seed, "warmup", tokens=24), 8)
     progress.add(warm)
     progress.finish()
     if not warm.ok:
         raise RuntimeError(f"{name} ({target.url}) failed its warm-up request: {warm.error}")
-    out = []
-    for scenario, n in plan.steps():
-        if scenario == "structured":
-            out += await run_structured(target, plan.max_tokens, max(plan.requests_per_client, 1), progress)
-            continue
-        if scenario == "edit":
-            out += await run_edit(target, plan.seed, max(plan.requests_per_client, 1), progress)
-            continue
-        total = 1 + plan.warm_turns if scenario == "prefix" else plan.expected(n)
-        progress.start(f"{name} {scenario}" + (f" x{n}" if scenario == "concurrent" else ""), total)
-        out.append(await run_step(target, plan, scenario, n, progress))
-        progress.finish()
-    return out

@@ -122,3 +122,31 @@ def test_edit_scenario_compares_the_same_work_with_and_without_speculation(tiny_
     ratios = steps[("edit", 1)]["speculation"]
     assert set(ratios) == {"edit_single", "edit_concurrent", "prose_single", "prose_concurrent"}
     assert all(v is not None and v > 0 for v in ratios.values())
+
+
+def test_a_server_and_the_reference_take_turns_in_rounds(tiny_gateway: Gateway, tiny_model: Path) -> None:
+    doc = bench_json(
+        "--url", tiny_gateway.url, "--model", "tiny", "--raw", "--model-path", str(tiny_model),
+        "--scenario", "concurrent", "--clients", "2", "--max-tokens", "4", "--rounds", "2", "--warm-round",
+    )  # fmt: skip
+    server, raw = doc["targets"]
+    assert (server["name"], raw["name"]) == ("server", "raw") and doc["plan"]["rounds"] == 2
+    for target, probed in ((server, True), (raw, False)):
+        (step,) = target["scenarios"]
+        check_load_step(step, probed=probed)
+        assert step["requests"] == 4  # two timed rounds of two clients; the warm round is not counted
+        rounds = step["rounds"]
+        assert len(rounds) == 2 and all(r["aggregate_tps"] > 0 and r["ttft_p50_ms"] > 0 for r in rounds)
+        assert abs(sum(r["wall_s"] for r in rounds) - step["wall_s"]) < 1e-9
+    (ratio,) = doc["comparisons"]
+    agg = ratio["aggregate_tps_ratio_rounds"]
+    assert len(agg) == 2 and min(agg) <= ratio["aggregate_tps_ratio_median"] <= max(agg)
+    assert (
+        agg[0]
+        == server["scenarios"][0]["rounds"][0]["aggregate_tps"] / raw["scenarios"][0]["rounds"][0]["aggregate_tps"]
+    )
+    out = bench("--url", tiny_gateway.url, "--model", "tiny", "--scenario", "single", "--max-tokens", "3",
+                "--rounds", "2", "--compare", tiny_gateway.url)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Ratios round by round (the targets took turns)" in out.stdout
+    assert "server single round 2/2" in out.stderr and "compare single round 1/2" in out.stderr

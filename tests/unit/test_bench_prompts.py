@@ -4,7 +4,7 @@ scenario's chats share one salted system prompt."""
 from __future__ import annotations
 
 from gateway.bench import prompts
-from gateway.bench.scenarios import Plan
+from gateway.bench.scenarios import WARM, Plan
 
 
 def test_same_seed_same_prompts_different_seed_different() -> None:
@@ -48,3 +48,15 @@ def test_plan_round_trips_through_json_dicts() -> None:
     plan = Plan(scenarios=("single", "concurrent"), clients=(1, 3), duration=2.5, salt="abc")
     assert Plan.from_dict(plan.to_dict()) == plan
     assert plan.steps() == [("single", 1), ("concurrent", 1), ("concurrent", 3)]
+
+
+def test_each_round_gets_new_prompts_and_round_zero_keeps_the_old_ones() -> None:
+    plan = Plan(clients=(2,), requests_per_client=2, rounds=3, warm_round=True)
+    by_round = {
+        rnd: {plan.messages("concurrent", 2, c, i, rnd)[0]["content"] for c in range(2) for i in range(2)}
+        for rnd in (WARM, 0, 1, 2)
+    }
+    assert all(len(p) == 4 for p in by_round.values())
+    assert len(set().union(*by_round.values())) == 16  # no prompt repeats across rounds
+    assert by_round[0] == {plan.messages("concurrent", 2, c, i)[0]["content"] for c in range(2) for i in range(2)}
+    assert by_round[0] == {prompts.chat(0, "concurrent", 2, c, i)[0]["content"] for c in range(2) for i in range(2)}
