@@ -8,7 +8,9 @@
 # clients, REQUESTS requests each, 128 new tokens, greedy, in ROUNDS timed rounds (default 3) after an untimed
 # one, the targets taking turns. Prints the table last; JSON and logs in OUTDIR.
 # PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
-# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only); SCENARIO=edit RAW=0 measures speculative
+# COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only); COMPARE=hearth puts a second Hearth in its
+# place ("hearth-b", the same model section plus the lines in B_TOML, e.g. "admission_hold = 0"): two settings
+# taking turns in one run; SCENARIO=edit RAW=0 measures speculative
 # decoding (gateway/bench/edit.py) instead of the concurrent scenario. MLX_* settings in the environment
 # (e.g. MLX_CUDA_USE_CUDNN_SDPA=0) reach every process alike.
 set -euo pipefail
@@ -28,6 +30,7 @@ COMPARE=${COMPARE:-1}
 SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unset: its default)
 ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: the backend's rule, shared/device.py)
 EXTRA_TOML=${EXTRA_TOML:-}  # more lines for Hearth's model section, e.g. "cache_limit_bytes = 8589934592"
+B_TOML=${B_TOML:-}  # COMPARE=hearth: the second Hearth's extra lines
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
 MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
@@ -49,7 +52,7 @@ esac
 HEARTH_PID=""; MLX_PID=""
 stop_all() {  # Hearth drains on SIGINT; mlx_lm.server needs SIGTERM
   [ -n "$HEARTH_PID" ] && kill -INT "$HEARTH_PID" 2>/dev/null
-  [ -n "$MLX_PID" ] && kill -TERM "$MLX_PID" 2>/dev/null
+  [ -n "$MLX_PID" ] && kill -"${MLX_SIG:-TERM}" "$MLX_PID" 2>/dev/null
   for _ in $(seq 60); do
     kill -0 "$HEARTH_PID" 2>/dev/null || kill -0 "$MLX_PID" 2>/dev/null || break; sleep 0.5
   done
@@ -81,13 +84,20 @@ TOML
       --decode-concurrency 64 --prompt-concurrency 64 > "$OUTDIR/$name.mlx_lm.log" 2>&1 &
     MLX_PID=$!
     cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server)
+  elif [ "$COMPARE" = hearth ]; then
+    { sed "s/^port = .*/port = $MLX_PORT/" "$OUTDIR/$name.toml"; echo "$B_TOML"; } > "$OUTDIR/$name.b.toml"
+    HEARTH_CACHE_DIR=$MODELS/cache-b "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.b.toml" \
+      > "$OUTDIR/$name.hearth-b.log" 2>&1 &
+    MLX_PID=$!; MLX_SIG=INT
+    cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model bench --compare-name hearth-b)
   fi
   for _ in $(seq 600); do
     # the gateway outlives a worker that fails to load: its traceback in the log ends the wait
     { kill -0 "$HEARTH_PID" 2>/dev/null && ! grep -q Traceback "$OUTDIR/$name.hearth.log"; } \
       || { echo "hearth failed"; tail -30 "$OUTDIR/$name.hearth.log"; exit 1; }
     curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null \
-      && { [ "$COMPARE" != 1 ] || curl -sf "localhost:$MLX_PORT/health" >/dev/null; } && break
+      && { [ "$COMPARE" = 0 ] || curl -sf "localhost:$MLX_PORT/$([ "$COMPARE" = 1 ] && echo health || echo ready)" \
+        >/dev/null; } && break
     sleep 0.5
   done
   curl -sf "localhost:$HEARTH_PORT/ready" >/dev/null || { echo "hearth never became ready"; tail -30 "$OUTDIR/$name.hearth.log"; exit 1; }

@@ -37,15 +37,16 @@ def by_round(doc: dict[str, Any], n: int, metric: str) -> str:
 
 def main(paths: list[str]) -> int:
     head = (
-        "| model | clients | Hearth tok/s | mlx_lm.server | in-process | Hearth/in-process [by round] "
-        "| Hearth/mlx_lm.server | TTFT p50 ms Hearth / in-process [ratio by round] | errors H/M |"
+        "| model | clients | Hearth tok/s | mlx_lm.server or hearth-b | in-process | Hearth/in-process [by round] "
+        "| Hearth/that | TTFT p50 ms Hearth / in-process [ratio by round] | errors H/M |"
     )
     print(head)
     print("|" + "---|" * 9)
     for path in paths:
         doc = orjson.loads(Path(path).read_bytes())
         for n, by in sorted(rows(doc).items()):
-            h, m, r = by.get("hearth"), by.get("mlx_lm.server"), by.get("raw")
+            h, r = by.get("hearth"), by.get("raw")
+            m = next((s for name, s in by.items() if name not in ("hearth", "raw")), None)  # mlx_lm.server, hearth-b
 
             def agg(s: dict[str, Any] | None) -> float:
                 return float(s["aggregate_tps"] or 0.0) if s else 0.0
