@@ -10,7 +10,8 @@
 # PROFILE=1 also records py-spy's raw stacks of Hearth's worker and gateway while the bench runs;
 # COMPARE=0 leaves mlx_lm.server out (Hearth and in-process only); COMPARE=hearth puts a second Hearth in its
 # place ("hearth-b", the same model section plus the lines in B_TOML, e.g. "admission_hold = 0"): two settings
-# taking turns in one run; SCENARIO=edit RAW=0 measures speculative
+# taking turns in one run; B_ENV its own environment words (e.g. "GC_FREEZE_OFF=1" with GC_STATS_DIR and
+# benchmarks/gc_probe on PYTHONPATH: see its sitecustomize.py); SCENARIO=edit RAW=0 measures speculative
 # decoding (gateway/bench/edit.py) instead of the concurrent scenario. MLX_* settings in the environment
 # (e.g. MLX_CUDA_USE_CUDNN_SDPA=0) reach every process alike.
 set -euo pipefail
@@ -31,6 +32,7 @@ SPECULATIVE=${SPECULATIVE:-}  # off | lookup: Hearth's speculative setting (unse
 ADMISSION_HOLD=${ADMISSION_HOLD:-}  # Hearth's admission_hold (unset: the backend's rule, shared/device.py)
 EXTRA_TOML=${EXTRA_TOML:-}  # more lines for Hearth's model section, e.g. "cache_limit_bytes = 8589934592"
 B_TOML=${B_TOML:-}  # COMPARE=hearth: the second Hearth's extra lines
+B_ENV=${B_ENV:-}  # COMPARE=hearth: NAME=VALUE words for the second Hearth's environment only
 SCENARIO=${SCENARIO:-concurrent}  # edit: speculative decoding's scenario (no in-process reference: RAW=0)
 RAW=${RAW:-1}
 MAX_BATCH=${MAX_BATCH:-64}  # Hearth's max_batch (the warm-up runs every size up to it)
@@ -86,7 +88,7 @@ TOML
     cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model default_model --compare-name mlx_lm.server)
   elif [ "$COMPARE" = hearth ]; then
     { sed "s/^port = .*/port = $MLX_PORT/" "$OUTDIR/$name.toml"; echo "$B_TOML"; } > "$OUTDIR/$name.b.toml"
-    HEARTH_CACHE_DIR=$MODELS/cache-b "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.b.toml" \
+    env $B_ENV HEARTH_CACHE_DIR=$MODELS/cache-b "$PY" -m gateway --log-level INFO serve --config "$OUTDIR/$name.b.toml" \
       > "$OUTDIR/$name.hearth-b.log" 2>&1 &
     MLX_PID=$!; MLX_SIG=INT
     cmp=(--compare "http://127.0.0.1:$MLX_PORT" --compare-model bench --compare-name hearth-b)

@@ -55,11 +55,12 @@ def main(paths: list[str]) -> int:
                 return float(s["ttft_ms"]["p50"] or 0.0) if s else 0.0
 
             ratio = agg(h) / agg(r) if agg(r) else 0.0
-            vs = agg(h) / agg(m) if agg(m) else 0.0
+            other = f"{agg(m):.0f}" if m else "—"  # COMPARE=0: no third target
+            vs = f"{agg(h) / agg(m):.2f}x" if agg(m) else "—"
             errs = f"{h['errors']['count'] if h else '-'}/{m['errors']['count'] if m else '-'}"
             print(
-                f"| {Path(path).stem} | {n} | {agg(h):.0f} | {agg(m):.0f} | {agg(r):.0f} "
-                f"| {ratio:.2f}x{by_round(doc, n, 'aggregate_tps')} | {vs:.2f}x "
+                f"| {Path(path).stem} | {n} | {agg(h):.0f} | {other} | {agg(r):.0f} "
+                f"| {ratio:.2f}x{by_round(doc, n, 'aggregate_tps')} | {vs} "
                 f"| {ttft(h):.0f} / {ttft(r):.0f}{by_round(doc, n, 'ttft_p50_ms')} | {errs} |"
             )
     return 0

@@ -39,6 +39,7 @@ from gateway.shutdown import Gate
 from gateway.supervisor import Supervisor
 from gateway.wrap import RequestWrap
 from shared.config import Config, ConfigError
+from shared.gc_freeze import freeze_loaded
 
 log = logging.getLogger("hearth.app")
 
@@ -109,6 +110,7 @@ def create_app(config: Config) -> Starlette:
         app.state.supervisor = supervisor
         app.state.generations = Generations(config, models, client, metrics)
         await supervisor.start()
+        freeze_loaded()  # routes, schemas and imports: out of the collector's walks (shared/gc_freeze.py)
         try:
             yield
         finally:

@@ -119,6 +119,11 @@ class ModelConfig:
     # bound on MLX's buffer cache (freed buffers kept for reuse) per worker; None: a tenth of the
     # model's budget (weights + prompt_cache_bytes), 64 MiB to 2 GiB; 0: no cache (worker/memory.py)
     cache_limit_bytes: int | None = None
+    # seconds without work before the worker empties that cache and returns glibc's free heap
+    # pages (worker/memory.py ``release``). Not at once: a release took up to ~50 ms on the 2-core
+    # CPU, which a back-to-back request would wait for; and the burst after a release allocates
+    # its buffers afresh (on a GPU, device memory). 0: only at drain and over the memory ceiling
+    idle_release_s: float = 2.0
     # a worker's footprint (RSS / physical footprint) above this sheds load, trims its caches and,
     # if still above, restarts: bytes or "6GiB"; 0: no ceiling
     memory_ceiling: int | str = 0
@@ -343,6 +348,9 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: speculative_tokens must be >= 1 and speculative_budget >= 2")
     if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
         raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
+    idle = m.idle_release_s
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 <= idle < float("inf"):
+        raise ConfigError(f"model {m.name}: idle_release_s must be seconds, 0 or more (0: no idle release)")
     try:
         m.memory_ceiling_bytes()
     except ValueError as e:

@@ -24,6 +24,7 @@ import orjson
 
 from shared.codec import ProtocolError
 from shared.config import ModelConfig
+from shared.gc_freeze import freeze_loaded
 from worker import group_channel as ch
 from worker import memory
 
@@ -77,6 +78,7 @@ def follow(cfg: ModelConfig, endpoint: str, rank: int, parent_pid: int | None) -
     host = cfg.distributed.hosts[rank]
     core, entries, tokens = load(cfg)
     assert isinstance(core, GroupCore)
+    freeze_loaded()  # as rank 0 does once loaded (shared/gc_freeze.py)
     channel = ch.FollowerChannel(endpoint, rank, host)
     try:
         channel.join(entries, tokens)

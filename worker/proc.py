@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from shared.codec import ProtocolError, decode, encode
 from shared.config import ModelConfig
+from shared.gc_freeze import freeze_loaded
 from shared.protocol import (
     ERROR_BAD_REQUEST,
     ERROR_NOT_READY,
@@ -65,9 +66,6 @@ HEARTBEAT_EVERY = 1.0
 IDLE_POLL_MS = 100
 EXIT_REFUSED = 5  # the gateway refused this worker's CURVE key, or no handshake can succeed
 EXIT_MEMORY = 6  # over its memory_ceiling even after a trim: drained, exits for a fresh worker
-# idle this long: MLX's buffer cache and glibc's free heap pages go back to the OS. Not at once:
-# a release took up to ~50 ms on the 2-core CPU, which back-to-back requests would wait for
-IDLE_RELEASE_AFTER = 2.0
 HANDSHAKE_TRIES = 20  # failed handshakes in a row (ZeroMQ retries every 0.1 s) before giving up
 
 
@@ -226,6 +224,8 @@ class WorkerProcess:
                 self.core = core
                 if getattr(core, "renders_aside", False):
                     self.renderer = Renderer(core.render)  # type: ignore[union-attr]
+                frozen = freeze_loaded()  # the collector stops re-walking the loaded model (shared/gc_freeze.py)
+                log.info("%d objects frozen out of garbage collection (shared/gc_freeze.py)", frozen)
                 self.send(_ready(core))
                 self.idle_since = time.monotonic()  # what loading, the self-check and warm-up left goes too
             if self.core is not None and self.core.has_work:
@@ -399,7 +399,8 @@ class WorkerProcess:
     def _heartbeat(self) -> None:
         core = self.core
         if core is not None and not core.has_work and self.idle_since:
-            if time.monotonic() - self.idle_since >= IDLE_RELEASE_AFTER:
+            after = self.cfg.idle_release_s
+            if after > 0 and time.monotonic() - self.idle_since >= after:
                 memory.release(heap=True)
                 self.idle_since = 0.0
         m = self._watch_memory() if core is not None else memory.read()

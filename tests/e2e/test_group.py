@@ -111,7 +111,7 @@ def test_greedy_output_is_the_single_workers_under_four_concurrent_requests(gw: 
     assert "Paris" in expected[0]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda p: answer(gw, GROUP, p, stream=stream), PROMPTS))
-    assert got == expected
+    assert got == expected, gw.log()  # its last lines: what the ranks logged
 
 
 def test_sampling_above_zero_temperature_agrees_with_the_single_worker(gw: Gateway) -> None:

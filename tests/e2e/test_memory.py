@@ -218,3 +218,22 @@ def test_a_worker_over_its_ceiling_after_a_trim_drains_and_restarts(tiny_model: 
         assert "exit code 6" in m["detail"] and "memory_ceiling" in m["detail"], m["detail"]
         log = gw.log()
         assert "over the ceiling" in log and "shedding load" in log and "draining and exiting" in log, log
+
+
+def test_the_loaded_worker_froze_its_objects_out_of_collections(gw: Gateway) -> None:
+    # shared/gc_freeze.py: the worker freezes what loading built before it says ready
+    found = re.findall(r"(\d+) objects frozen out of garbage collection", gw.log_path.read_text())
+    assert found and int(found[0]) > 10_000, found
+
+
+def test_idle_release_s_0_keeps_the_buffer_cache_while_idle(tiny_model: Path, tmp_path: Path) -> None:
+    """The contrast with the default (released after 2 s idle, ``mlx_cache_bytes == 0`` above):
+    with ``idle_release_s = 0`` the freed buffers stay cached for the next burst."""
+    model = {"name": "tiny", "path": str(tiny_model), "idle_release_s": 0}
+    with serving(tmp_path, [model]) as g:
+        for i in range(3):
+            r = g.http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 8, "seed": i,
+                            "messages": [{"role": "user", "content": " ".join(WORDS * (i + 1))}]})  # fmt: skip
+            assert r.status_code == 200, r.text
+        time.sleep(3.5)  # past the default's 2 s and at least one heartbeat after it
+        assert worker(g)["mlx_cache_bytes"] > 0, worker(g)

@@ -183,6 +183,9 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
         ("tool_parser = 1", "tool_parser"),
         ('images = "drop"', "images must be one of reject, placeholder"),
         ("images = true", "images"),
+        ("idle_release_s = -1", "idle_release_s"),
+        ("idle_release_s = true", "idle_release_s"),
+        ("idle_release_s = inf", "idle_release_s"),
     ],
 )
 def test_bad_model_values(tmp_path: Path, setting: str, word: str) -> None:
@@ -378,6 +381,7 @@ CHANGES: dict[str, Any] = {
     "embed_tokens": 1000,
     "warmup": False,
     "cache_limit_bytes": 1 << 20,
+    "idle_release_s": 30.0,
     "memory_ceiling": "2GiB",
     "speculative": "off",
     "draft_model": "/draft",
