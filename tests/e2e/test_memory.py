@@ -156,7 +156,7 @@ class Watch:
 
 def settled(gw: Gateway) -> tuple[Watch, dict[str, Any]]:
     """A watch on the worker's RSS and its reported figures once idle: its caches are released
-    after 2 s idle (worker/proc.py IDLE_RELEASE_AFTER), and the next heartbeats report that. The
+    after 2 s idle (the model's idle_release_s), and the next heartbeats report that. The
     watch starts before the heartbeat (one a second) whose figures are read, so it saw the RSS
     that heartbeat sampled: an idle worker's RSS moved by 4-6% between a heartbeat and a reading
     just after it on CI."""
