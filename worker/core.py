@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import orjson
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -213,13 +214,17 @@ class EngineCore:
 
     def warm_folder(self) -> Path:
         """Where this model's saved prompt caches live: keyed by the weights (folder, file sizes
-        and times) and ``WARM_FORMAT``, so a cache is never applied to other weights than those
-        that made it, nor read by a Hearth that lays the KV out differently (a stale worker
-        group's shards, saved before the group's layout settled, gave garbage answers)."""
+        and times), by the settings that change what a KV means for the same weights (the
+        dtype the model is cast to, the context length and RoPE scaling: a YaRN-stretched
+        model's keys are rotated otherwise) and by ``WARM_FORMAT``, so a cache is never applied
+        to other weights or settings than those that made it, nor read by a Hearth that lays the
+        KV out differently (a stale worker group's shards, saved before the group's layout
+        settled, gave garbage answers)."""
         from worker.gguf import default_cache_dir
 
         files = sorted(self.m.folder.glob("*.safetensors"))
-        ident = [WARM_FORMAT, str(self.m.folder.resolve())]
+        kv = orjson.dumps([self.cfg.dtype, self.cfg.context_length, self.cfg.rope_scaling]).decode()
+        ident = [WARM_FORMAT, str(self.m.folder.resolve()), kv]
         ident += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
         key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
         return default_cache_dir() / "prompt-cache" / f"{self.m.folder.name}-{key}"

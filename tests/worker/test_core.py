@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -456,3 +457,25 @@ def test_arrivals_rendered_aside_are_admitted_when_inline_ones_are(core, monkeyp
         assert not [e for e in events if getattr(e, "id", None) == "cancelled"]
         done = {e.id: e for e in events if isinstance(e, Done)}
         assert all(0.0 <= done[r].timings["admit_s"] <= done[r].timings["ttft_s"] for r in alone), done
+
+
+def test_warm_saves_are_kept_apart_by_the_settings_that_change_the_kv(tiny_model: Path) -> None:
+    """The same weights with another context length, RoPE scaling or dtype compute other keys
+    and values for the same tokens: their saves must not be read for each other."""
+    from worker.core import EngineCore
+    from worker.model import load_model
+
+    base = ModelConfig(name="tiny", path=str(tiny_model))
+    loaded = load_model(base)
+    folders = {
+        EngineCore(loaded, cfg).warm_folder()
+        for cfg in (
+            base,
+            dataclasses.replace(base, context_length=4 * loaded.context_length, rope_scaling="yarn"),
+            dataclasses.replace(base, rope_scaling="linear"),
+            dataclasses.replace(base, dtype="bfloat16"),
+        )
+    }
+    assert len(folders) == 4, folders
+    again = EngineCore(loaded, dataclasses.replace(base, name="other", max_batch=3)).warm_folder()
+    assert again == EngineCore(loaded, base).warm_folder()  # what does not touch the KV shares them
