@@ -348,8 +348,7 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model {m.name}: speculative_tokens must be >= 1 and speculative_budget >= 2")
     if m.cache_limit_bytes is not None and m.cache_limit_bytes < 0:
         raise ConfigError(f"model {m.name}: cache_limit_bytes must be >= 0 (0: no MLX buffer cache)")
-    idle = m.idle_release_s
-    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 <= idle < float("inf"):
+    if not 0 <= m.idle_release_s < float("inf"):  # a number: the TOML's types are checked on reading
         raise ConfigError(f"model {m.name}: idle_release_s must be seconds, 0 or more (0: no idle release)")
     try:
         m.memory_ceiling_bytes()
